@@ -1,0 +1,37 @@
+# The two commands: `make demo` and `make test`. Both create .venv if missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+
+.PHONY: demo test lint dryrun lock clean-demo
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	@echo "demo finished: see results/"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+dryrun: $(STAMP)
+	$(BIN)/snakemake -n
+
+# Regenerate the full pin list from pyproject.toml's direct pins.
+lock:
+	rm -rf /tmp/dwisynth-lock && $(PYTHON) -m venv /tmp/dwisynth-lock
+	/tmp/dwisynth-lock/bin/pip install --quiet '.[test]'
+	/tmp/dwisynth-lock/bin/pip freeze --exclude dwisynth > requirements.lock
+
+clean-demo:
+	rm -rf results logs benchmarks data/demo .snakemake

@@ -1,0 +1,28 @@
+"""dwisynth: DWI synthesis and evaluation workflow. See README.md."""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/convert.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+
+
+for _cohort in COHORTS:
+
+    rule:
+        name:
+            f"cohort_{_cohort}"
+        input:
+            cohort_targets(_cohort),

@@ -1,0 +1,229 @@
+"""DICOM series -> NIfTI with dcm2niix, then header QC and de-identification.
+
+One call converts one series folder and touches no other series. Files are
+written to a temporary folder beside the destination and moved in only when
+every check has passed, so a failure leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dwisynth.dicom import read_bvalue, read_series_headers, vendor_from_manufacturer
+from dwisynth.errors import DicomSeriesError, HeaderQCError
+
+MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
+DICOM_MODALITY = {"DWI": "MR", "CT": "CT"}
+
+# dcm2niix -ba y drops names, IDs, dates and UIDs but keeps these; they identify
+# the site or the device and, with the date of a scan, can identify a patient.
+IDENTIFYING_SIDECAR_KEYS = {
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+    "DeviceSerialNumber", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
+    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
+    "SeriesInstanceUID", "AcquisitionDateTime", "StudyDate", "SeriesDate", "AcquisitionDate",
+    "ProcedureStepDescription", "PatientWeight", "PatientSize",
+}
+IDENTIFYING_DICOM_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "AccessionNumber",
+    "InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "StudyInstanceUID",
+    "SeriesInstanceUID", "SOPInstanceUID",
+)
+
+
+def dcm2niix_binary() -> str:
+    import dcm2niix
+
+    return dcm2niix.bin
+
+
+def dcm2niix_version() -> str:
+    out = subprocess.run([dcm2niix_binary(), "--version"], capture_output=True, text=True)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return next((line for line in text if "v1." in line), text[-1] if text else "unknown").strip()
+
+
+def identifiers_in_headers(headers) -> set[str]:
+    """Every identifying value the series carries, in the forms it may be written."""
+    found: set[str] = set()
+    for ds in headers:
+        for attribute in IDENTIFYING_DICOM_ATTRIBUTES:
+            value = ds.get(attribute)
+            if value in (None, ""):
+                continue
+            text = str(value).strip()
+            if len(text) < 4:
+                continue
+            found.add(text)
+            if attribute == "PatientName":
+                found.update(part for part in text.replace("^", " ").split() if len(part) >= 4)
+            if attribute == "PatientBirthDate" and len(text) == 8:
+                found.add(f"{text[:4]}-{text[4:6]}-{text[6:]}")
+    return found
+
+
+def find_identifiers(paths, identifiers: set[str]) -> list[tuple[str, str]]:
+    """(file, identifier) for every identifier found in a file's name or bytes (NIfTI decompressed)."""
+    hits = []
+    needles = [(i, i.encode()) for i in identifiers]
+    for path in paths:
+        path = Path(path)
+        if path.name.endswith(".nii.gz"):
+            img = nib.load(path)
+            blob = img.header.binaryblock + b"".join(bytes(e.get_content() or b"") for e in img.header.extensions)
+        else:
+            blob = path.read_bytes()
+        for text, raw in needles:
+            if text in path.name or raw in blob:
+                hits.append((str(path), text))
+    return hits
+
+
+def _check_dwi_headers(folder: Path, headers) -> dict:
+    vendor = vendor_from_manufacturer(str(headers[0].get("Manufacturer", "")))
+    per_image = []
+    for ds in headers:
+        b = read_bvalue(ds)
+        if b is None:
+            raise HeaderQCError(
+                f"{folder}: image {Path(ds.filename).name} has no diffusion b-value in the tags dcm2niix reads "
+                f"for {vendor} ({ds.get('Manufacturer', 'no Manufacturer')}); is this a DWI series?"
+            )
+        per_image.append(round(b, 1))
+    counts = Counter(per_image)
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"b={b:g}: {n} images" for b, n in sorted(counts.items()))
+        raise HeaderQCError(
+            f"{folder}: inconsistent b-values, the b-values hold different numbers of slices ({detail}); "
+            "the export is incomplete or mixes series: re-export the series"
+        )
+    return {"vendor": vendor, "header_bvals": sorted(counts)}
+
+
+def _pick_output(tmp: Path, stem: str, folder: Path) -> Path:
+    images = sorted(tmp.glob("*.nii.gz"))
+    equalized = tmp / f"{stem}_Eq.nii.gz"
+    if equalized.exists():  # uneven slice spacing: dcm2niix also writes an equalized copy
+        return equalized
+    if len(images) != 1:
+        names = ", ".join(p.name for p in images) or "none"
+        raise DicomSeriesError(
+            f"{folder}: dcm2niix wrote {len(images)} images ({names}) where one series should give one; "
+            "the folder probably mixes series or echoes: give each series its own folder"
+        )
+    return images[0]
+
+
+def convert_series(
+    dicom_dir: str | Path,
+    out_dir: str | Path,
+    subject: str,
+    modality: str = "DWI",
+    b0_max: float = 10.0,
+    log=print,
+) -> dict:
+    """Convert one DICOM series folder to BIDS-named NIfTI in out_dir.
+
+    Writes sub-<subject>_<dwi|ct>.nii.gz and .json (+ .bval/.bvec for DWI) and a
+    QC record sub-<subject>_<dwi|ct>_qc.json; returns the QC record.
+    """
+    folder = Path(dicom_dir)
+    out = Path(out_dir)
+    if modality not in MODALITY_SUFFIX:
+        raise HeaderQCError(f"{folder}: modality {modality!r} unknown; use one of {sorted(MODALITY_SUFFIX)}")
+    suffix = MODALITY_SUFFIX[modality]
+    stem = f"sub-{subject}_{suffix}"
+
+    headers = read_series_headers(folder)
+    log(f"[convert] {folder}: {len(headers)} DICOM files read")
+    found_modality = {str(ds.get("Modality", "")) for ds in headers}
+    if found_modality != {DICOM_MODALITY[modality]}:
+        raise HeaderQCError(
+            f"{folder}: the sample sheet says {modality} but the DICOM Modality is {sorted(found_modality)}; "
+            "fix the modality column or the dicom_dir"
+        )
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
+    if len(series) != 1:
+        raise DicomSeriesError(
+            f"{folder}: folder holds {len(series)} series (SeriesInstanceUID); dcm2niix converts every file "
+            "in a folder, so give each series its own folder (dwisynth scan drafts the sheet per series)"
+        )
+    record = {"subject": subject, "modality": modality, "n_dicom_files": len(headers),
+              "manufacturer": str(headers[0].get("Manufacturer", "")),
+              "vendor": vendor_from_manufacturer(str(headers[0].get("Manufacturer", ""))),
+              "dcm2niix": dcm2niix_version()}
+    if modality == "DWI":
+        record.update(_check_dwi_headers(folder, headers))
+    identifiers = identifiers_in_headers(headers)
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{stem}-", dir=out))
+    try:
+        cmd = [dcm2niix_binary(), "-b", "y", "-ba", "y", "-z", "y", "-f", stem, "-o", str(tmp), str(folder)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DicomSeriesError(f"{folder}: dcm2niix failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        image = _pick_output(tmp, stem, folder)
+        final = {"image": out / f"{stem}.nii.gz", "json": out / f"{stem}.json"}
+        staged = {"image": image, "json": image.with_name(image.name.replace(".nii.gz", ".json"))}
+        img = nib.load(image)
+        record["shape"] = list(img.shape)
+        record["voxel_mm"] = [round(float(z), 4) for z in img.header.get_zooms()[:3]]
+        if modality == "DWI":
+            staged["bval"] = image.with_name(image.name.replace(".nii.gz", ".bval"))
+            staged["bvec"] = image.with_name(image.name.replace(".nii.gz", ".bvec"))
+            final["bval"], final["bvec"] = out / f"{stem}.bval", out / f"{stem}.bvec"
+            record.update(_check_dwi_output(folder, img, staged["bval"], record["header_bvals"], b0_max))
+        elif img.ndim != 3:
+            raise HeaderQCError(f"{folder}: CT converted to {img.ndim}D {img.shape}; expected one 3D volume")
+        sidecar = json.loads(staged["json"].read_text())
+        removed = sorted(k for k in sidecar if k in IDENTIFYING_SIDECAR_KEYS)
+        for key in removed:
+            del sidecar[key]
+        staged["json"].write_text(json.dumps(sidecar, indent=2) + "\n")
+        record["sidecar_keys_removed"] = removed
+        qc_path = tmp / f"{stem}_qc.json"
+        record["checks"] = "passed"
+        qc_path.write_text(json.dumps(record, indent=2) + "\n")
+        staged["qc"], final["qc"] = qc_path, out / f"{stem}_qc.json"
+        leaks = find_identifiers(staged.values(), identifiers)
+        if leaks:
+            where = "; ".join(f"{Path(f).name} holds {t!r}" for f, t in leaks[:5])
+            raise HeaderQCError(f"{folder}: patient or site identifiers survived de-identification ({where}); "
+                                "nothing was written")
+        for key, src in staged.items():
+            os.replace(src, final[key])
+        log(f"[convert] {folder} -> {final['image']} {tuple(img.shape)}"
+            + (f" b={record['bvals']}" if modality == "DWI" else ""))
+        return record
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_dwi_output(folder: Path, img, bval_path: Path, header_bvals, b0_max: float) -> dict:
+    if not bval_path.exists():
+        raise HeaderQCError(f"{folder}: dcm2niix wrote no .bval; the series has no diffusion information")
+    bvals = np.loadtxt(bval_path, ndmin=1)
+    n_volumes = img.shape[3] if img.ndim == 4 else 1
+    if bvals.size != n_volumes:
+        raise HeaderQCError(f"{folder}: {bvals.size} b-values for {n_volumes} volumes; re-export the series")
+    if not np.allclose(sorted(set(np.round(bvals, 1))), header_bvals, atol=1.0):
+        raise HeaderQCError(
+            f"{folder}: inconsistent b-values, dcm2niix read {sorted(set(bvals.tolist()))} but the "
+            f"headers hold {header_bvals}; check the vendor tags"
+        )
+    if bvals.min() > b0_max:
+        raise HeaderQCError(
+            f"{folder}: no b0 volume (lowest b-value {bvals.min():g} > b0_max {b0_max:g}); ADC and "
+            "normalization need a b0: add the b0 series to this folder or raise bvalues.b0_max"
+        )
+    return {"bvals": [float(b) for b in bvals], "n_volumes": int(n_volumes)}

@@ -1,0 +1,1 @@
+"""The embedded demo cohort: digital phantoms written as vendor DICOM, with their truth."""

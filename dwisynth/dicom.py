@@ -1,0 +1,294 @@
+"""Write and read DICOM series with each vendor's diffusion b-value convention.
+
+Vendors differ in where they store the b-value, and dcm2niix follows each one
+(REFERENCE.md section 5):
+
+========== ============================ ==========================================
+vendor     Manufacturer                 b-value tag
+========== ============================ ==========================================
+siemens    SIEMENS                      (0019,100C) IS, creator SIEMENS MR HEADER
+ge         GE MEDICAL SYSTEMS           (0043,1039) IS, first value - 1e9
+philips    Philips Medical Systems      (2001,1003) FL, creator Philips Imaging DD 001
+standard   any (Canon here)             (0018,9087) FD + (0018,9075) ISOTROPIC/NONE
+========== ============================ ==========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dwisynth.errors import DicomSeriesError
+from dwisynth.geometry import Grid
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+GE_B_OFFSET = 1_000_000_000
+
+MANUFACTURERS = {
+    "siemens": "SIEMENS",
+    "ge": "GE MEDICAL SYSTEMS",
+    "philips": "Philips Medical Systems",
+    "standard": "Canon Medical Systems",
+}
+VENDORS = tuple(MANUFACTURERS)
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    """Identifiers a hospital export carries; they must never leave conversion."""
+
+    name: str
+    patient_id: str
+    birth_date: str  # YYYYMMDD
+    institution: str
+    institution_address: str
+    sex: str = "O"
+
+
+def vendor_from_manufacturer(manufacturer: str) -> str:
+    text = (manufacturer or "").lower()
+    if "siemens" in text:
+        return "siemens"
+    if text.startswith("ge") or "general electric" in text:
+        return "ge"
+    if "philips" in text:
+        return "philips"
+    return "standard"
+
+
+def read_bvalue(ds: Dataset) -> float | None:
+    """The diffusion b-value (s/mm²) of one image, by its vendor's convention.
+
+    The standard tag (0018,9087) wins when present, as dcm2niix does; None means
+    the image carries no b-value (not a diffusion image).
+    """
+    if (0x0018, 0x9087) in ds:
+        return float(ds[0x0018, 0x9087].value)
+    vendor = vendor_from_manufacturer(str(ds.get("Manufacturer", "")))
+    if vendor == "siemens" and (0x0019, 0x100C) in ds:
+        return float(_first(ds[0x0019, 0x100C].value))
+    if vendor == "ge" and (0x0043, 0x1039) in ds:
+        return float(int(_first(ds[0x0043, 0x1039].value)) % GE_B_OFFSET)
+    if vendor == "philips" and (0x2001, 0x1003) in ds:
+        return float(_first(ds[0x2001, 0x1003].value))
+    return None
+
+
+def _first(value):
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode(errors="ignore").strip("\x00 ")
+    if isinstance(value, str):
+        value = value.split("\\")[0]
+    try:
+        return value[0]
+    except (TypeError, IndexError):
+        return value
+
+
+def read_series_headers(dicom_dir: str | Path) -> list[Dataset]:
+    """Read every file's header in a series folder, failing on the first bad file.
+
+    dcm2niix skips unreadable files with a warning; a series silently missing
+    slices is worse than a clear stop, so each file is opened here first.
+    """
+    folder = Path(dicom_dir)
+    if not folder.is_dir():
+        raise DicomSeriesError(f"{folder}: DICOM folder does not exist; check dicom_dir in the sample sheet")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DicomSeriesError(f"{folder}: folder holds no files; check dicom_dir in the sample sheet")
+    headers = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=False)
+            # Touch the pixel data: a truncated file often has a complete header.
+            expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(
+                ds.get("SamplesPerPixel", 1)
+            )
+            if len(ds.PixelData) < expected:
+                raise ValueError(f"pixel data has {len(ds.PixelData)} of {expected} bytes")
+        except Exception as exc:  # pydicom raises many types for broken files
+            raise DicomSeriesError(
+                f"{path}: not a readable DICOM image ({exc}; {path.stat().st_size} bytes); "
+                "remove or re-export this file"
+            ) from exc
+        headers.append(ds)
+    return headers
+
+
+def _base_dataset(sop_class: str, modality: str, patient: PatientInfo, vendor: str, uids: dict) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = generate_uid(entropy_srcs=["dwisynth"])
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.Modality = modality
+    ds.Manufacturer = MANUFACTURERS[vendor]
+    ds.InstitutionName = patient.institution
+    ds.InstitutionAddress = patient.institution_address
+    ds.PatientName = patient.name
+    ds.PatientID = patient.patient_id
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = uids["date"]
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = "120000"
+    ds.AccessionNumber = uids["accession"]
+    ds.StudyInstanceUID = uids["study"]
+    ds.SeriesInstanceUID = uids["series"]
+    ds.FrameOfReferenceUID = uids["frame"]
+    ds.StudyID = "1"
+    ds.SeriesNumber = uids["series_number"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PatientPosition = "HFS"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    return ds
+
+
+def series_uids(seed_text: str, series_number: int, date: str = "20250101") -> dict:
+    """Deterministic UIDs: the same seed text gives the same DICOM bytes."""
+    uid = lambda kind: generate_uid(entropy_srcs=[seed_text, kind])  # noqa: E731
+    return {
+        "study": uid("study"),
+        "series": uid(f"series{series_number}"),
+        "frame": uid("frame"),
+        "accession": "ACC" + uid("accession")[-8:].replace(".", "0"),
+        "series_number": series_number,
+        "date": date,
+        "seed": seed_text,
+    }
+
+
+def _set_geometry(ds: Dataset, grid: Grid, k: int) -> None:
+    ds.ImagePositionPatient = [round(v, 4) for v in grid.slice_position_lps(k)]
+    ds.PixelSpacing = [grid.spacing[1], grid.spacing[0]]  # row spacing, column spacing
+    ds.SliceThickness = grid.spacing[2]
+    ds.SpacingBetweenSlices = grid.spacing[2]
+    ds.SliceLocation = round(grid.slice_position_lps(k)[2], 4)
+    ds.Rows = grid.shape[1]
+    ds.Columns = grid.shape[0]
+
+
+def _set_bvalue(ds: Dataset, vendor: str, bval: float) -> None:
+    b = int(round(bval))
+    if vendor == "siemens":
+        block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+        block.add_new(0x0C, "IS", str(b))
+        block.add_new(0x0D, "CS", "NONE" if b == 0 else "DIRECTIONAL")
+        ds.SequenceName = f"*ep_b{b}t" if b else "*ep_b0"
+    elif vendor == "ge":
+        block = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+        block.add_new(0x39, "IS", [GE_B_OFFSET + b, 0, 0, 0])
+        # dcm2niix zeroes a GE b-value whose gradient direction is zero, so trace
+        # images carry the isotropic direction (1, 1, 1)/sqrt(3).
+        acq = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+        for element in (0xBB, 0xBC, 0xBD):
+            acq.add_new(element, "DS", "0.57735" if b else "0")
+    elif vendor == "philips":
+        block = ds.private_block(0x2001, "Philips Imaging DD 001", create=True)
+        block.add_new(0x03, "FL", float(b))
+        block.add_new(0x04, "CS", "O" if b == 0 else "I")
+    else:
+        ds.add_new((0x0018, 0x9087), "FD", float(b))
+        ds.add_new((0x0018, 0x9075), "CS", "NONE" if b == 0 else "ISOTROPIC")
+
+
+def write_dwi_series(
+    out_dir: str | Path,
+    volumes: np.ndarray,
+    bvals,
+    grid: Grid,
+    vendor: str,
+    patient: PatientInfo,
+    uids: dict,
+    series_description: str = "ep2d_diff_trace",
+) -> list[Path]:
+    """Write trace-weighted DWI as single-frame MR images, one file per slice and b.
+
+    volumes: (n_b, nx, ny, nz) unsigned integers (stored as uint16, no rescale).
+    """
+    if vendor not in MANUFACTURERS:
+        raise ValueError(f"unknown vendor {vendor!r}; choose one of {VENDORS}")
+    volumes = np.asarray(volumes)
+    if volumes.shape[1:] != grid.shape or len(bvals) != volumes.shape[0]:
+        raise ValueError(f"volumes {volumes.shape} do not fit grid {grid.shape} and {len(bvals)} b-values")
+    if volumes.min() < 0 or volumes.max() > 65535:
+        raise ValueError("DWI volumes must hold values in 0..65535")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    nz = grid.shape[2]
+    for v, bval in enumerate(bvals):
+        for k in range(nz):
+            ds = _base_dataset(MR_IMAGE_STORAGE, "MR", patient, vendor, uids)
+            ds.SeriesDescription = ds.ProtocolName = series_description
+            ds.MagneticFieldStrength = 3.0
+            ds.EchoTime = 70
+            ds.RepetitionTime = 4000
+            ds.ScanningSequence = "EP"
+            ds.SequenceVariant = "SK"
+            ds.MRAcquisitionType = "2D"
+            ds.InPlanePhaseEncodingDirection = "COL"
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "DIFFUSION", "TRACEW"]
+            instance = v * nz + k + 1
+            ds.InstanceNumber = instance
+            ds.AcquisitionNumber = v + 1
+            ds.SOPInstanceUID = generate_uid(entropy_srcs=[uids["seed"], "sop", str(uids["series_number"]), str(instance)])
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            _set_geometry(ds, grid, k)
+            _set_bvalue(ds, vendor, bval)
+            ds.PixelRepresentation = 0
+            ds.PixelData = np.ascontiguousarray(volumes[v, :, :, k].T.astype("<u2")).tobytes()
+            path = out / f"IM_{instance:05d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            written.append(path)
+    return written
+
+
+def write_ct_series(
+    out_dir: str | Path,
+    hu: np.ndarray,
+    grid: Grid,
+    patient: PatientInfo,
+    uids: dict,
+    vendor: str = "siemens",
+    series_description: str = "Head 5mm",
+) -> list[Path]:
+    """Write a CT volume (Hounsfield units, (nx, ny, nz)) as signed 16-bit slices."""
+    hu = np.asarray(hu)
+    if hu.shape != grid.shape:
+        raise ValueError(f"CT volume {hu.shape} does not fit grid {grid.shape}")
+    stored = np.clip(np.round(hu + 1024), -32768, 32767).astype("<i2")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in range(grid.shape[2]):
+        ds = _base_dataset(CT_IMAGE_STORAGE, "CT", patient, vendor, uids)
+        ds.SeriesDescription = ds.ProtocolName = series_description
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.KVP = 120
+        ds.InstanceNumber = k + 1
+        ds.AcquisitionNumber = 1
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[uids["seed"], "ct", str(k)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        _set_geometry(ds, grid, k)
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.PixelRepresentation = 1
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        path = out / f"CT_{k + 1:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written

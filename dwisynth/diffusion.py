@@ -1,0 +1,56 @@
+"""Diffusion signal models and fits.
+
+ADC is in x10^-3 mm²/s everywhere in dwisynth; b-values in s/mm². Volumes are
+stacked on the last axis: dwi has shape (..., n_b).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ADC_SCALE = 1e-3  # ADC values are stored as multiples of 1e-3 mm²/s
+
+
+def ivim_signal(s0, adc, bvals, perfusion_fraction=0.0, pseudo_diffusion=0.0) -> np.ndarray:
+    """Noise-free signal S(b) = S0 [f exp(-b D*) + (1 - f) exp(-b D)].
+
+    adc (D) and pseudo_diffusion (D*) in x10^-3 mm²/s; f = 0 gives the
+    mono-exponential model. Returns shape (*broadcast(s0, adc, ...).shape, n_b).
+    """
+    b = np.asarray(bvals, dtype=float) * ADC_SCALE
+    s0, adc, f, dstar = (np.asarray(x, dtype=float)[..., None] for x in (s0, adc, perfusion_fraction, pseudo_diffusion))
+    return s0 * (f * np.exp(-b * dstar) + (1.0 - f) * np.exp(-b * adc))
+
+
+def fit_mono_exponential(dwi, bvals, mask=None, weighted: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares fit of ln S = ln S0 - b ADC in every voxel.
+
+    weighted=True weights each log-signal by S² (the variance of ln S is about
+    sigma²/S²), which keeps noisy high-b voxels from dominating.
+    Returns (s0, adc) with adc in x10^-3 mm²/s; voxels outside mask are 0.
+    """
+    dwi = np.asarray(dwi, dtype=float)
+    b = np.asarray(bvals, dtype=float)
+    if dwi.shape[-1] != b.size:
+        raise ValueError(f"dwi has {dwi.shape[-1]} volumes but {b.size} b-values were given")
+    if np.unique(b).size < 2:
+        raise ValueError(f"an ADC fit needs at least two distinct b-values, got {sorted(set(b.tolist()))}")
+    signal = np.clip(dwi, 1e-6, None)
+    log_signal = np.log(signal)
+    w = signal**2 if weighted else np.ones_like(signal)
+    sw = w.sum(-1)
+    sb = (w * b).sum(-1)
+    sbb = (w * b * b).sum(-1)
+    sy = (w * log_signal).sum(-1)
+    sby = (w * b * log_signal).sum(-1)
+    det = sw * sbb - sb * sb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.where(det > 0, (sw * sby - sb * sy) / det, 0.0)
+        intercept = np.where(sw > 0, (sy - slope * sb) / sw, 0.0)
+    adc = -slope / ADC_SCALE
+    s0 = np.exp(intercept)
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool)
+        adc = np.where(keep, adc, 0.0)
+        s0 = np.where(keep, s0, 0.0)
+    return s0, adc

@@ -1,0 +1,37 @@
+"""NIfTI reading and writing at the edges; everything inside works on arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dwisynth.errors import DwisynthError
+
+
+def load_dwi(dwi_path: str | Path, bval_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """4D DWI (x, y, z, n_b) as float and its b-values (s/mm²)."""
+    img = nib.load(dwi_path)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    if data.ndim == 3:
+        data = data[..., None]
+    bvals = np.loadtxt(bval_path, ndmin=1)
+    if bvals.size != data.shape[-1]:
+        raise DwisynthError(f"{bval_path}: {bvals.size} b-values for {data.shape[-1]} volumes in {dwi_path}")
+    return data, bvals
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj) > 0
+
+
+def save_like(array: np.ndarray, reference: str | Path, out_path: str | Path, dtype=np.float32) -> None:
+    """Save array with the geometry (affine, qform/sform) of a reference image."""
+    ref = nib.load(reference)
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), ref.affine)
+    img.header.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 1)
+    img.header.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 1)
+    img.header.set_xyzt_units("mm")
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, out_path)

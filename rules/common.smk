@@ -1,0 +1,60 @@
+import pandas as pd
+from pathlib import Path
+
+from dwisynth.config import read_sample_sheet, validate_config, validate_sample_sheet
+from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
+
+
+validate_config(config, "config")
+
+if config["demo"]["enabled"]:
+    # The demo plan is a function of the config, so the sheet is known before
+    # the demo_cohort rule writes the DICOM it points at.
+    DEMO_SHEET = f"{config['demo']['outdir']}/samples.tsv"
+    SAMPLES = validate_sample_sheet(sample_sheet(plan_demo_cohort(config)), "demo plan")
+else:
+    DEMO_SHEET = None
+    SAMPLES = read_sample_sheet(config["samples"])
+
+COHORTS = config["cohorts"] or sorted(SAMPLES["cohort"].unique())
+_unknown = sorted(set(COHORTS) - set(SAMPLES["cohort"]))
+if _unknown:
+    raise ValueError(f"config cohorts {_unknown} have no rows in the sample sheet; cohorts there: "
+                     f"{sorted(SAMPLES['cohort'].unique())}")
+SAMPLES = SAMPLES[SAMPLES["cohort"].isin(COHORTS) & SAMPLES["organ"].isin(config["organs"])]
+SAMPLES = SAMPLES.set_index(["cohort", "subject", "modality"], drop=False).sort_index()
+
+MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
+
+
+wildcard_constraints:
+    cohort="[A-Za-z0-9_]+",
+    subject="[A-Za-z0-9]+",
+
+
+def series_row(wildcards, modality):
+    return SAMPLES.loc[(wildcards.cohort, wildcards.subject, modality)]
+
+
+def dicom_dir(modality):
+    def lookup(wildcards):
+        return series_row(wildcards, modality)["dicom_dir"]
+
+    return lookup
+
+
+def nifti_outputs(cohort, subject, modality):
+    stem = f"results/{cohort}/nifti/sub-{subject}/sub-{subject}_{MODALITY_SUFFIX[modality]}"
+    files = [f"{stem}.nii.gz", f"{stem}.json", f"{stem}_qc.json"]
+    if modality == "DWI":
+        files += [f"{stem}.bval", f"{stem}.bvec"]
+    return files
+
+
+def cohort_targets(cohort):
+    rows = SAMPLES[SAMPLES["cohort"] == cohort]
+    return [f for r in rows.itertuples() for f in nifti_outputs(r.cohort, r.subject, r.modality)]
+
+
+def all_targets():
+    return [f for cohort in COHORTS for f in cohort_targets(cohort)]

@@ -1,0 +1,16 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _logging import redirect_to_log
+
+from dwisynth.convert import convert_series
+
+redirect_to_log(snakemake)  # noqa: F821
+convert_series(
+    snakemake.input.dicom,  # noqa: F821
+    Path(snakemake.output.nifti).parent,  # noqa: F821
+    snakemake.wildcards.subject,  # noqa: F821
+    snakemake.params.modality,  # noqa: F821
+    b0_max=snakemake.params.b0_max,  # noqa: F821
+)

@@ -1,0 +1,46 @@
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dwisynth.config import validate_config
+from dwisynth.dicom import PatientInfo, series_uids
+from dwisynth.geometry import Grid
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "workflow_tests" / "config" / "config.yaml"
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    config = validate_config(yaml.safe_load(TINY_CONFIG.read_text()))
+    config = copy.deepcopy(config)
+    config["demo"]["outdir"] = str(tmp_path / "demo")
+    return config
+
+
+@pytest.fixture
+def patient():
+    return PatientInfo("Testpatient^Herbert", "MRN7654321", "19571103", "Saint Ludger Clinic 42",
+                       "77 Kestrel Road, Fairhaven 4455")
+
+
+@pytest.fixture
+def small_grid():
+    return Grid.centred((10, 12, 4), (2.0, 2.5, 5.0))
+
+
+@pytest.fixture
+def small_dwi(small_grid):
+    """(n_b, x, y, z) integer volumes whose every voxel differs, and their b-values."""
+    bvals = [0, 100, 500, 1000]
+    rng = np.random.default_rng(3)
+    volumes = rng.integers(1, 4000, size=(len(bvals), *small_grid.shape)).astype(np.uint16)
+    return volumes, bvals
+
+
+@pytest.fixture
+def uids():
+    return series_uids("pytest-series", 5)

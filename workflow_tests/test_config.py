@@ -1,0 +1,80 @@
+"""Config and sample-sheet validation: defaults, and errors that name the file."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from dwisynth.config import load_config, read_sample_sheet
+from dwisynth.errors import ConfigError, SampleSheetError
+
+from conftest import REPO
+
+
+def test_demo_config_validates_and_gets_defaults(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    del config["device"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config(path)
+    assert loaded["device"] == "auto"
+    assert loaded["demo"]["enabled"] is True
+
+
+def test_bad_device_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"bvalues": {}, "device": "tpu"}))
+    with pytest.raises(ConfigError, match="tpu"):
+        load_config(path)
+
+
+def test_heldout_b_in_targets_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"bvalues": {"targets": [850, 1000], "heldout": [850]}}))
+    with pytest.raises(ConfigError, match="never be trained on"):
+        load_config(path)
+
+
+def _sheet(tmp_path, drop=None):
+    df = pd.DataFrame([{"cohort": "c1", "center": "h1", "subject": "S0001", "organ": "brain",
+                        "modality": "DWI", "dicom_dir": "/data/x"}])
+    if drop:
+        df = df.drop(columns=[drop])
+    path = tmp_path / "samples.tsv"
+    df.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_sheet_with_missing_column_names_file_and_column(tmp_path):
+    path = _sheet(tmp_path, drop="dicom_dir")
+    with pytest.raises(SampleSheetError) as err:
+        read_sample_sheet(path)
+    assert str(path) in str(err.value) and "dicom_dir" in str(err.value)
+
+
+def test_valid_sheet_gets_optional_columns(tmp_path):
+    sheet = read_sample_sheet(_sheet(tmp_path))
+    assert sheet.loc[0, "split"] == "" and sheet.loc[0, "vendor"] == ""
+
+
+def test_sheet_with_bad_organ_names_the_row(tmp_path):
+    path = _sheet(tmp_path)
+    path.write_text(path.read_text().replace("brain", "knee"))
+    with pytest.raises(SampleSheetError, match="row 2.*knee"):
+        read_sample_sheet(path)
+
+
+def test_workflow_stops_on_sheet_with_missing_column(tmp_path):
+    path = _sheet(tmp_path, drop="organ")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"samples": str(path), "bvalues": {}, "demo": {"enabled": False}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", str(tmp_path),
+         "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode != 0
+    assert "missing column(s) organ" in proc.stdout + proc.stderr
+    assert str(path) in proc.stdout + proc.stderr

@@ -1,0 +1,121 @@
+"""dcm2niix conversion: b-values per vendor convention, voxel values, geometry, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from dwisynth.convert import convert_series
+from dwisynth.dicom import VENDORS, read_bvalue, write_ct_series, write_dwi_series
+from dwisynth.errors import DicomSeriesError, HeaderQCError
+
+
+def canonical(img):
+    canon = nib.as_closest_canonical(img)
+    return canon.affine, np.asarray(canon.dataobj)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_vendor_bvalue_tag_is_read_back_after_dcm2niix(tmp_path, vendor, small_grid, small_dwi, patient, uids):
+    volumes, bvals = small_dwi
+    files = write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, vendor, patient, uids)
+    # the tag itself, as pydicom reads it by the vendor's convention
+    per_file = [read_bvalue(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    assert sorted(set(per_file)) == bvals
+
+    record = convert_series(tmp_path / "dcm", tmp_path / "out", "T01", "DWI", log=lambda *_: None)
+    stem = tmp_path / "out" / "sub-T01_dwi"
+    assert np.loadtxt(f"{stem}.bval").tolist() == bvals
+    assert record["vendor"] == vendor and record["bvals"] == bvals
+
+    converted = nib.load(f"{stem}.nii.gz")
+    expected = nib.Nifti1Image(np.moveaxis(volumes, 0, -1), small_grid.affine_ras())
+    conv_affine, conv_data = canonical(converted)
+    exp_affine, exp_data = canonical(expected)
+    assert np.allclose(conv_affine, exp_affine, atol=1e-3)
+    assert np.array_equal(conv_data, exp_data)
+
+
+def test_ct_hounsfield_units_survive_conversion(tmp_path, small_grid, patient, uids):
+    hu = np.random.default_rng(1).integers(-1000, 1500, size=small_grid.shape)
+    write_ct_series(tmp_path / "ct", hu, small_grid, patient, uids)
+    record = convert_series(tmp_path / "ct", tmp_path / "out", "T02", "CT", log=lambda *_: None)
+    img = nib.load(tmp_path / "out" / "sub-T02_ct.nii.gz")
+    _, data = canonical(img)
+    _, expected = canonical(nib.Nifti1Image(hu.astype(np.int16), small_grid.affine_ras()))
+    assert np.array_equal(np.round(data), expected)
+    assert record["modality"] == "CT" and img.ndim == 3
+
+
+def test_sidecar_and_files_hold_no_identifier(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, bvals = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "siemens", patient, uids)
+    record = convert_series(tmp_path / "dcm", tmp_path / "out", "T03", "DWI", log=lambda *_: None)
+    assert "InstitutionAddress" in record["sidecar_keys_removed"]
+    for path in (tmp_path / "out").iterdir():
+        blob = (nib.load(path).header.binaryblock if path.name.endswith(".nii.gz") else path.read_bytes())
+        for identifier in (patient.name, patient.patient_id, patient.birth_date, patient.institution,
+                           patient.institution_address, "Herbert", uids["study"]):
+            assert identifier.encode() not in blob, (path, identifier)
+
+
+def _only_outputs(folder: Path):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_truncated_dicom_names_the_file_and_writes_nothing(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, bvals = small_dwi
+    files = write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "philips", patient, uids)
+    bad = files[5]
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(DicomSeriesError, match=bad.name):
+        convert_series(tmp_path / "dcm", tmp_path / "out", "T04", "DWI", log=lambda *_: None)
+    assert _only_outputs(tmp_path / "out") == []
+
+
+def test_series_without_b0_is_rejected(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, _ = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, [50, 100, 500, 1000], small_grid, "ge", patient, uids)
+    with pytest.raises(HeaderQCError, match="no b0"):
+        convert_series(tmp_path / "dcm", tmp_path / "out", "T05", "DWI", log=lambda *_: None)
+    assert _only_outputs(tmp_path / "out") == []
+
+
+def test_series_with_a_missing_slice_is_rejected_as_inconsistent(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, bvals = small_dwi
+    files = write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "siemens", patient, uids)
+    files[-1].unlink()
+    with pytest.raises(HeaderQCError, match="inconsistent b-values"):
+        convert_series(tmp_path / "dcm", tmp_path / "out", "T06", "DWI", log=lambda *_: None)
+
+
+def test_sheet_modality_must_match_the_dicom(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, bvals = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "siemens", patient, uids)
+    with pytest.raises(HeaderQCError, match="sheet says CT"):
+        convert_series(tmp_path / "dcm", tmp_path / "out", "T07", "CT", log=lambda *_: None)
+
+
+def test_cli_reports_corrupt_file_and_exits_nonzero(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, bvals = small_dwi
+    files = write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "siemens", patient, uids)
+    files[0].write_bytes(b"not a dicom file at all")
+    proc = subprocess.run([sys.executable, "-m", "dwisynth.cli", "convert", str(tmp_path / "dcm"), "-o",
+                           str(tmp_path / "out"), "--subject", "T08"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert files[0].name in proc.stderr and "re-export" in proc.stderr
+
+
+def test_cli_converts_one_series(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, bvals = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "standard", patient, uids)
+    proc = subprocess.run([sys.executable, "-m", "dwisynth.cli", "convert", str(tmp_path / "dcm"), "-o",
+                           str(tmp_path / "out"), "--subject", "T09"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    qc = json.loads((tmp_path / "out" / "sub-T09_dwi_qc.json").read_text())
+    assert qc["checks"] == "passed" and qc["bvals"] == [float(b) for b in bvals]

@@ -1,0 +1,105 @@
+"""End to end: the workflow on the tiny config, then what its outputs must and must not hold."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, TINY_CONFIG
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args, workdir, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(TINY_CONFIG), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    snakemake("--cores", "2", workdir=workdir)
+    return workdir
+
+
+def test_every_series_is_converted(demo_run):
+    sheet = pd.read_csv(demo_run / "data/demo/samples.tsv", sep="\t", keep_default_na=False)
+    for row in sheet.itertuples():
+        suffix = {"DWI": "dwi", "CT": "ct"}[row.modality]
+        stem = demo_run / f"results/{row.cohort}/nifti/sub-{row.subject}/sub-{row.subject}_{suffix}"
+        assert Path(f"{stem}.nii.gz").exists(), stem
+        qc = json.loads(Path(f"{stem}_qc.json").read_text())
+        assert qc["checks"] == "passed"
+
+
+def test_bvalues_after_dcm2niix_equal_the_generated_ones_for_every_vendor(demo_run):
+    vendors = set()
+    for truth in (demo_run / "data/demo/truth").glob("*/sub-*/sub-*_truth.json"):
+        meta = json.loads(truth.read_text())
+        subject = truth.parent.name
+        bval = demo_run / f"results/{meta['cohort']}/nifti/{subject}/{subject}_dwi.bval"
+        assert np.loadtxt(bval).tolist() == meta["acquired_bvals"]
+        vendors.add(meta["vendor"])
+    assert vendors == {"siemens", "ge", "philips", "standard"}
+
+
+def test_no_planted_identifier_reaches_results(demo_run):
+    planted = json.loads((demo_run / "data/demo/planted_phi.json").read_text())
+    needles = set()
+    for person in planted.values():
+        needles |= {person["name"], person["patient_id"], person["birth_date"], person["institution"],
+                    person["institution_address"]}
+        needles |= {part for part in person["name"].split("^") if len(part) >= 4}
+        b = person["birth_date"]
+        needles.add(f"{b[:4]}-{b[4:6]}-{b[6:]}")
+    files = [p for p in (demo_run / "results").rglob("*") if p.is_file()]
+    assert len(files) > 20
+    for path in files:
+        blob = path.read_bytes()
+        if path.name.endswith(".gz"):
+            import gzip
+
+            blob = gzip.decompress(blob)
+        for needle in needles:
+            assert needle.encode() not in blob, f"{needle!r} found in {path}"
+            assert needle not in str(path)
+
+
+def test_rerun_has_nothing_to_do(demo_run):
+    proc = snakemake("-n", "--cores", "1", workdir=demo_run)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_one_cohort_target_builds_only_that_cohort(tmp_path):
+    proc = snakemake("-n", "--cores", "1", "cohort_tcga", workdir=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert "convert_dwi" in out and "cohort_tcga" in out
+    assert "sub-SA" not in out and "sub-HA" not in out  # no stroke or hospitalA series
+
+
+def test_lint_is_clean(tmp_path):
+    proc = snakemake("--lint", workdir=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_dry_run_of_the_default_demo_config(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--directory", str(tmp_path),
+           "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config/config.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "demo_cohort" in proc.stdout
+
+
+def test_dry_run_with_the_slurm_profile(tmp_path):
+    proc = snakemake("-n", "--profile", str(REPO / "profiles/slurm"), workdir=tmp_path)
+    assert "convert_ct" in proc.stdout
