@@ -11,6 +11,8 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/convert.smk"
+include: "rules/preprocess.smk"
+include: "rules/dataset.smk"
 
 
 rule all:

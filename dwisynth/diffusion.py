@@ -54,3 +54,29 @@ def fit_mono_exponential(dwi, bvals, mask=None, weighted: bool = True) -> tuple[
         adc = np.where(keep, adc, 0.0)
         s0 = np.where(keep, s0, 0.0)
     return s0, adc
+
+
+def fit_adc(dwi, bvals, mask=None, max_adc: float = 4.0, min_b: float = 0.0, max_b: float = float("inf")) -> np.ndarray:
+    """ADC map (x10^-3 mm²/s) from the b-values in [min_b, max_b], clipped to [0, max_adc].
+
+    The one ADC function for acquired and synthetic images alike.
+    """
+    b = np.asarray(bvals, dtype=float)
+    use = (b >= min_b) & (b <= max_b)
+    if np.unique(b[use]).size < 2:
+        raise ValueError(f"ADC needs two distinct b-values in [{min_b:g}, {max_b:g}], have {sorted(set(b.tolist()))}")
+    _, adc = fit_mono_exponential(np.asarray(dwi)[..., use], b[use], mask=mask)
+    return np.clip(adc, 0.0, max_adc)
+
+
+def computed_dwi(dwi, bvals, input_bvals, target_bvals, mask=None) -> np.ndarray:
+    """cDWI: S0 and ADC fitted from the input b-values only, extrapolated to each target b.
+
+    Returns (..., len(target_bvals)). This is the physics baseline every network must beat,
+    and it sees exactly what the networks see: the input b-values.
+    """
+    b = np.asarray(bvals, dtype=float)
+    pick = [int(np.flatnonzero(np.isclose(b, x))[0]) for x in input_bvals]
+    s0, adc = fit_mono_exponential(np.asarray(dwi)[..., pick], b[pick], mask=mask)
+    adc = np.clip(adc, 0.0, None)
+    return ivim_signal(s0, adc, target_bvals)

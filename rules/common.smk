@@ -25,6 +25,13 @@ SAMPLES = SAMPLES[SAMPLES["cohort"].isin(COHORTS) & SAMPLES["organ"].isin(config
 SAMPLES = SAMPLES.set_index(["cohort", "subject", "modality"], drop=False).sort_index()
 
 MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
+_b = config["bvalues"]
+BVALUE_GRID = sorted({float(b) for key in ("inputs", "targets", "heldout", "other") for b in _b[key]})
+SUBJECTS = (
+    SAMPLES[SAMPLES["modality"] == "DWI"][["cohort", "center", "organ", "subject", "split"]]
+    .reset_index(drop=True)
+    .to_dict("records")
+)
 
 
 wildcard_constraints:
@@ -51,10 +58,25 @@ def nifti_outputs(cohort, subject, modality):
     return files
 
 
+def preproc_outputs(cohort, subject, modality):
+    stem = f"results/{cohort}/preproc/sub-{subject}/sub-{subject}"
+    if modality == "CT":
+        return [f"{stem}_space-dwi_ct.nii.gz"]
+    return [f"{stem}_adc.nii.gz", f"results/{cohort}/slices/sub-{subject}_slices.npz"]
+
+
 def cohort_targets(cohort):
     rows = SAMPLES[SAMPLES["cohort"] == cohort]
-    return [f for r in rows.itertuples() for f in nifti_outputs(r.cohort, r.subject, r.modality)]
+    return [
+        f
+        for r in rows.itertuples()
+        for f in nifti_outputs(r.cohort, r.subject, r.modality) + preproc_outputs(r.cohort, r.subject, r.modality)
+    ]
+
+
+def all_nifti_targets():
+    return [f for r in SAMPLES.itertuples() for f in nifti_outputs(r.cohort, r.subject, r.modality)]
 
 
 def all_targets():
-    return [f for cohort in COHORTS for f in cohort_targets(cohort)]
+    return [f for cohort in COHORTS for f in cohort_targets(cohort)] + ["results/datasets/split.tsv"]

@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,20 @@ def small_dwi(small_grid):
 @pytest.fixture
 def uids():
     return series_uids("pytest-series", 5)
+
+
+def snakemake(*args, workdir, check=True, configfile=TINY_CONFIG):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The whole workflow on the tiny config, once per test session."""
+    workdir = tmp_path_factory.mktemp("run")
+    snakemake("--cores", "2", workdir=workdir)
+    return workdir

@@ -10,25 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY_CONFIG
+from conftest import REPO, snakemake
 
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(*args, workdir, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(TINY_CONFIG), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    snakemake("--cores", "2", workdir=workdir)
-    return workdir
 
 
 def test_every_series_is_converted(demo_run):

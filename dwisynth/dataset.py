@@ -1,0 +1,151 @@
+"""2D slice datasets and the patient-level split.
+
+Shards: one .npz per subject (so a new subject adds one shard and touches no
+other), holding every masked axial slice at every b-value of the grid, with a
+presence flag per b-value (subjects lack some b-values: the semi-supervised
+networks use what is there). A torch IterableDataset streams shard by shard,
+so a cohort never has to fit in memory.
+
+Split: 8:2 by patient, stratified by center and organ. Within a stratum,
+subjects are ranked by a seeded hash of their ID and the first
+round(n * test_fraction) go to test; adding a subject moves at most one other.
+Subjects acquired at a held-out b-value go to test unless the sheet fixes
+them to train (few-shot images); their held-out volumes never reach training
+in the zero-shot setting (SliceDataset drops them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+SPLIT_COLUMNS = ["cohort", "center", "organ", "subject", "split", "reason"]
+
+
+def _rank(seed: int, subject: str) -> str:
+    return hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()
+
+
+def make_split(subjects: pd.DataFrame, test_fraction: float, seed: int, heldout_subjects=()) -> pd.DataFrame:
+    """subjects: one row per subject with cohort, center, organ, subject and optional split."""
+    heldout_subjects = set(heldout_subjects)
+    rows = []
+    for (_, _, _), group in subjects.groupby(["cohort", "center", "organ"], sort=True):
+        free = []
+        for r in group.itertuples():
+            fixed = getattr(r, "split", "") or ""
+            if fixed:
+                rows.append((r.cohort, r.center, r.organ, r.subject, fixed, "fixed in sample sheet"))
+            elif (r.cohort, r.subject) in heldout_subjects:
+                rows.append((r.cohort, r.center, r.organ, r.subject, "test", "acquired at a held-out b-value"))
+            else:
+                free.append(r)
+        free.sort(key=lambda r: _rank(seed, f"{r.cohort}/{r.subject}"))
+        n_test = int(round(len(free) * test_fraction))
+        if len(free) >= 2 and n_test == 0:
+            n_test = 1  # every stratum with two or more free subjects is represented in test
+        for i, r in enumerate(free):
+            rows.append((r.cohort, r.center, r.organ, r.subject, "test" if i < n_test else "train",
+                         f"stratified by center and organ, seed {seed}"))
+    split = pd.DataFrame(rows, columns=SPLIT_COLUMNS).sort_values(["cohort", "subject"]).reset_index(drop=True)
+    leaked = split.groupby("subject")["split"].nunique()
+    assert (leaked == 1).all(), f"subjects in both splits: {list(leaked[leaked > 1].index)}"
+    return split
+
+
+def slice_shard(dwi: np.ndarray, bvals, mask: np.ndarray, grid_bvals, min_mask_fraction: float = 0.02) -> dict:
+    """Arrays for one subject: images (n, n_grid_b, H, W), present (n_grid_b,), mask (n, H, W)."""
+    grid = [float(b) for b in grid_bvals]
+    bvals = [float(b) for b in bvals]
+    h, w, depth = dwi.shape[:3]
+    coverage = mask.reshape(-1, depth).mean(0)
+    keep = np.flatnonzero(coverage >= min_mask_fraction)
+    images = np.zeros((keep.size, len(grid), h, w), dtype=np.float32)
+    present = np.zeros(len(grid), dtype=bool)
+    for j, b in enumerate(grid):
+        if b in bvals:
+            images[:, j] = np.moveaxis(dwi[:, :, keep, bvals.index(b)], -1, 0)
+            present[j] = True
+    return {"images": images, "present": present, "bvals": np.asarray(grid),
+            "mask": np.moveaxis(mask[:, :, keep], -1, 0).astype(np.uint8), "slice_index": keep}
+
+
+def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, metadata: dict) -> int:
+    img = nib.load(dwi_path)
+    dwi = np.asarray(img.dataobj, dtype=np.float32)
+    bvals = np.loadtxt(bval_path, ndmin=1)
+    mask = np.asarray(nib.load(mask_path).dataobj) > 0
+    shard = slice_shard(dwi, bvals, mask, grid_bvals)
+    tmp = Path(str(out_path) + ".tmp.npz")
+    np.savez_compressed(tmp, **shard, metadata=json.dumps(metadata))
+    tmp.replace(out_path)
+    return int(shard["images"].shape[0])
+
+
+class SliceDataset(torch.utils.data.IterableDataset):
+    """Streams (input, target, target_present, mask) slices from shards, one shard in memory at a time.
+
+    input_b: b-values fed to the network; target_b: b-values to predict. Subjects
+    whose shard lacks an input b-value are skipped. With zero_shot=True, held-out
+    b-values are never marked present (nothing at those b can train).
+    """
+
+    def __init__(self, shards, input_b, target_b, heldout_b=(), zero_shot=True, shuffle_seed=None):
+        super().__init__()
+        self.shards = [Path(s) for s in shards]
+        self.input_b = [float(b) for b in input_b]
+        self.target_b = [float(b) for b in target_b]
+        self.heldout_b = {float(b) for b in heldout_b}
+        self.zero_shot = zero_shot
+        self.shuffle_seed = shuffle_seed
+
+    def _slices(self, shard_path):
+        with np.load(shard_path) as shard:
+            grid = [float(b) for b in shard["bvals"]]
+            present = shard["present"]
+            if not all(b in grid and present[grid.index(b)] for b in self.input_b):
+                return
+            images, mask = shard["images"], shard["mask"]
+        inputs = images[:, [grid.index(b) for b in self.input_b]]
+        targets = np.zeros((images.shape[0], len(self.target_b), *images.shape[2:]), np.float32)
+        flags = np.zeros(len(self.target_b), bool)
+        for j, b in enumerate(self.target_b):
+            if b in grid and present[grid.index(b)] and not (self.zero_shot and b in self.heldout_b):
+                targets[:, j] = images[:, grid.index(b)]
+                flags[j] = True
+        for i in range(images.shape[0]):
+            yield inputs[i], targets[i], flags, mask[i]
+
+    def __iter__(self):
+        order = list(self.shards)
+        if self.shuffle_seed is not None:
+            np.random.default_rng(self.shuffle_seed).shuffle(order)
+        for shard in order:
+            for item in self._slices(shard):
+                yield tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in item)
+
+
+def subjects_with_heldout_b(qc_files, heldout_b, tolerance: float = 15.0) -> set[tuple[str, str]]:
+    """(cohort, subject) of every DWI series acquired at a held-out b-value, from the conversion QC records."""
+    found = set()
+    for path in qc_files:
+        record = json.loads(Path(path).read_text())
+        cohort = Path(path).parts[-4]
+        if any(abs(b - h) <= tolerance for b in record["bvals"] for h in heldout_b):
+            found.add((cohort, record["subject"]))
+    return found
+
+
+def write_split_manifest(subjects, qc_files, heldout_b, test_fraction, seed, out_path) -> pd.DataFrame:
+    table = pd.DataFrame(list(subjects))
+    split = make_split(table, test_fraction, seed, subjects_with_heldout_b(qc_files, heldout_b))
+    split.to_csv(out_path, sep="\t", index=False)
+    counts = split.groupby("split").size().to_dict()
+    print(f"[split] {counts} -> {out_path}")
+    return split

@@ -1,0 +1,1 @@
+"""Preprocessing: registration (ANTs), masking (HD-BET / Otsu), b-value normalization."""

@@ -1,0 +1,80 @@
+"""b-value snapping and intensity normalization across centers.
+
+Method (one subject at a time, using only its own images):
+1. snap every nominal b-value to the configured grid within a tolerance
+   (scanners write 995 for 1000) and average volumes that share a b-value;
+2. optionally estimate the receive bias field on b0 with N4 inside the mask and
+   divide every volume by it (S/S0 ratios, hence ADC, are unchanged);
+3. divide every volume by the median b0 inside the mask, so tissue b0 is about 1
+   whatever the vendor's scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dwisynth.errors import DwisynthError
+
+
+class NormalizationError(DwisynthError):
+    """b-values or intensities that preprocessing cannot use."""
+
+
+def snap_bvalues(bvals, grid, tolerance: float, subject: str) -> np.ndarray:
+    grid = np.asarray(sorted(set(float(b) for b in grid)))
+    snapped = []
+    for b in np.asarray(bvals, dtype=float):
+        nearest = grid[np.argmin(np.abs(grid - b))]
+        if abs(nearest - b) > tolerance:
+            raise NormalizationError(
+                f"sub-{subject}: b={b:g} is not within {tolerance:g} s/mm² of any configured b-value "
+                f"{[float(g) for g in grid]}; add it to bvalues (inputs, targets, heldout or other) or fix the series"
+            )
+        snapped.append(nearest)
+    return np.asarray(snapped)
+
+
+def average_repeats(dwi: np.ndarray, bvals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One volume per b-value (the mean of repeats), sorted by b."""
+    unique = np.unique(bvals)
+    return np.stack([dwi[..., bvals == b].mean(-1) for b in unique], axis=-1), unique
+
+
+def check_finite(array: np.ndarray, subject: str, what: str) -> None:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise NormalizationError(f"sub-{subject}: {what} holds {int(bad.sum())} NaN/inf voxels; "
+                                 "re-convert the series or check the scanner export")
+
+
+def n4_bias_field(b0: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    import ants
+
+    from dwisynth.preprocess.registration import to_ants
+
+    img = to_ants(np.maximum(b0, 1e-3), affine)
+    field = ants.n4_bias_field_correction(img, mask=to_ants(mask.astype(np.float32), affine), return_bias_field=True,
+                                          shrink_factor=1, convergence={"iters": [50, 50], "tol": 1e-7})
+    field = field.numpy()
+    inside = field[mask]
+    return field / np.median(inside) if inside.size else field
+
+
+def normalize_dwi(dwi: np.ndarray, bvals: np.ndarray, mask: np.ndarray, affine: np.ndarray, subject: str,
+                  n4: bool = True, b0_max: float = 10.0) -> tuple[np.ndarray, dict]:
+    """Return the normalized DWI (b0 median in mask = 1) and a record of what was done."""
+    check_finite(dwi, subject, "the DWI")
+    b0_index = np.flatnonzero(bvals <= b0_max)
+    if b0_index.size == 0:
+        raise NormalizationError(f"sub-{subject}: no b0 volume (b <= {b0_max:g}) to normalize by")
+    b0 = dwi[..., b0_index].mean(-1)
+    record = {"method": "divide by median b0 in mask", "n4": bool(n4)}
+    if n4:
+        field = n4_bias_field(b0, mask, affine)
+        dwi = dwi / np.maximum(field, 1e-3)[..., None]
+        b0 = dwi[..., b0_index].mean(-1)
+    reference = float(np.median(b0[mask]))
+    if not reference > 0:
+        raise NormalizationError(f"sub-{subject}: median b0 inside the mask is {reference}; the mask misses the organ")
+    record["b0_median_in_mask"] = reference
+    return (dwi / reference).astype(np.float32), record

@@ -1,0 +1,11 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _logging import redirect_to_log
+
+from dwisynth.dataset import write_slice_shard
+
+redirect_to_log(snakemake)  # noqa: F821
+i, p = snakemake.input, snakemake.params  # noqa: F821
+n = write_slice_shard(i.dwi, i.bval, i.mask, snakemake.output[0], p.grid, dict(p.metadata))  # noqa: F821
+print(f"{n} slices")

@@ -1,0 +1,225 @@
+"""Preprocessing: registration, masking, normalization, ADC, split and slices, against the demo truth."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from dwisynth.dataset import SliceDataset, make_split, slice_shard
+from dwisynth.demo.cohort import plan_demo_cohort, rigid_matrix, simulate_subject
+from dwisynth.diffusion import computed_dwi, ivim_signal
+from dwisynth.preprocess.masking import MaskError, check_mask, otsu_body_mask
+from dwisynth.preprocess.normalize import NormalizationError, average_repeats, normalize_dwi, snap_bvalues
+from dwisynth.preprocess.qa import (adc_error_by_tissue, dice, protocol_truth_adc, registration_residual_mm,
+                                    voxel_centres_lps)
+from dwisynth.preprocess.registration import register, transform_matrix_lps
+
+
+def canonical(path):
+    img = nib.as_closest_canonical(nib.load(path))
+    return img, np.asarray(img.dataobj)
+
+
+def truth_stem(run, cohort, subject):
+    return run / f"data/demo/truth/{cohort}/sub-{subject}/sub-{subject}"
+
+
+def preproc_stem(run, cohort, subject):
+    return run / f"results/{cohort}/preproc/sub-{subject}/sub-{subject}"
+
+
+# --- b-values and intensities -------------------------------------------------------------
+
+def test_scanner_bvalues_snap_to_the_grid():
+    assert snap_bvalues([0, 5, 995, 1003, 798], [0, 800, 1000], 15, "X").tolist() == [0, 0, 1000, 1000, 800]
+
+
+def test_unknown_bvalue_names_the_subject():
+    with pytest.raises(NormalizationError, match=r"sub-P042: b=1500"):
+        snap_bvalues([0, 1500], [0, 800, 1000], 15, "P042")
+
+
+def test_repeats_are_averaged_per_b():
+    dwi = np.stack([np.full((2, 2, 2), v) for v in (10.0, 4.0, 6.0)], -1)
+    out, b = average_repeats(dwi, np.array([0.0, 1000.0, 1000.0]))
+    assert b.tolist() == [0, 1000] and np.allclose(out[..., 1], 5.0)
+
+
+def test_nan_volume_names_the_subject():
+    dwi = np.ones((4, 4, 2, 2))
+    dwi[0, 0, 0, 1] = np.nan
+    with pytest.raises(NormalizationError, match="sub-P007: the DWI holds 1 NaN"):
+        normalize_dwi(dwi, np.array([0.0, 1000.0]), np.ones((4, 4, 2), bool), np.eye(4), "P007", n4=False)
+
+
+def test_empty_mask_names_the_subject():
+    with pytest.raises(MaskError, match="sub-P009: the otsu mask is empty"):
+        check_mask(np.zeros((8, 8, 4), bool), "P009", "otsu")
+
+
+def test_normalization_removes_center_scale_and_keeps_adc():
+    bvals = np.array([0.0, 500.0, 1000.0])
+    rng = np.random.default_rng(0)
+    adc = rng.uniform(0.5, 2.0, (16, 16, 4))
+    mask = np.ones(adc.shape, bool)
+    for scale in (600.0, 2500.0):
+        dwi = ivim_signal(scale, adc, bvals)
+        norm, record = normalize_dwi(dwi, bvals, mask, np.eye(4), "S", n4=False)
+        assert np.median(norm[..., 0]) == pytest.approx(1.0)
+        assert np.allclose(np.log(norm[..., 0] / norm[..., 2]) / 1000 / 1e-3, adc)
+
+
+def test_cdwi_extrapolates_exactly_for_mono_exponential_tissue():
+    bvals = [0.0, 100.0, 400.0, 1000.0]
+    dwi = ivim_signal(np.full((3, 3), 800.0), 1.1, bvals)
+    predicted = computed_dwi(dwi, bvals, [0, 100], [400, 1000])
+    assert np.allclose(predicted, dwi[..., 2:], rtol=1e-9)
+
+
+def test_otsu_body_mask_finds_a_disc():
+    yy, xx = np.mgrid[:40, :40]
+    disc = ((yy - 20) ** 2 + (xx - 20) ** 2 < 15**2)[..., None].repeat(3, -1)
+    image = np.where(disc, 100.0, 2.0) + np.random.default_rng(1).normal(0, 3, disc.shape)
+    assert dice(otsu_body_mask(image, spacing=(2, 2, 5)), disc) > 0.95
+
+
+# --- registration -------------------------------------------------------------------------
+
+def test_rigid_registration_recovers_planted_motion_of_a_b_volume(tiny_config):
+    from scipy import ndimage
+
+    plan = next(p for p in plan_demo_cohort(tiny_config) if p.organ == "brain" and not p.stroke)
+    sim = simulate_subject(plan, tiny_config)
+    b0 = sim.noise_free[..., sim.truth_bvals.index(0.0)]
+    b1000 = sim.noise_free[..., sim.truth_bvals.index(1000.0)]
+    affine = sim.grid.affine_ras()
+    motion = rigid_matrix([0, 0, 3.0], [4.0, -3.0, 2.0])  # fixed -> moving, LPS mm
+    # resample b1000 so that its content moved: moving(x) = b1000(motion^-1 x) in LPS voxel terms
+    lps_affine = sim.grid.affine_lps()
+    vox = np.linalg.inv(lps_affine) @ np.linalg.inv(motion) @ lps_affine
+    moved_b1000 = ndimage.affine_transform(b1000, vox[:3, :3], vox[:3, 3], order=1)
+    _, transforms = register(b0, moved_b1000, affine, affine, "Rigid", seed=1)
+    estimate = transform_matrix_lps(transforms[0])
+    points = voxel_centres_lps(sim.organ_mask, affine)
+    mean_mm, max_mm = registration_residual_mm(estimate, np.linalg.inv(motion), points)
+    assert mean_mm < 0.5 and max_mm < 1.0, (mean_mm, max_mm)
+
+
+# --- the workflow's outputs against the truth ---------------------------------------------
+
+def test_ct_registration_undoes_the_planted_misalignment(demo_run):
+    for xfm in (demo_run / "results/stroke/preproc").glob("sub-*/sub-*_from-ct_to-dwi_xfm.json"):
+        subject = xfm.parent.name[4:]
+        truth = json.loads(truth_stem(demo_run, "stroke", subject).with_name(f"sub-{subject}_truth.json").read_text())
+        img, brain = canonical(f"{truth_stem(demo_run, 'stroke', subject)}_desc-organ_mask.nii.gz")
+        mean_mm, max_mm = registration_residual_mm(np.array(json.loads(xfm.read_text())["fixed_to_moving_lps"]),
+                                                   np.array(truth["ct_to_dwi_lps"]),
+                                                   voxel_centres_lps(brain > 0, img.affine))
+        planted, _ = registration_residual_mm(np.eye(4), np.array(truth["ct_to_dwi_lps"]),
+                                              voxel_centres_lps(brain > 0, img.affine))
+        assert planted > 2.0 and mean_mm < 1.0 and max_mm < 2.0, (planted, mean_mm, max_mm)
+
+
+def test_hd_bet_brain_mask_matches_the_phantom(demo_run):
+    masks = list((demo_run / "results").glob("*/preproc/sub-*/sub-*_desc-organ_mask.json"))
+    brains = [m for m in masks if json.loads(m.read_text())["organ"] == "brain"]
+    assert brains
+    for record_path in brains:
+        assert json.loads(record_path.read_text())["method"] == "hd-bet-v1"
+        cohort, subject = record_path.parts[-4], record_path.parent.name[4:]
+        _, mask = canonical(str(record_path).replace(".json", ".nii.gz"))
+        _, truth = canonical(f"{truth_stem(demo_run, cohort, subject)}_desc-organ_mask.nii.gz")
+        assert dice(mask > 0, truth > 0) >= 0.9
+
+
+def test_acquired_adc_matches_the_protocol_truth_per_tissue(demo_run):
+    """Against the ADC a noise-free scan with the same b-values would give (so IVIM bias is not counted).
+
+    Target (issue 3): median absolute error < 0.05 x10^-3 mm²/s per tissue at the demo SNR. It holds in
+    the multi-b brain; low-SNR body tissues at high b carry the Rician noise floor (ADC biased low),
+    so elsewhere only a bound on the bias is asserted and the numbers go to bench/.
+    """
+    tissues = pd.read_csv(demo_run / "data/demo/truth/dseg.tsv", sep="\t")
+    names = dict(zip(tissues["index"], tissues["name"]))
+    brain_checked = 0
+    for adc_path in (demo_run / "results").glob("*/preproc/sub-*/sub-*_adc.nii.gz"):
+        cohort, subject = adc_path.parts[-4], adc_path.parent.name[4:]
+        t = truth_stem(demo_run, cohort, subject)
+        meta = json.loads(t.with_name(f"sub-{subject}_truth.json").read_text())
+        _, adc = canonical(adc_path)
+        _, noise_free = canonical(f"{t}_desc-noisefree_dwi.nii.gz")
+        truth = protocol_truth_adc(noise_free, np.loadtxt(f"{t}_desc-noisefree_dwi.bval"), meta["acquired_bvals"])
+        _, mask = canonical(f"{preproc_stem(demo_run, cohort, subject)}_desc-organ_mask.nii.gz")
+        table = adc_error_by_tissue(adc, truth, canonical(f"{t}_dseg.nii.gz")[1],
+                                    canonical(f"{t}_desc-purity_probseg.nii.gz")[1], mask > 0, names,
+                                    min_voxels=100)
+        tissue = table[~table["tissue"].isin(["fat", "csf", "urine"])]  # little signal at high b, or at the clip
+        assert (tissue["median_error"].abs() < 0.1).all(), (subject, table)
+        if meta["organ"] == "brain" and len(meta["acquired_bvals"]) >= 3:
+            parenchyma = tissue[tissue["tissue"].isin(["cortical_gm", "deep_gm", "wm"])]
+            assert (parenchyma["median_abs_error"] < 0.05).all(), (subject, table)
+            brain_checked += len(parenchyma)
+    assert brain_checked >= 2
+
+
+# --- split and slices ---------------------------------------------------------------------
+
+def _subjects(n_per_stratum=5):
+    rows = []
+    for center in ("A", "B"):
+        for organ in ("brain", "pelvis"):
+            for i in range(n_per_stratum):
+                rows.append({"cohort": "c", "center": center, "organ": organ, "subject": f"{center}{organ}{i}",
+                             "split": ""})
+    return pd.DataFrame(rows)
+
+
+def test_split_is_by_patient_stratified_and_reproducible():
+    subjects = _subjects()
+    a = make_split(subjects, 0.2, seed=3)
+    assert a.groupby("subject")["split"].nunique().max() == 1
+    assert (a.groupby(["center", "organ"])["split"].apply(lambda s: (s == "test").sum()) == 1).all()
+    assert a.equals(make_split(subjects.sample(frac=1, random_state=0), 0.2, seed=3))
+    assert not a.equals(make_split(subjects, 0.2, seed=4))
+
+
+def test_heldout_b_subjects_only_in_test_unless_fixed_by_the_sheet():
+    subjects = _subjects()
+    subjects.loc[0, "split"] = "train"  # a few-shot subject fixed by the sheet
+    split = make_split(subjects, 0.2, seed=3, heldout_subjects={("c", "Abrain1"), ("c", "Abrain2")})
+    by_subject = split.set_index("subject")["split"]
+    assert by_subject["Abrain1"] == "test" and by_subject["Abrain2"] == "test" and by_subject["Abrain0"] == "train"
+
+
+def test_adding_a_subject_moves_at_most_one_other():
+    subjects = _subjects(9)
+    before = make_split(subjects, 0.2, seed=5).set_index("subject")["split"]
+    extra = pd.DataFrame([{"cohort": "c", "center": "A", "organ": "brain", "subject": "Abrain99", "split": ""}])
+    after = make_split(pd.concat([subjects, extra]), 0.2, seed=5).set_index("subject")["split"]
+    assert (before != after.loc[before.index]).sum() <= 1
+
+
+def test_workflow_split_manifest_keeps_heldout_subjects_in_test(demo_run):
+    split = pd.read_csv(demo_run / "results/datasets/split.tsv", sep="\t")
+    heldout = split[split["reason"].str.contains("held-out|fixed")]
+    assert (heldout["split"] == "test").all() and len(heldout) >= 1
+
+
+def test_slices_stream_with_heldout_b_hidden_in_zero_shot(tmp_path):
+    dwi = np.random.default_rng(0).random((8, 6, 3, 4)).astype(np.float32)
+    mask = np.zeros((8, 6, 3), bool)
+    mask[2:6, 2:4, :2] = True
+    shard = slice_shard(dwi, [0, 75, 100, 1000], mask, [0, 75, 100, 400, 1000])
+    assert shard["images"].shape == (2, 5, 8, 6) and shard["present"].tolist() == [1, 1, 1, 0, 1]
+    path = tmp_path / "s.npz"
+    np.savez(path, **shard, metadata="{}")
+    items = list(SliceDataset([path], [0, 100], [75, 400, 1000], heldout_b=[75]))
+    assert len(items) == 2
+    inputs, targets, present, m = items[0]
+    assert inputs.shape == (2, 8, 6) and targets.shape == (3, 8, 6)
+    assert present.tolist() == [False, False, True]  # b 75 hidden (zero-shot), b 400 not acquired
+    assert np.allclose(targets[2].numpy(), dwi[:, :, 0, 3])
+    few_shot = list(SliceDataset([path], [0, 100], [75], heldout_b=[75], zero_shot=False))
+    assert few_shot[0][2].tolist() == [True]
