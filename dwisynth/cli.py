@@ -27,16 +27,44 @@ def _demo_cohort(args) -> None:
 
 
 def _adc(args) -> None:
-    import numpy as np
-
-    from dwisynth.diffusion import fit_mono_exponential
+    from dwisynth.diffusion import fit_adc
     from dwisynth.io import load_dwi, load_mask, save_like
 
     dwi, bvals = load_dwi(args.dwi, args.bval)
     mask = load_mask(args.mask) if args.mask else None
-    _, adc = fit_mono_exponential(dwi, bvals, mask=mask)
-    save_like(np.clip(adc, 0, args.max_adc), args.dwi, args.output)
+    save_like(fit_adc(dwi, bvals, mask=mask, max_adc=args.max_adc), args.dwi, args.output)
     print(f"[adc] {args.output} (x10^-3 mm²/s)")
+
+
+def _preprocess(args) -> None:
+    from dwisynth.config import load_config
+    from dwisynth.preprocess import steps
+
+    config = load_config(args.config)
+    b = config["bvalues"]
+    grid = sorted({float(x) for key in ("inputs", "targets", "heldout", "other") for x in b[key]})
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"sub-{args.subject}"
+    reg = (f"{stem}_desc-reg_dwi.nii.gz", f"{stem}_desc-reg_dwi.bval")
+    steps.register_dwi(args.dwi, args.bval, *reg, f"{stem}_desc-reg_xfm.json", args.subject, config["seed"],
+                       config["registration"]["dwi_motion"], b["b0_max"])
+    mask = f"{stem}_desc-organ_mask.nii.gz"
+    if config["masking"]["method"] == "hd-bet-v2" and args.organ == "brain":
+        from dwisynth.preprocess.masking import install_hd_bet_v2_weights
+
+        install_hd_bet_v2_weights(config["masking"]["hdbet_v2_weights"])
+    steps.make_mask(*reg, mask, f"{stem}_desc-organ_mask.json", args.subject, args.organ,
+                    config["masking"]["method"], b["b0_max"])
+    norm = (f"{stem}_desc-norm_dwi.nii.gz", f"{stem}_desc-norm_dwi.bval")
+    steps.normalize(*reg, mask, *norm, f"{stem}_desc-norm_dwi.json", args.subject, grid, b["tolerance"],
+                    config["normalization"]["n4"], b["b0_max"])
+    adc = config["adc"]
+    steps.adc(*norm, mask, f"{stem}_adc.nii.gz", adc["min_b"], adc["max_b"], adc["max_adc"])
+    if args.ct:
+        steps.register_ct(args.ct, *reg, f"{stem}_space-dwi_ct.nii.gz", f"{stem}_from-ct_to-dwi_xfm.json",
+                          args.subject, config["registration"]["ct_transform"], config["seed"], b["b0_max"])
+    print(f"[preprocess] sub-{args.subject} -> {out}")
 
 
 def _scan(args) -> None:
@@ -73,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_adc)
 
+    p = sub.add_parser("preprocess", help="register, mask, normalize and fit ADC for one subject (as the workflow does)")
+    p.add_argument("dwi", type=Path, help="DWI NIfTI from dwisynth convert")
+    p.add_argument("--bval", type=Path, required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--organ", required=True, choices=["brain", "breast", "abdomen", "neck", "pelvis"])
+    p.add_argument("--ct", type=Path, help="CT NIfTI to register onto the DWI (stroke)")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"),
+                   help="b-value grid, masking, normalization and ADC settings")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=_preprocess)
+
     p = sub.add_parser("scan", help="draft a sample sheet from a DICOM tree, one row per series")
     p.add_argument("dicom_root", type=Path)
     p.add_argument("--cohort", default="study")
@@ -85,7 +124,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except DwisynthError as exc:
+    except (DwisynthError, ValueError) as exc:
         print(f"dwisynth {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

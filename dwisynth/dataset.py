@@ -76,12 +76,18 @@ def slice_shard(dwi: np.ndarray, bvals, mask: np.ndarray, grid_bvals, min_mask_f
             "mask": np.moveaxis(mask[:, :, keep], -1, 0).astype(np.uint8), "slice_index": keep}
 
 
-def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, metadata: dict) -> int:
+def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, metadata: dict, ct_path=None) -> int:
+    """Write one subject's shard; with ct_path (CT on the DWI grid, HU) the shard also holds `ct` slices."""
     img = nib.load(dwi_path)
     dwi = np.asarray(img.dataobj, dtype=np.float32)
     bvals = np.loadtxt(bval_path, ndmin=1)
     mask = np.asarray(nib.load(mask_path).dataobj) > 0
     shard = slice_shard(dwi, bvals, mask, grid_bvals)
+    if ct_path is not None:
+        ct = np.asarray(nib.load(ct_path).dataobj, dtype=np.float32)
+        if ct.shape != dwi.shape[:3]:
+            raise ValueError(f"{ct_path}: CT grid {ct.shape} differs from the DWI grid {dwi.shape[:3]}")
+        shard["ct"] = np.moveaxis(ct[:, :, shard["slice_index"]], -1, 0)
     tmp = Path(str(out_path) + ".tmp.npz")
     np.savez_compressed(tmp, **shard, metadata=json.dumps(metadata))
     tmp.replace(out_path)

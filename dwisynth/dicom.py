@@ -213,6 +213,7 @@ def write_dwi_series(
     patient: PatientInfo,
     uids: dict,
     series_description: str = "ep2d_diff_trace",
+    body_part: str = "",
 ) -> list[Path]:
     """Write trace-weighted DWI as single-frame MR images, one file per slice and b.
 
@@ -233,6 +234,8 @@ def write_dwi_series(
         for k in range(nz):
             ds = _base_dataset(MR_IMAGE_STORAGE, "MR", patient, vendor, uids)
             ds.SeriesDescription = ds.ProtocolName = series_description
+            if body_part:
+                ds.BodyPartExamined = body_part
             ds.MagneticFieldStrength = 3.0
             ds.EchoTime = 70
             ds.RepetitionTime = 4000
@@ -276,6 +279,7 @@ def write_ct_series(
     for k in range(grid.shape[2]):
         ds = _base_dataset(CT_IMAGE_STORAGE, "CT", patient, vendor, uids)
         ds.SeriesDescription = ds.ProtocolName = series_description
+        ds.BodyPartExamined = "HEAD"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.KVP = 120
         ds.InstanceNumber = k + 1

@@ -50,6 +50,20 @@ def dicom_dir(modality):
     return lookup
 
 
+def hdbet_weights_input(wildcards):
+    """hd-bet 2.x weights are installed once by a local rule; only brain masks wait for it."""
+    if config["masking"]["method"] == "hd-bet-v2" and series_row(wildcards, "DWI")["organ"] == "brain":
+        return ["results/provenance/hdbet_v2_weights.json"]
+    return []
+
+
+def registered_ct_input(wildcards):
+    """Stroke subjects carry their CT (on the DWI grid) into the slice shard."""
+    if (wildcards.cohort, wildcards.subject, "CT") in SAMPLES.index:
+        return {"ct": f"results/{wildcards.cohort}/preproc/sub-{wildcards.subject}/sub-{wildcards.subject}_space-dwi_ct.nii.gz"}
+    return {}
+
+
 def nifti_outputs(cohort, subject, modality):
     stem = f"results/{cohort}/nifti/sub-{subject}/sub-{subject}_{MODALITY_SUFFIX[modality]}"
     files = [f"{stem}.nii.gz", f"{stem}.json", f"{stem}_qc.json"]

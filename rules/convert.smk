@@ -12,6 +12,8 @@ rule convert_dwi:
         b0_max=config["bvalues"]["b0_max"],
     log:
         "logs/convert_dwi/{cohort}/{subject}.log",
+    benchmark:
+        "benchmarks/convert_dwi/{cohort}/{subject}.tsv"
     conda:
         "../envs/dwisynth.yaml"
     script:
@@ -30,6 +32,8 @@ rule convert_ct:
         b0_max=config["bvalues"]["b0_max"],
     log:
         "logs/convert_ct/{cohort}/{subject}.log",
+    benchmark:
+        "benchmarks/convert_ct/{cohort}/{subject}.tsv"
     conda:
         "../envs/dwisynth.yaml"
     script:

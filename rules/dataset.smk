@@ -18,6 +18,7 @@ rule split_manifest:
 
 rule slice_shard:
     input:
+        unpack(registered_ct_input),
         dwi=rules.normalize_dwi.output.dwi,
         bval=rules.normalize_dwi.output.bval,
         mask=rules.organ_mask.output.mask,
@@ -30,6 +31,8 @@ rule slice_shard:
         },
     log:
         "logs/slice_shard/{cohort}/{subject}.log",
+    benchmark:
+        "benchmarks/slice_shard/{cohort}/{subject}.tsv"
     conda:
         "../envs/dwisynth.yaml"
     script:

@@ -24,17 +24,33 @@ rule register_dwi:
         "../scripts/register_dwi.py"
 
 
+if config["masking"]["method"] == "hd-bet-v2":
+
+    rule install_hdbet_v2_weights:
+        output:
+            "results/provenance/hdbet_v2_weights.json",
+        params:
+            weights=config["masking"]["hdbet_v2_weights"],
+        localrule: True
+        log:
+            "logs/install_hdbet_v2_weights.log",
+        conda:
+            "../envs/dwisynth.yaml"
+        script:
+            "../scripts/install_hdbet_v2_weights.py"
+
+
 rule organ_mask:
     input:
         dwi=rules.register_dwi.output.dwi,
         bval=rules.register_dwi.output.bval,
+        weights=hdbet_weights_input,
     output:
         mask=f"{PRE}_desc-organ_mask.nii.gz",
         record=f"{PRE}_desc-organ_mask.json",
     params:
         organ=lambda wc: series_row(wc, "DWI")["organ"],
         method=config["masking"]["method"],
-        weights=config["masking"]["hdbet_v2_weights"],
         b0_max=config["bvalues"]["b0_max"],
     log:
         "logs/organ_mask/{cohort}/{subject}.log",
@@ -81,6 +97,8 @@ rule adc_acquired:
         adc=config["adc"],
     log:
         "logs/adc_acquired/{cohort}/{subject}.log",
+    benchmark:
+        "benchmarks/adc_acquired/{cohort}/{subject}.tsv"
     conda:
         "../envs/dwisynth.yaml"
     script:

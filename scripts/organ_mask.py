@@ -7,5 +7,4 @@ from dwisynth.preprocess.steps import make_mask
 
 redirect_to_log(snakemake)  # noqa: F821
 i, o, p = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
-make_mask(i.dwi, i.bval, o.mask, o.record, snakemake.wildcards.subject, p.organ, p.method,  # noqa: F821
-          hdbet_v2_weights=p.weights, b0_max=p.b0_max)
+make_mask(i.dwi, i.bval, o.mask, o.record, snakemake.wildcards.subject, p.organ, p.method, b0_max=p.b0_max)  # noqa: F821

@@ -223,3 +223,31 @@ def test_slices_stream_with_heldout_b_hidden_in_zero_shot(tmp_path):
     assert np.allclose(targets[2].numpy(), dwi[:, :, 0, 3])
     few_shot = list(SliceDataset([path], [0, 100], [75], heldout_b=[75], zero_shot=False))
     assert few_shot[0][2].tolist() == [True]
+
+
+def test_hd_bet_v2_without_weights_is_an_error_not_a_silent_switch(tmp_path):
+    from dwisynth.preprocess.masking import install_hd_bet_v2_weights
+
+    with pytest.raises(MaskError, match="hdbet_v2_weights"):
+        install_hd_bet_v2_weights(tmp_path / "missing.zip")
+
+
+def test_hd_bet_v2_config_adds_the_local_install_rule(tmp_path):
+    import yaml
+
+    from conftest import TINY_CONFIG, snakemake
+
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["masking"] = {"method": "hd-bet-v2", "hdbet_v2_weights": str(tmp_path / "hdbet.zip")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake("-n", "--cores", "1", workdir=tmp_path, configfile=path)
+    assert "install_hdbet_v2_weights" in proc.stdout
+
+
+def test_stroke_shard_carries_the_registered_ct(demo_run):
+    shard = next((demo_run / "results/stroke/slices").glob("sub-*_slices.npz"))
+    with np.load(shard) as data:
+        assert data["ct"].shape == data["mask"].shape
+        brain_hu = data["ct"][data["mask"] > 0]
+        assert 15 < np.median(brain_hu) < 45  # soft tissue, not air or bone: the CT is on the DWI grid

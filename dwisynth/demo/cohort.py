@@ -23,6 +23,7 @@ from dwisynth.diffusion import ivim_signal
 from dwisynth.dicom import PatientInfo, series_uids, write_ct_series, write_dwi_series
 from dwisynth.geometry import Grid
 
+BODY_PART = {"brain": "BRAIN", "breast": "BREAST", "abdomen": "ABDOMEN", "neck": "NECK", "pelvis": "PROSTATE"}
 SHEET_COLUMNS = ["cohort", "center", "subject", "organ", "modality", "dicom_dir", "vendor", "split"]
 
 
@@ -240,7 +241,8 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
         if Path(folder).exists():
             shutil.rmtree(folder)
     write_dwi_series(plan.series["DWI"], sim.acquired, plan.bvals, sim.grid, plan.vendor, sim.patient,
-                     series_uids(seed_text, series_number), series_description="DWI trace")
+                     series_uids(seed_text, series_number), series_description="DWI trace",
+                     body_part=BODY_PART[plan.organ])
     if plan.stroke:
         write_ct_series(plan.series["CT"], sim.ct_hu, sim.grid, sim.patient, series_uids(seed_text, series_number + 1),
                         vendor=plan.vendor, series_description="Head CT")

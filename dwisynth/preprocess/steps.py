@@ -65,7 +65,7 @@ def register_dwi(dwi_path, bval_path, out_dwi, out_bval, out_json, subject: str,
 
 
 def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str, method: str,
-              hdbet_v2_weights=None, b0_max: float = 10.0, device: str = "cpu") -> None:
+              b0_max: float = 10.0, device: str = "cpu") -> None:
     img, dwi = _load(dwi_path)
     if dwi.ndim == 3:
         dwi = dwi[..., None]
@@ -86,7 +86,7 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
         _save(high_b, img.affine, tmp_in)
         tmp_out = Path(out_mask).with_name(f".sub-{subject}_bet.nii.gz")
         try:
-            hd_bet_v2_mask(tmp_in, tmp_out, hdbet_v2_weights, device=device)
+            hd_bet_v2_mask(tmp_in, tmp_out, device=device)
             mask = np.asarray(nib.load(str(tmp_out).replace(".nii.gz", "_bet.nii.gz")).dataobj) > 0
         finally:
             for p in Path(out_mask).parent.glob(f".sub-{subject}_*"):

@@ -1,0 +1,107 @@
+"""Preprocessing benchmark on a finished demo run: time and memory per step, accuracy against the truth.
+
+Usage: .venv/bin/python bench/preprocess.py [RUN_DIR]   (RUN_DIR defaults to this checkout, after `make demo`)
+Writes bench/results/preprocess_{timing,adc,masks,registration}.tsv and prints the tables.
+It reports; it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from dwisynth.preprocess.qa import (adc_error_by_tissue, dice, protocol_truth_adc, registration_residual_mm,
+                                    voxel_centres_lps)
+
+STEPS = ["convert_dwi", "convert_ct", "register_dwi", "organ_mask", "normalize_dwi", "adc_acquired", "register_ct",
+         "slice_shard"]
+
+
+def load(path):
+    img = nib.as_closest_canonical(nib.load(path))
+    return img, np.asarray(img.dataobj)
+
+
+def timing(run: Path) -> pd.DataFrame:
+    rows = []
+    for step in STEPS:
+        files = list((run / "benchmarks" / step).glob("*/*.tsv"))
+        if not files:
+            continue
+        table = pd.concat([pd.read_csv(f, sep="\t") for f in files])
+        rows.append({"step": step, "subjects": len(files), "seconds_mean": table["s"].mean(),
+                     "seconds_max": table["s"].max(), "peak_rss_mb_max": table["max_rss"].max()})
+    return pd.DataFrame(rows)
+
+
+def accuracy(run: Path):
+    tissues = pd.read_csv(run / "data/demo/truth/dseg.tsv", sep="\t")
+    names = dict(zip(tissues["index"], tissues["name"]))
+    adc_rows, mask_rows, reg_rows = [], [], []
+    for adc_path in sorted((run / "results").glob("*/preproc/sub-*/sub-*_adc.nii.gz")):
+        cohort, subject = adc_path.parts[-4], adc_path.parent.name[4:]
+        truth = run / f"data/demo/truth/{cohort}/sub-{subject}/sub-{subject}"
+        meta = json.loads(truth.with_name(f"sub-{subject}_truth.json").read_text())
+        _, adc = load(adc_path)
+        _, mask = load(str(adc_path).replace("_adc.nii.gz", "_desc-organ_mask.nii.gz"))
+        record = json.loads(Path(str(adc_path).replace("_adc.nii.gz", "_desc-organ_mask.json")).read_text())
+        _, truth_mask = load(f"{truth}_desc-organ_mask.nii.gz")
+        mask_rows.append({"cohort": cohort, "subject": subject, "organ": meta["organ"], "method": record["method"],
+                          "dice_vs_phantom": dice(mask > 0, truth_mask > 0)})
+        _, noise_free = load(f"{truth}_desc-noisefree_dwi.nii.gz")
+        labels, purity = load(f"{truth}_dseg.nii.gz")[1], load(f"{truth}_desc-purity_probseg.nii.gz")[1]
+        references = {
+            "protocol": protocol_truth_adc(noise_free, np.loadtxt(f"{truth}_desc-noisefree_dwi.bval"),
+                                           meta["acquired_bvals"]),
+            "tissue_D": load(f"{truth}_desc-truth_adc.nii.gz")[1],
+        }
+        for reference, truth_adc in references.items():
+            table = adc_error_by_tissue(adc, truth_adc, labels, purity, mask > 0, names)
+            for row in table.to_dict("records"):
+                adc_rows.append({"reference": reference, "center": meta["center"], "organ": meta["organ"],
+                                 "n_b": len(meta["acquired_bvals"]), "snr": meta["snr"], "subject": subject, **row})
+        xfm = Path(str(adc_path).replace("_adc.nii.gz", "_from-ct_to-dwi_xfm.json"))
+        if xfm.exists():
+            img, brain = load(f"{truth}_desc-organ_mask.nii.gz")
+            points = voxel_centres_lps(brain > 0, img.affine)
+            truth_motion = np.array(meta["ct_to_dwi_lps"])
+            before, _ = registration_residual_mm(np.eye(4), truth_motion, points)
+            mean_mm, max_mm = registration_residual_mm(np.array(json.loads(xfm.read_text())["fixed_to_moving_lps"]),
+                                                       truth_motion, points)
+            reg_rows.append({"subject": subject, "planted_mean_mm": before, "residual_mean_mm": mean_mm,
+                             "residual_max_mm": max_mm})
+    return pd.DataFrame(adc_rows), pd.DataFrame(mask_rows), pd.DataFrame(reg_rows)
+
+
+def main(run: Path) -> None:
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    time_table = timing(run)
+    adc_table, mask_table, reg_table = accuracy(run)
+    time_table.to_csv(out / "preprocess_timing.tsv", sep="\t", index=False)
+    adc_table.to_csv(out / "preprocess_adc.tsv", sep="\t", index=False)
+    mask_table.to_csv(out / "preprocess_masks.tsv", sep="\t", index=False)
+    reg_table.to_csv(out / "preprocess_registration.tsv", sep="\t", index=False)
+    pd.set_option("display.width", 160)
+    print("== seconds per subject and peak memory, per step ==")
+    print(time_table.round(2).to_string(index=False))
+    print("\n== ADC median absolute error per tissue (x10^-3 mm²/s), median over subjects ==")
+    summary = (adc_table.groupby(["reference", "organ", "tissue"])
+               .agg(subjects=("subject", "nunique"), median_abs_error=("median_abs_error", "median"),
+                    median_error=("median_error", "median")).reset_index())
+    print(summary.round(3).to_string(index=False))
+    print("\n== masks: Dice against the phantom ==")
+    print(mask_table.groupby(["organ", "method"])["dice_vs_phantom"].describe()[["count", "mean", "min"]]
+          .round(3).to_string())
+    if len(reg_table):
+        print("\n== CT -> DWI registration (mm) ==")
+        print(reg_table.round(2).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1])
