@@ -32,7 +32,8 @@ def _adc(args) -> None:
 
     dwi, bvals = load_dwi(args.dwi, args.bval)
     mask = load_mask(args.mask) if args.mask else None
-    save_like(fit_adc(dwi, bvals, mask=mask, max_adc=args.max_adc), args.dwi, args.output)
+    adc = fit_adc(dwi, bvals, mask=mask, max_adc=args.max_adc, min_b=args.min_b, max_b=args.max_b)
+    save_like(adc, args.dwi, args.output)
     print(f"[adc] {args.output} (x10^-3 mm²/s)")
 
 
@@ -55,7 +56,7 @@ def _preprocess(args) -> None:
 
         install_hd_bet_v2_weights(config["masking"]["hdbet_v2_weights"])
     steps.make_mask(*reg, mask, f"{stem}_desc-organ_mask.json", args.subject, args.organ,
-                    config["masking"]["method"], b["b0_max"])
+                    config["masking"]["method"], b["b0_max"], device=steps.torch_device(config["device"]))
     norm = (f"{stem}_desc-norm_dwi.nii.gz", f"{stem}_desc-norm_dwi.bval")
     steps.normalize(*reg, mask, *norm, f"{stem}_desc-norm_dwi.json", args.subject, grid, b["tolerance"],
                     config["normalization"]["n4"], b["b0_max"])
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bval", type=Path, required=True)
     p.add_argument("--mask", type=Path)
     p.add_argument("--max-adc", type=float, default=4.0, help="clip ADC to [0, max] x10^-3 mm²/s")
+    p.add_argument("--min-b", type=float, default=0.0, help="lowest b-value in the fit (s/mm²)")
+    p.add_argument("--max-b", type=float, default=1000.0, help="highest b-value in the fit (s/mm²), as adc.max_b")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_adc)
 

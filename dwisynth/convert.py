@@ -72,19 +72,27 @@ def identifiers_in_headers(headers) -> set[str]:
 
 
 def find_identifiers(paths, identifiers: set[str]) -> list[tuple[str, str]]:
-    """(file, identifier) for every identifier found in a file's name or bytes (NIfTI decompressed)."""
+    """(file, identifier) for every identifier found in a file's name or text, ignoring case.
+
+    NIfTI headers are read decompressed; JSON is decoded, so an escaped
+    non-ASCII name (M\\u00fcller) is found as well as a plain one.
+    """
     hits = []
-    needles = [(i, i.encode()) for i in identifiers]
+    needles = [(i, i.casefold()) for i in identifiers]
     for path in paths:
         path = Path(path)
         if path.name.endswith(".nii.gz"):
             img = nib.load(path)
             blob = img.header.binaryblock + b"".join(bytes(e.get_content() or b"") for e in img.header.extensions)
+            text = blob.decode("utf-8", errors="ignore")
         else:
-            blob = path.read_bytes()
-        for text, raw in needles:
-            if text in path.name or raw in blob:
-                hits.append((str(path), text))
+            text = path.read_text(errors="ignore")
+            if path.suffix == ".json":
+                text += json.dumps(json.loads(text), ensure_ascii=False)
+        haystack = (path.name + "\n" + text).casefold()
+        for original, needle in needles:
+            if needle in haystack:
+                hits.append((str(path), original))
     return hits
 
 
@@ -98,22 +106,30 @@ def _check_dwi_headers(folder: Path, headers) -> dict:
                 f"{folder}: image {Path(ds.filename).name} has no diffusion b-value in the tags dcm2niix reads "
                 f"for {vendor} ({ds.get('Manufacturer', 'no Manufacturer')}); is this a DWI series?"
             )
-        per_image.append(round(b, 1))
-    counts = Counter(per_image)
-    if len(set(counts.values())) > 1:
-        detail = ", ".join(f"b={b:g}: {n} images" for b, n in sorted(counts.items()))
+        position = tuple(round(float(x), 2) for x in ds.get("ImagePositionPatient", [0, 0, 0]))
+        per_image.append((round(b, 1), position))
+    positions = {p for _, p in per_image}
+    images_per_b = Counter(b for b, _ in per_image)
+    # Every b-value must cover every slice position, possibly several times (repeats are averaged later).
+    incomplete = {b: n for b, n in images_per_b.items()
+                  if n % len(positions) or {p for bb, p in per_image if bb == b} != positions}
+    if incomplete:
+        detail = ", ".join(f"b={b:g}: {n} images" for b, n in sorted(images_per_b.items()))
         raise HeaderQCError(
-            f"{folder}: inconsistent b-values, the b-values hold different numbers of slices ({detail}); "
-            "the export is incomplete or mixes series: re-export the series"
+            f"{folder}: inconsistent b-values, not every b-value covers the {len(positions)} slice positions "
+            f"({detail}); the export is incomplete or mixes series: re-export the series"
         )
-    return {"vendor": vendor, "header_bvals": sorted(counts)}
+    return {"vendor": vendor, "header_bvals": sorted(images_per_b)}
 
 
 def _pick_output(tmp: Path, stem: str, folder: Path) -> Path:
-    images = sorted(tmp.glob("*.nii.gz"))
-    equalized = tmp / f"{stem}_Eq.nii.gz"
-    if equalized.exists():  # uneven slice spacing: dcm2niix also writes an equalized copy
-        return equalized
+    """The one image dcm2niix wrote; with uneven slice spacing or gantry tilt, its equalized copy."""
+    equalized = sorted(tmp.glob(f"{stem}_Eq*.nii.gz"))
+    if len(equalized) == 1:
+        return equalized[0]
+    # dcm2niix splits volumes it takes for derived maps into _ADC files (Philips isotropic
+    # convention); they are dropped here, and the b-value check reports what is missing.
+    images = sorted(p for p in tmp.glob("*.nii.gz") if not p.name.startswith(f"{stem}_ADC"))
     if len(images) != 1:
         names = ", ".join(p.name for p in images) or "none"
         raise DicomSeriesError(
@@ -166,7 +182,8 @@ def convert_series(
     identifiers = identifiers_in_headers(headers)
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{stem}-", dir=out))
+    # Stage outside results/: a killed job must not leave raw (identifying) sidecars there.
+    tmp = Path(tempfile.mkdtemp(prefix=f"dwisynth-{stem}-"))
     try:
         cmd = [dcm2niix_binary(), "-b", "y", "-ba", "y", "-z", "y", "-f", stem, "-o", str(tmp), str(folder)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -174,13 +191,14 @@ def convert_series(
             raise DicomSeriesError(f"{folder}: dcm2niix failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
         image = _pick_output(tmp, stem, folder)
         final = {"image": out / f"{stem}.nii.gz", "json": out / f"{stem}.json"}
-        staged = {"image": image, "json": image.with_name(image.name.replace(".nii.gz", ".json"))}
+        # dcm2niix writes the sidecar (and bval/bvec) under the base name even for an _Eq image
+        staged = {"image": image, "json": tmp / f"{stem}.json"}
         img = nib.load(image)
         record["shape"] = list(img.shape)
         record["voxel_mm"] = [round(float(z), 4) for z in img.header.get_zooms()[:3]]
         if modality == "DWI":
-            staged["bval"] = image.with_name(image.name.replace(".nii.gz", ".bval"))
-            staged["bvec"] = image.with_name(image.name.replace(".nii.gz", ".bvec"))
+            staged["bval"] = tmp / f"{stem}.bval"
+            staged["bvec"] = tmp / f"{stem}.bvec"
             final["bval"], final["bvec"] = out / f"{stem}.bval", out / f"{stem}.bvec"
             record.update(_check_dwi_output(folder, img, staged["bval"], record["header_bvals"], b0_max))
         elif img.ndim != 3:
@@ -189,7 +207,7 @@ def convert_series(
         removed = sorted(k for k in sidecar if k in IDENTIFYING_SIDECAR_KEYS)
         for key in removed:
             del sidecar[key]
-        staged["json"].write_text(json.dumps(sidecar, indent=2) + "\n")
+        staged["json"].write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         record["sidecar_keys_removed"] = removed
         qc_path = tmp / f"{stem}_qc.json"
         record["checks"] = "passed"
@@ -200,8 +218,10 @@ def convert_series(
             where = "; ".join(f"{Path(f).name} holds {t!r}" for f, t in leaks[:5])
             raise HeaderQCError(f"{folder}: patient or site identifiers survived de-identification ({where}); "
                                 "nothing was written")
-        for key, src in staged.items():
-            os.replace(src, final[key])
+        for key, src in staged.items():  # copy beside the target, then rename: no partial file under its name
+            partial = final[key].with_name(f".{final[key].name}.partial")
+            shutil.copyfile(src, partial)
+            os.replace(partial, final[key])
         log(f"[convert] {folder} -> {final['image']} {tuple(img.shape)}"
             + (f" b={record['bvals']}" if modality == "DWI" else ""))
         return record
@@ -216,7 +236,8 @@ def _check_dwi_output(folder: Path, img, bval_path: Path, header_bvals, b0_max: 
     n_volumes = img.shape[3] if img.ndim == 4 else 1
     if bvals.size != n_volumes:
         raise HeaderQCError(f"{folder}: {bvals.size} b-values for {n_volumes} volumes; re-export the series")
-    if not np.allclose(sorted(set(np.round(bvals, 1))), header_bvals, atol=1.0):
+    converted = sorted(set(np.round(bvals, 1).tolist()))
+    if len(converted) != len(header_bvals) or not np.allclose(converted, header_bvals, atol=1.0):
         raise HeaderQCError(
             f"{folder}: inconsistent b-values, dcm2niix read {sorted(set(bvals.tolist()))} but the "
             f"headers hold {header_bvals}; check the vendor tags"

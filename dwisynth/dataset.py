@@ -3,15 +3,14 @@
 Shards: one .npz per subject (so a new subject adds one shard and touches no
 other), holding every masked axial slice at every b-value of the grid, with a
 presence flag per b-value (subjects lack some b-values: the semi-supervised
-networks use what is there). A torch IterableDataset streams shard by shard,
-so a cohort never has to fit in memory.
+networks use what is there). dwisynth.loader streams them into torch.
 
 Split: 8:2 by patient, stratified by center and organ. Within a stratum,
 subjects are ranked by a seeded hash of their ID and the first
 round(n * test_fraction) go to test; adding a subject moves at most one other.
 Subjects acquired at a held-out b-value go to test unless the sheet fixes
 them to train (few-shot images); their held-out volumes never reach training
-in the zero-shot setting (SliceDataset drops them).
+in the zero-shot setting (dwisynth.loader.SliceDataset drops them).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
 
 SPLIT_COLUMNS = ["cohort", "center", "organ", "subject", "split", "reason"]
 
@@ -94,49 +92,6 @@ def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, meta
     return int(shard["images"].shape[0])
 
 
-class SliceDataset(torch.utils.data.IterableDataset):
-    """Streams (input, target, target_present, mask) slices from shards, one shard in memory at a time.
-
-    input_b: b-values fed to the network; target_b: b-values to predict. Subjects
-    whose shard lacks an input b-value are skipped. With zero_shot=True, held-out
-    b-values are never marked present (nothing at those b can train).
-    """
-
-    def __init__(self, shards, input_b, target_b, heldout_b=(), zero_shot=True, shuffle_seed=None):
-        super().__init__()
-        self.shards = [Path(s) for s in shards]
-        self.input_b = [float(b) for b in input_b]
-        self.target_b = [float(b) for b in target_b]
-        self.heldout_b = {float(b) for b in heldout_b}
-        self.zero_shot = zero_shot
-        self.shuffle_seed = shuffle_seed
-
-    def _slices(self, shard_path):
-        with np.load(shard_path) as shard:
-            grid = [float(b) for b in shard["bvals"]]
-            present = shard["present"]
-            if not all(b in grid and present[grid.index(b)] for b in self.input_b):
-                return
-            images, mask = shard["images"], shard["mask"]
-        inputs = images[:, [grid.index(b) for b in self.input_b]]
-        targets = np.zeros((images.shape[0], len(self.target_b), *images.shape[2:]), np.float32)
-        flags = np.zeros(len(self.target_b), bool)
-        for j, b in enumerate(self.target_b):
-            if b in grid and present[grid.index(b)] and not (self.zero_shot and b in self.heldout_b):
-                targets[:, j] = images[:, grid.index(b)]
-                flags[j] = True
-        for i in range(images.shape[0]):
-            yield inputs[i], targets[i], flags, mask[i]
-
-    def __iter__(self):
-        order = list(self.shards)
-        if self.shuffle_seed is not None:
-            np.random.default_rng(self.shuffle_seed).shuffle(order)
-        for shard in order:
-            for item in self._slices(shard):
-                yield tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in item)
-
-
 def subjects_with_heldout_b(qc_files, heldout_b, tolerance: float = 15.0) -> set[tuple[str, str]]:
     """(cohort, subject) of every DWI series acquired at a held-out b-value, from the conversion QC records."""
     found = set()
@@ -148,9 +103,10 @@ def subjects_with_heldout_b(qc_files, heldout_b, tolerance: float = 15.0) -> set
     return found
 
 
-def write_split_manifest(subjects, qc_files, heldout_b, test_fraction, seed, out_path) -> pd.DataFrame:
+def write_split_manifest(subjects, qc_files, heldout_b, test_fraction, seed, out_path,
+                         tolerance: float = 15.0) -> pd.DataFrame:
     table = pd.DataFrame(list(subjects))
-    split = make_split(table, test_fraction, seed, subjects_with_heldout_b(qc_files, heldout_b))
+    split = make_split(table, test_fraction, seed, subjects_with_heldout_b(qc_files, heldout_b, tolerance))
     split.to_csv(out_path, sep="\t", index=False)
     counts = split.groupby("split").size().to_dict()
     print(f"[split] {counts} -> {out_path}")

@@ -62,33 +62,45 @@ def vendor_from_manufacturer(manufacturer: str) -> str:
     return "standard"
 
 
+PRIVATE_BVALUE_TAGS = {
+    "siemens": (0x0019, 0x0C, "SIEMENS MR HEADER"),
+    "ge": (0x0043, 0x39, "GEMS_PARM_01"),
+    "philips": (0x2001, 0x03, "Philips Imaging DD 001"),
+}
+
+
 def read_bvalue(ds: Dataset) -> float | None:
     """The diffusion b-value (s/mm²) of one image, by its vendor's convention.
 
-    The standard tag (0018,9087) wins when present, as dcm2niix does; None means
-    the image carries no b-value (not a diffusion image).
+    The standard tag (0018,9087) wins when present, as dcm2niix does; private
+    tags are looked up through their private creator, wherever the block sits.
+    None means the image carries no b-value (not a diffusion image).
     """
     if (0x0018, 0x9087) in ds:
         return float(ds[0x0018, 0x9087].value)
     vendor = vendor_from_manufacturer(str(ds.get("Manufacturer", "")))
-    if vendor == "siemens" and (0x0019, 0x100C) in ds:
-        return float(_first(ds[0x0019, 0x100C].value))
-    if vendor == "ge" and (0x0043, 0x1039) in ds:
-        return float(int(_first(ds[0x0043, 0x1039].value)) % GE_B_OFFSET)
-    if vendor == "philips" and (0x2001, 0x1003) in ds:
-        return float(_first(ds[0x2001, 0x1003].value))
-    return None
+    if vendor not in PRIVATE_BVALUE_TAGS:
+        return None
+    group, element, creator = PRIVATE_BVALUE_TAGS[vendor]
+    try:
+        value = ds.get_private_item(group, element, creator).value
+    except KeyError:
+        return None
+    value = _first_number(value)
+    if vendor == "ge":
+        return float(int(value) % GE_B_OFFSET)
+    return float(value)
 
 
-def _first(value):
+def _first_number(value) -> float:
+    """First value of a (possibly multi-valued, possibly undecoded) element as a number."""
     if isinstance(value, (bytes, bytearray)):
         value = value.decode(errors="ignore").strip("\x00 ")
     if isinstance(value, str):
-        value = value.split("\\")[0]
-    try:
-        return value[0]
-    except (TypeError, IndexError):
-        return value
+        return float(value.split("\\")[0])
+    if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (int, float)):
+        return float(value[0])
+    return float(value)
 
 
 def read_series_headers(dicom_dir: str | Path) -> list[Dataset]:
@@ -108,11 +120,13 @@ def read_series_headers(dicom_dir: str | Path) -> list[Dataset]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=False)
             # Touch the pixel data: a truncated file often has a complete header.
-            expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(
-                ds.get("SamplesPerPixel", 1)
-            )
-            if len(ds.PixelData) < expected:
-                raise ValueError(f"pixel data has {len(ds.PixelData)} of {expected} bytes")
+            # (Compressed transfer syntaxes are smaller by design; dcm2niix decodes them.)
+            if not ds.file_meta.TransferSyntaxUID.is_compressed:
+                expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(
+                    ds.get("SamplesPerPixel", 1)
+                ) * int(ds.get("NumberOfFrames", 1) or 1)
+                if len(ds.PixelData) < expected:
+                    raise ValueError(f"pixel data has {len(ds.PixelData)} of {expected} bytes")
         except Exception as exc:  # pydicom raises many types for broken files
             raise DicomSeriesError(
                 f"{path}: not a readable DICOM image ({exc}; {path.stat().st_size} bytes); "

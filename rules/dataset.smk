@@ -6,6 +6,7 @@ rule split_manifest:
     params:
         subjects=SUBJECTS,
         heldout=config["bvalues"]["heldout"],
+        tolerance=config["bvalues"]["tolerance"],
         test_fraction=config["split"]["test_fraction"],
         seed=config["split"]["seed"],
     log:

@@ -52,8 +52,10 @@ rule organ_mask:
         organ=lambda wc: series_row(wc, "DWI")["organ"],
         method=config["masking"]["method"],
         b0_max=config["bvalues"]["b0_max"],
+        device=config["device"],
     log:
         "logs/organ_mask/{cohort}/{subject}.log",
+    threads: lambda wildcards: 2 if series_row(wildcards, "DWI")["organ"] == "brain" else 1
     conda:
         "../envs/dwisynth.yaml"
     benchmark:

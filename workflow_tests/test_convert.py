@@ -119,3 +119,22 @@ def test_cli_converts_one_series(tmp_path, small_grid, small_dwi, patient, uids)
     assert proc.returncode == 0, proc.stderr
     qc = json.loads((tmp_path / "out" / "sub-T09_dwi_qc.json").read_text())
     assert qc["checks"] == "passed" and qc["bvals"] == [float(b) for b in bvals]
+
+
+def test_identifier_typed_into_a_kept_field_is_caught_even_non_ascii(tmp_path, small_grid, small_dwi, uids):
+    from dwisynth.dicom import PatientInfo
+
+    patient = PatientInfo("Müller^Jürgen", "MRN1112223", "19500101", "Klinik Nord", "Weg 1, Ort 9999")
+    volumes, bvals = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "siemens", patient, uids,
+                     series_description="DWI müller jürgen")  # a technologist typed the name in
+    with pytest.raises(HeaderQCError, match="identifiers survived"):
+        convert_series(tmp_path / "dcm", tmp_path / "out", "T10", "DWI", log=lambda *_: None)
+    assert _only_outputs(tmp_path / "out") == []
+
+
+def test_repeated_b0_volumes_are_accepted(tmp_path, small_grid, small_dwi, patient, uids):
+    volumes, _ = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, [0, 0, 500, 1000], small_grid, "siemens", patient, uids)
+    record = convert_series(tmp_path / "dcm", tmp_path / "out", "T11", "DWI", log=lambda *_: None)
+    assert sorted(record["bvals"]) == [0, 0, 500, 1000] and record["n_volumes"] == 4

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dwisynth.dataset import SliceDataset, make_split, slice_shard
+from dwisynth.dataset import make_split, slice_shard
+from dwisynth.loader import SliceDataset
 from dwisynth.demo.cohort import plan_demo_cohort, rigid_matrix, simulate_subject
 from dwisynth.diffusion import computed_dwi, ivim_signal
-from dwisynth.preprocess.masking import MaskError, check_mask, otsu_body_mask
+from dwisynth.preprocess.masking import MaskError, body_mask, check_mask
 from dwisynth.preprocess.normalize import NormalizationError, average_repeats, normalize_dwi, snap_bvalues
 from dwisynth.preprocess.qa import (adc_error_by_tissue, dice, protocol_truth_adc, registration_residual_mm,
                                     voxel_centres_lps)
@@ -55,8 +56,8 @@ def test_nan_volume_names_the_subject():
 
 
 def test_empty_mask_names_the_subject():
-    with pytest.raises(MaskError, match="sub-P009: the otsu mask is empty"):
-        check_mask(np.zeros((8, 8, 4), bool), "P009", "otsu")
+    with pytest.raises(MaskError, match="sub-P009: the threshold mask is empty"):
+        check_mask(np.zeros((8, 8, 4), bool), "P009", "threshold")
 
 
 def test_normalization_removes_center_scale_and_keeps_adc():
@@ -78,11 +79,15 @@ def test_cdwi_extrapolates_exactly_for_mono_exponential_tissue():
     assert np.allclose(predicted, dwi[..., 2:], rtol=1e-9)
 
 
-def test_otsu_body_mask_finds_a_disc():
-    yy, xx = np.mgrid[:40, :40]
-    disc = ((yy - 20) ** 2 + (xx - 20) ** 2 < 15**2)[..., None].repeat(3, -1)
-    image = np.where(disc, 100.0, 2.0) + np.random.default_rng(1).normal(0, 3, disc.shape)
-    assert dice(otsu_body_mask(image, spacing=(2, 2, 5)), disc) > 0.95
+def test_body_mask_keeps_dark_fat_around_a_bright_organ():
+    yy, xx = np.mgrid[:48, :48]
+    body = ((yy - 24) ** 2 + (xx - 24) ** 2 < 18**2)[..., None].repeat(3, -1)
+    organ = ((yy - 24) ** 2 + (xx - 30) ** 2 < 6**2)[..., None].repeat(3, -1)
+    rng = np.random.default_rng(1)
+    image = np.abs(np.where(organ, 200.0, np.where(body, 12.0, 0.0)) + rng.normal(0, 3, body.shape)
+                   + 1j * rng.normal(0, 3, body.shape))  # Rician background, fat at 4 sigma
+    mask, method = body_mask(image, spacing=(2, 2, 5))
+    assert method == "threshold" and dice(mask, body) > 0.95
 
 
 # --- registration -------------------------------------------------------------------------
@@ -179,7 +184,8 @@ def _subjects(n_per_stratum=5):
 def test_split_is_by_patient_stratified_and_reproducible():
     subjects = _subjects()
     a = make_split(subjects, 0.2, seed=3)
-    assert a.groupby("subject")["split"].nunique().max() == 1
+    assert sorted(a["subject"]) == sorted(subjects["subject"])  # every patient exactly once
+    assert set(a["split"]) == {"train", "test"}
     assert (a.groupby(["center", "organ"])["split"].apply(lambda s: (s == "test").sum()) == 1).all()
     assert a.equals(make_split(subjects.sample(frac=1, random_state=0), 0.2, seed=3))
     assert not a.equals(make_split(subjects, 0.2, seed=4))
@@ -199,6 +205,23 @@ def test_adding_a_subject_moves_at_most_one_other():
     extra = pd.DataFrame([{"cohort": "c", "center": "A", "organ": "brain", "subject": "Abrain99", "split": ""}])
     after = make_split(pd.concat([subjects, extra]), 0.2, seed=5).set_index("subject")["split"]
     assert (before != after.loc[before.index]).sum() <= 1
+
+
+def test_subjects_acquired_at_heldout_b_are_found_from_the_conversion_records(tmp_path):
+    from dwisynth.dataset import subjects_with_heldout_b
+
+    files = []
+    for subject, bvals in (("P1", [0, 100, 1000]), ("P2", [0, 75, 100, 848, 1000])):
+        path = tmp_path / "results/c1/nifti" / f"sub-{subject}" / f"sub-{subject}_dwi_qc.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"subject": subject, "bvals": bvals}))
+        files.append(path)
+    assert subjects_with_heldout_b(files, [75, 850], tolerance=5) == {("c1", "P2")}
+    split = make_split(pd.DataFrame([{"cohort": "c1", "center": "A", "organ": "brain", "subject": s, "split": ""}
+                                     for s in ("P1", "P2", "P3", "P4", "P5", "P6")]), 0.2, seed=1,
+                       heldout_subjects=subjects_with_heldout_b(files, [75, 850], tolerance=5))
+    row = split.set_index("subject").loc["P2"]
+    assert row["split"] == "test" and "held-out" in row["reason"]
 
 
 def test_workflow_split_manifest_keeps_heldout_subjects_in_test(demo_run):
@@ -251,3 +274,12 @@ def test_stroke_shard_carries_the_registered_ct(demo_run):
         assert data["ct"].shape == data["mask"].shape
         brain_hu = data["ct"][data["mask"] > 0]
         assert 15 < np.median(brain_hu) < 45  # soft tissue, not air or bone: the CT is on the DWI grid
+
+
+def test_implausible_registration_is_an_error_naming_the_subject():
+    from dwisynth.demo.cohort import rigid_matrix
+    from dwisynth.preprocess.steps import RegistrationError, check_plausible_motion
+
+    check_plausible_motion(rigid_matrix([2, 1, 3], [4, -3, 2]), "S1", "CT onto DWI")
+    with pytest.raises(RegistrationError, match="sub-S2: registration of CT onto DWI converged to a"):
+        check_plausible_motion(rigid_matrix([0, 0, 5], [130, 0, 0]), "S2", "CT onto DWI")

@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 
 from dwisynth.diffusion import fit_adc
-from dwisynth.preprocess.masking import BRAIN_METHODS, check_mask, hd_bet_v1_mask, hd_bet_v2_mask, otsu_body_mask
+from dwisynth.errors import DwisynthError
+from dwisynth.preprocess.masking import BRAIN_METHODS, body_mask, check_mask, hd_bet_v1_mask, hd_bet_v2_mask
 from dwisynth.preprocess.normalize import average_repeats, check_finite, normalize_dwi, snap_bvalues
 from dwisynth.preprocess.registration import apply_transforms, register, transform_matrix_lps
 
@@ -64,8 +65,17 @@ def register_dwi(dwi_path, bval_path, out_dwi, out_bval, out_json, subject: str,
     _write_json(record, out_json)
 
 
+def torch_device(setting: str = "auto"):
+    """config `device` -> what HD-BET takes: 'cpu' or a CUDA index."""
+    import torch
+
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return 0
+    return "cpu"
+
+
 def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str, method: str,
-              b0_max: float = 10.0, device: str = "cpu") -> None:
+              b0_max: float = 10.0, device="cpu", threads: int | None = None) -> None:
     img, dwi = _load(dwi_path)
     if dwi.ndim == 3:
         dwi = dwi[..., None]
@@ -76,26 +86,30 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
     high_b = dwi[..., int(np.argmax(bvals))]
     spacing = img.header.get_zooms()[:3]
     if organ != "brain":
-        method = "otsu"  # HD-BET is a brain model
+        method = "threshold"  # HD-BET is a brain model
     if method not in BRAIN_METHODS:
         raise ValueError(f"masking.method must be one of {BRAIN_METHODS}, got {method!r}")
     if method == "hd-bet-v1":
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
         mask = hd_bet_v1_mask(high_b, spacing, mode="fast", device=device)
     elif method == "hd-bet-v2":
         tmp_in = Path(out_mask).with_name(f".sub-{subject}_highb.nii.gz")
         _save(high_b, img.affine, tmp_in)
         tmp_out = Path(out_mask).with_name(f".sub-{subject}_bet.nii.gz")
         try:
-            hd_bet_v2_mask(tmp_in, tmp_out, device=device)
+            hd_bet_v2_mask(tmp_in, tmp_out, device="cuda" if device != "cpu" else "cpu")
             mask = np.asarray(nib.load(str(tmp_out).replace(".nii.gz", "_bet.nii.gz")).dataobj) > 0
         finally:
             for p in Path(out_mask).parent.glob(f".sub-{subject}_*"):
                 p.unlink()
     else:
-        mask = otsu_body_mask(b0, spacing=spacing)
+        mask, method = body_mask(b0, spacing=spacing)
     mask = check_mask(mask, subject, method)
     _save(mask, img.affine, out_mask, dtype=np.uint8)
-    _write_json({"organ": organ, "method": method, "image": "b0" if method == "otsu" else f"b{bvals.max():g}",
+    _write_json({"organ": organ, "method": method, "image": f"b{bvals.max():g}" if method.startswith("hd-bet") else "b0",
                  "voxels": int(mask.sum()),
                  "volume_ml": round(float(mask.sum() * np.prod(spacing)) / 1000, 2)}, out_json)
 
@@ -120,6 +134,22 @@ def adc(dwi_path, bval_path, mask_path, out_adc, min_b: float, max_b: float, max
     _save(fit_adc(dwi, bvals, mask=mask, max_adc=max_adc, min_b=min_b, max_b=max_b), img.affine, out_adc)
 
 
+class RegistrationError(DwisynthError):
+    """A registration that converged somewhere implausible."""
+
+
+def check_plausible_motion(matrix: np.ndarray, subject: str, what: str, max_mm: float = 40.0,
+                           max_deg: float = 20.0) -> None:
+    """Patients move millimetres and degrees between scans; far more means the optimizer got lost."""
+    angle = np.degrees(np.arccos(np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1, 1)))
+    shift = float(np.linalg.norm(matrix[:3, 3]))
+    if angle > max_deg or shift > max_mm:
+        raise RegistrationError(
+            f"sub-{subject}: registration of {what} converged to a {angle:.0f} degree, {shift:.0f} mm motion; "
+            "check that the two series belong together and cover the same anatomy"
+        )
+
+
 def register_ct(ct_path, dwi_path, bval_path, out_ct, out_json, subject: str, transform: str, seed: int,
                 b0_max: float = 10.0) -> None:
     """CT onto the DWI b0 grid (Rigid or Affine, mutual information)."""
@@ -128,8 +158,10 @@ def register_ct(ct_path, dwi_path, bval_path, out_ct, out_json, subject: str, tr
     img, dwi = _load(dwi_path)
     bvals = np.loadtxt(bval_path, ndmin=1)
     b0 = dwi[..., bvals <= b0_max].mean(-1)
-    # Window the CT to soft tissue so bone and air do not dominate the metric.
-    _, transforms = register(b0, np.clip(ct, -100, 200), img.affine, ct_img.affine, transform, seed)
+    # Brain window (0-80 HU): skull and air saturate, leaving a brain silhouette like the b0's.
+    # With a wider window (-100..200) one demo subject converged 130 mm off.
+    _, transforms = register(b0, np.clip(ct, 0, 80), img.affine, ct_img.affine, transform, seed)
+    check_plausible_motion(transform_matrix_lps(transforms[0]), subject, "CT onto DWI")
     full = apply_transforms(b0, ct, img.affine, ct_img.affine, transforms, default_value=-1000.0)
     _save(full, img.affine, out_ct)
     _write_json({"transform": transform, "seed": seed,
