@@ -38,12 +38,12 @@ def _adc(args) -> None:
 
 
 def _preprocess(args) -> None:
-    from dwisynth.config import load_config
+    from dwisynth.config import bvalue_grid, load_config
     from dwisynth.preprocess import steps
 
     config = load_config(args.config)
     b = config["bvalues"]
-    grid = sorted({float(x) for key in ("inputs", "targets", "heldout", "other") for x in b[key]})
+    grid = bvalue_grid(config)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"sub-{args.subject}"

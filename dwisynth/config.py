@@ -99,3 +99,9 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
     except Exception as exc:
         raise SampleSheetError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
     return validate_sample_sheet(sheet, str(path))
+
+
+def bvalue_grid(config: dict) -> list[float]:
+    """Every b-value the configuration knows: inputs, targets, held-out and other."""
+    b = config["bvalues"]
+    return sorted({float(x) for key in ("inputs", "targets", "heldout", "other") for x in b[key]})

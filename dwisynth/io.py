@@ -26,12 +26,20 @@ def load_mask(path: str | Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj) > 0
 
 
-def save_like(array: np.ndarray, reference: str | Path, out_path: str | Path, dtype=np.float32) -> None:
-    """Save array with the geometry (affine, qform/sform) of a reference image."""
-    ref = nib.load(reference)
-    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), ref.affine)
-    img.header.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 1)
-    img.header.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 1)
+def save_nifti(array: np.ndarray, affine: np.ndarray, out_path: str | Path, dtype=np.float32) -> None:
+    """Save array with an affine (RAS, mm), qform and sform both set."""
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, out_path)
+
+
+def save_like(array: np.ndarray, reference: str | Path, out_path: str | Path, dtype=np.float32) -> None:
+    """Save array with the geometry of a reference image."""
+    save_nifti(array, nib.load(reference).affine, out_path, dtype)
+
+
+def write_bval(bvals, path: str | Path) -> None:
+    Path(path).write_text(" ".join(f"{float(b):g}" for b in bvals) + "\n")

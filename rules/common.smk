@@ -1,7 +1,7 @@
 import pandas as pd
 from pathlib import Path
 
-from dwisynth.config import read_sample_sheet, validate_config, validate_sample_sheet
+from dwisynth.config import bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
 
 
@@ -25,8 +25,7 @@ SAMPLES = SAMPLES[SAMPLES["cohort"].isin(COHORTS) & SAMPLES["organ"].isin(config
 SAMPLES = SAMPLES.set_index(["cohort", "subject", "modality"], drop=False).sort_index()
 
 MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
-_b = config["bvalues"]
-BVALUE_GRID = sorted({float(b) for key in ("inputs", "targets", "heldout", "other") for b in _b[key]})
+BVALUE_GRID = bvalue_grid(config)
 SUBJECTS = (
     SAMPLES[SAMPLES["modality"] == "DWI"][["cohort", "center", "organ", "subject", "split"]]
     .reset_index(drop=True)

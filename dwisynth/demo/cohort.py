@@ -13,7 +13,6 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -22,6 +21,7 @@ from dwisynth.demo.anatomy import LESION_TISSUES, TISSUES, BrainPhantom, make_ph
 from dwisynth.diffusion import ivim_signal
 from dwisynth.dicom import PatientInfo, series_uids, write_ct_series, write_dwi_series
 from dwisynth.geometry import Grid
+from dwisynth.io import save_nifti, write_bval
 
 BODY_PART = {"brain": "BRAIN", "breast": "BREAST", "abdomen": "ABDOMEN", "neck": "NECK", "pelvis": "PROSTATE"}
 SHEET_COLUMNS = ["cohort", "center", "subject", "organ", "modality", "dicom_dir", "vendor", "split"]
@@ -228,9 +228,7 @@ def _simulate_ct(subject: SimulatedSubject, phantom: BrainPhantom, stroke_cfg: d
 
 
 def _save(array, grid: Grid, path: Path, dtype=np.float32) -> None:
-    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), grid.affine_ras())
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
+    save_nifti(array, grid.affine_ras(), path, dtype)
 
 
 def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
@@ -258,7 +256,7 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
     _save(sim.organ_mask, sim.grid, Path(f"{stem}_desc-organ_mask.nii.gz"), dtype=np.uint8)
     _save(sim.lesion_mask, sim.grid, Path(f"{stem}_desc-lesion_mask.nii.gz"), dtype=np.uint8)
     _save(sim.noise_free, sim.grid, Path(f"{stem}_desc-noisefree_dwi.nii.gz"))
-    Path(f"{stem}_desc-noisefree_dwi.bval").write_text(" ".join(f"{b:g}" for b in sim.truth_bvals) + "\n")
+    write_bval(sim.truth_bvals, f"{stem}_desc-noisefree_dwi.bval")
     meta = {
         "cohort": plan.cohort, "center": plan.center, "organ": plan.organ, "vendor": plan.vendor,
         "acquired_bvals": plan.bvals, "noise_sigma": sim.sigma, "snr": plan.snr, "scale": plan.scale,

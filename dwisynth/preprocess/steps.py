@@ -14,6 +14,7 @@ import numpy as np
 
 from dwisynth.diffusion import fit_adc
 from dwisynth.errors import DwisynthError
+from dwisynth.io import save_nifti, write_bval
 from dwisynth.preprocess.masking import BRAIN_METHODS, body_mask, check_mask, hd_bet_v1_mask, hd_bet_v2_mask
 from dwisynth.preprocess.normalize import average_repeats, check_finite, normalize_dwi, snap_bvalues
 from dwisynth.preprocess.registration import apply_transforms, register, transform_matrix_lps
@@ -24,19 +25,8 @@ def _load(path):
     return img, np.asarray(img.dataobj, dtype=np.float64)
 
 
-def _save(array, affine, path, dtype=np.float32):
-    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
-    img.header.set_xyzt_units("mm")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-
-
 def _write_json(record, path):
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _write_bval(bvals, path):
-    Path(path).write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
 
 
 def register_dwi(dwi_path, bval_path, out_dwi, out_bval, out_json, subject: str, seed: int, motion: bool,
@@ -60,8 +50,8 @@ def register_dwi(dwi_path, bval_path, out_dwi, out_bval, out_json, subject: str,
             del entry["moving_to_fixed_lps"]
             log(f"[register] sub-{subject} b={b:g} onto b0")
         record["volumes"].append(entry)
-    _save(out, img.affine, out_dwi)
-    _write_bval(bvals, out_bval)
+    save_nifti(out, img.affine, out_dwi)
+    write_bval(bvals, out_bval)
     _write_json(record, out_json)
 
 
@@ -97,7 +87,7 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
         mask = hd_bet_v1_mask(high_b, spacing, mode="fast", device=device)
     elif method == "hd-bet-v2":
         tmp_in = Path(out_mask).with_name(f".sub-{subject}_highb.nii.gz")
-        _save(high_b, img.affine, tmp_in)
+        save_nifti(high_b, img.affine, tmp_in)
         tmp_out = Path(out_mask).with_name(f".sub-{subject}_bet.nii.gz")
         try:
             hd_bet_v2_mask(tmp_in, tmp_out, device="cuda" if device != "cpu" else "cpu")
@@ -108,7 +98,7 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
     else:
         mask, method = body_mask(b0, spacing=spacing)
     mask = check_mask(mask, subject, method)
-    _save(mask, img.affine, out_mask, dtype=np.uint8)
+    save_nifti(mask, img.affine, out_mask, dtype=np.uint8)
     _write_json({"organ": organ, "method": method, "image": f"b{bvals.max():g}" if method.startswith("hd-bet") else "b0",
                  "voxels": int(mask.sum()),
                  "volume_ml": round(float(mask.sum() * np.prod(spacing)) / 1000, 2)}, out_json)
@@ -122,8 +112,8 @@ def normalize(dwi_path, bval_path, mask_path, out_dwi, out_bval, out_json, subje
     dwi, bvals = average_repeats(dwi, bvals)
     normalized, record = normalize_dwi(dwi, bvals, mask, img.affine, subject, n4=n4, b0_max=b0_max)
     record["bvals"] = [float(b) for b in bvals]
-    _save(normalized, img.affine, out_dwi)
-    _write_bval(bvals, out_bval)
+    save_nifti(normalized, img.affine, out_dwi)
+    write_bval(bvals, out_bval)
     _write_json(record, out_json)
 
 
@@ -131,7 +121,7 @@ def adc(dwi_path, bval_path, mask_path, out_adc, min_b: float, max_b: float, max
     img, dwi = _load(dwi_path)
     bvals = np.loadtxt(bval_path, ndmin=1)
     mask = np.asarray(nib.load(mask_path).dataobj) > 0
-    _save(fit_adc(dwi, bvals, mask=mask, max_adc=max_adc, min_b=min_b, max_b=max_b), img.affine, out_adc)
+    save_nifti(fit_adc(dwi, bvals, mask=mask, max_adc=max_adc, min_b=min_b, max_b=max_b), img.affine, out_adc)
 
 
 class RegistrationError(DwisynthError):
@@ -163,7 +153,7 @@ def register_ct(ct_path, dwi_path, bval_path, out_ct, out_json, subject: str, tr
     _, transforms = register(b0, np.clip(ct, 0, 80), img.affine, ct_img.affine, transform, seed)
     check_plausible_motion(transform_matrix_lps(transforms[0]), subject, "CT onto DWI")
     full = apply_transforms(b0, ct, img.affine, ct_img.affine, transforms, default_value=-1000.0)
-    _save(full, img.affine, out_ct)
+    save_nifti(full, img.affine, out_ct)
     _write_json({"transform": transform, "seed": seed,
                  "fixed_to_moving_lps": transform_matrix_lps(transforms[0]).round(6).tolist(),
                  "convention": "maps a point in DWI space (LPS mm) to the same point in CT space"}, out_json)
