@@ -25,31 +25,52 @@ def _load(path):
     return img, np.asarray(img.dataobj, dtype=np.float64)
 
 
+def _load_dwi(dwi_path, bval_path, b0_max: float):
+    """(image, 4D float array in RAS, b-values, mean b0) of a DWI and its .bval."""
+    img, dwi = _load(dwi_path)
+    if dwi.ndim == 3:
+        dwi = dwi[..., None]
+    bvals = np.loadtxt(bval_path, ndmin=1)
+    return img, dwi, bvals, dwi[..., bvals <= b0_max].mean(-1)
+
+
 def _write_json(record, path):
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+class RegistrationError(DwisynthError):
+    """A registration that converged somewhere implausible."""
+
+
+def check_plausible_motion(matrix: np.ndarray, subject: str, what: str, max_mm: float = 40.0,
+                           max_deg: float = 20.0) -> None:
+    """Patients move millimetres and degrees between scans; far more means the optimizer got lost."""
+    angle = np.degrees(np.arccos(np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1, 1)))
+    shift = float(np.linalg.norm(matrix[:3, 3]))
+    if angle > max_deg or shift > max_mm:
+        raise RegistrationError(
+            f"sub-{subject}: registration of {what} converged to a {angle:.0f} degree, {shift:.0f} mm motion; "
+            "check that the two series belong together and cover the same anatomy"
+        )
 
 
 def register_dwi(dwi_path, bval_path, out_dwi, out_bval, out_json, subject: str, seed: int, motion: bool,
                  b0_max: float = 10.0, log=print) -> None:
     """Each b-volume rigidly onto the mean b0 (when motion is on); always reorients to RAS."""
-    img, dwi = _load(dwi_path)
-    if dwi.ndim == 3:
-        dwi = dwi[..., None]
-    bvals = np.loadtxt(bval_path, ndmin=1)
+    img, dwi, bvals, b0 = _load_dwi(dwi_path, bval_path, b0_max)
     check_finite(dwi, subject, "the converted DWI")
-    b0 = dwi[..., bvals <= b0_max].mean(-1)
+    # fixed_to_moving_lps maps a b0 point to the same point in the volume, as ANTs defines it
     record = {"reference": "mean b0", "transform": "Rigid" if motion else "none", "seed": seed, "volumes": []}
     out = dwi.copy()
     for v, b in enumerate(bvals):
-        entry = {"volume": v, "bval": float(b), "moving_to_fixed_lps": np.eye(4).tolist()}
+        matrix = np.eye(4)
         if motion and b > b0_max:
             moved, transforms = register(b0, dwi[..., v], img.affine, img.affine, "Rigid", seed)
+            matrix = transform_matrix_lps(transforms[0])
+            check_plausible_motion(matrix, subject, f"b={b:g} onto b0")
             out[..., v] = moved
-            # ANTs maps fixed -> moving points; store it as ANTs defines it
-            entry["fixed_to_moving_lps"] = transform_matrix_lps(transforms[0]).round(6).tolist()
-            del entry["moving_to_fixed_lps"]
             log(f"[register] sub-{subject} b={b:g} onto b0")
-        record["volumes"].append(entry)
+        record["volumes"].append({"volume": v, "bval": float(b), "fixed_to_moving_lps": matrix.round(6).tolist()})
     save_nifti(out, img.affine, out_dwi)
     write_bval(bvals, out_bval)
     _write_json(record, out_json)
@@ -66,11 +87,7 @@ def torch_device(setting: str = "auto"):
 
 def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str, method: str,
               b0_max: float = 10.0, device="cpu", threads: int | None = None) -> None:
-    img, dwi = _load(dwi_path)
-    if dwi.ndim == 3:
-        dwi = dwi[..., None]
-    bvals = np.loadtxt(bval_path, ndmin=1)
-    b0 = dwi[..., bvals <= b0_max].mean(-1)
+    img, dwi, bvals, b0 = _load_dwi(dwi_path, bval_path, b0_max)
     # HD-BET sees the highest b-value: with CSF dark its Dice is 0.98 on the demo
     # brain, against 0.84 on b0 where bright CSF and sulci confuse it.
     high_b = dwi[..., int(np.argmax(bvals))]
@@ -124,36 +141,19 @@ def adc(dwi_path, bval_path, mask_path, out_adc, min_b: float, max_b: float, max
     save_nifti(fit_adc(dwi, bvals, mask=mask, max_adc=max_adc, min_b=min_b, max_b=max_b), img.affine, out_adc)
 
 
-class RegistrationError(DwisynthError):
-    """A registration that converged somewhere implausible."""
-
-
-def check_plausible_motion(matrix: np.ndarray, subject: str, what: str, max_mm: float = 40.0,
-                           max_deg: float = 20.0) -> None:
-    """Patients move millimetres and degrees between scans; far more means the optimizer got lost."""
-    angle = np.degrees(np.arccos(np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1, 1)))
-    shift = float(np.linalg.norm(matrix[:3, 3]))
-    if angle > max_deg or shift > max_mm:
-        raise RegistrationError(
-            f"sub-{subject}: registration of {what} converged to a {angle:.0f} degree, {shift:.0f} mm motion; "
-            "check that the two series belong together and cover the same anatomy"
-        )
-
-
 def register_ct(ct_path, dwi_path, bval_path, out_ct, out_json, subject: str, transform: str, seed: int,
                 b0_max: float = 10.0) -> None:
     """CT onto the DWI b0 grid (Rigid or Affine, mutual information)."""
     ct_img, ct = _load(ct_path)
     check_finite(ct, subject, "the CT")
-    img, dwi = _load(dwi_path)
-    bvals = np.loadtxt(bval_path, ndmin=1)
-    b0 = dwi[..., bvals <= b0_max].mean(-1)
+    img, _, _, b0 = _load_dwi(dwi_path, bval_path, b0_max)
     # Brain window (0-80 HU): skull and air saturate, leaving a brain silhouette like the b0's.
     # With a wider window (-100..200) one demo subject converged 130 mm off.
     _, transforms = register(b0, np.clip(ct, 0, 80), img.affine, ct_img.affine, transform, seed)
-    check_plausible_motion(transform_matrix_lps(transforms[0]), subject, "CT onto DWI")
+    matrix = transform_matrix_lps(transforms[0])
+    check_plausible_motion(matrix, subject, "CT onto DWI")
     full = apply_transforms(b0, ct, img.affine, ct_img.affine, transforms, default_value=-1000.0)
     save_nifti(full, img.affine, out_ct)
     _write_json({"transform": transform, "seed": seed,
-                 "fixed_to_moving_lps": transform_matrix_lps(transforms[0]).round(6).tolist(),
+                 "fixed_to_moving_lps": matrix.round(6).tolist(),
                  "convention": "maps a point in DWI space (LPS mm) to the same point in CT space"}, out_json)
