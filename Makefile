@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/synthesis.py
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -13,11 +13,17 @@ include: "rules/demo.smk"
 include: "rules/convert.smk"
 include: "rules/preprocess.smk"
 include: "rules/dataset.smk"
+include: "rules/dc2anet.smk"
+include: "rules/baselines.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     input:
         all_targets(),
+        model_targets,
+        synthesis_targets,
+        "results/tables/synthesis_metrics.tsv",
     default_target: True
 
 

@@ -37,35 +37,75 @@ def _adc(args) -> None:
     print(f"[adc] {args.output} (x10^-3 mm²/s)")
 
 
-def _preprocess(args) -> None:
-    from dwisynth.config import bvalue_grid, load_config
+def _preprocess_subject(dwi, bval, subject: str, organ: str, config: dict, out: Path, ct=None):
+    """Register, mask, normalize and fit ADC as the workflow does; returns (normalized dwi, bval, mask)."""
+    from dwisynth.config import bvalue_grid
     from dwisynth.preprocess import steps
 
-    config = load_config(args.config)
     b = config["bvalues"]
-    grid = bvalue_grid(config)
-    out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"sub-{args.subject}"
+    stem = out / f"sub-{subject}"
     reg = (f"{stem}_desc-reg_dwi.nii.gz", f"{stem}_desc-reg_dwi.bval")
-    steps.register_dwi(args.dwi, args.bval, *reg, f"{stem}_desc-reg_xfm.json", args.subject, config["seed"],
+    steps.register_dwi(dwi, bval, *reg, f"{stem}_desc-reg_xfm.json", subject, config["seed"],
                        config["registration"]["dwi_motion"], b["b0_max"])
     mask = f"{stem}_desc-organ_mask.nii.gz"
-    if config["masking"]["method"] == "hd-bet-v2" and args.organ == "brain":
+    if config["masking"]["method"] == "hd-bet-v2" and organ == "brain":
         from dwisynth.preprocess.masking import install_hd_bet_v2_weights
 
         install_hd_bet_v2_weights(config["masking"]["hdbet_v2_weights"])
-    steps.make_mask(*reg, mask, f"{stem}_desc-organ_mask.json", args.subject, args.organ,
+    steps.make_mask(*reg, mask, f"{stem}_desc-organ_mask.json", subject, organ,
                     config["masking"]["method"], b["b0_max"], device=steps.torch_device(config["device"]))
     norm = (f"{stem}_desc-norm_dwi.nii.gz", f"{stem}_desc-norm_dwi.bval")
-    steps.normalize(*reg, mask, *norm, f"{stem}_desc-norm_dwi.json", args.subject, grid, b["tolerance"],
+    steps.normalize(*reg, mask, *norm, f"{stem}_desc-norm_dwi.json", subject, bvalue_grid(config), b["tolerance"],
                     config["normalization"]["n4"], b["b0_max"])
     adc = config["adc"]
     steps.adc(*norm, mask, f"{stem}_adc.nii.gz", adc["min_b"], adc["max_b"], adc["max_adc"])
-    if args.ct:
-        steps.register_ct(args.ct, *reg, f"{stem}_space-dwi_ct.nii.gz", f"{stem}_from-ct_to-dwi_xfm.json",
-                          args.subject, config["registration"]["ct_transform"], config["seed"], b["b0_max"])
-    print(f"[preprocess] sub-{args.subject} -> {out}")
+    if ct:
+        steps.register_ct(ct, *reg, f"{stem}_space-dwi_ct.nii.gz", f"{stem}_from-ct_to-dwi_xfm.json",
+                          subject, config["registration"]["ct_transform"], config["seed"], b["b0_max"])
+    return (*norm, mask)
+
+
+def _preprocess(args) -> None:
+    from dwisynth.config import load_config
+
+    _preprocess_subject(args.dwi, args.bval, args.subject, args.organ, load_config(args.config), args.output, args.ct)
+    print(f"[preprocess] sub-{args.subject} -> {args.output}")
+
+
+def _synthesize(args) -> None:
+    import torch
+
+    from dwisynth.config import load_config
+    from dwisynth.preprocess.steps import adc
+    from dwisynth.synthesis import synthesize_subject
+
+    config = load_config(args.config)
+    record = torch.load(args.model, map_location="cpu", weights_only=True) if args.model.is_file() else {}
+    organ = args.organ or record.get("organ")
+    if not organ:
+        raise DwisynthError(f"{args.model}: the model does not name its organ; pass --organ")
+    out = args.output
+    dwi, bval = args.input, args.bval
+    if args.input.is_dir():  # a DICOM series: convert it first, as the workflow does
+        from dwisynth.convert import convert_series
+
+        convert_series(args.input, out, args.subject, "DWI", b0_max=config["bvalues"]["b0_max"])
+        dwi, bval = out / f"sub-{args.subject}_dwi.nii.gz", out / f"sub-{args.subject}_dwi.bval"
+    elif bval is None:
+        raise DwisynthError(f"{args.input}: a NIfTI input needs --bval (or give a DICOM series folder)")
+    if args.normalized:
+        norm_dwi, norm_bval, mask = dwi, bval, args.mask
+    else:
+        norm_dwi, norm_bval, mask = _preprocess_subject(dwi, bval, args.subject, organ, config, out)
+    method = record.get("method", "model")
+    stem = out / f"sub-{args.subject}_desc-{method}"
+    written = synthesize_subject(args.model, norm_dwi, norm_bval, f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval",
+                                 args.subject, device=config["device"], target_b=args.b)
+    if mask:
+        a = config["adc"]
+        adc(f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", mask, f"{stem}_adc.nii.gz", a["min_b"], a["max_b"], a["max_adc"])
+    print(f"[synthesize] sub-{args.subject}: b = {', '.join(f'{b:g}' for b in written)} -> {stem}_dwi.nii.gz")
 
 
 def _scan(args) -> None:
@@ -114,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="b-value grid, masking, normalization and ADC settings")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_preprocess)
+
+    p = sub.add_parser("synthesize", help="synthesize high-b images for one subject with a trained model (model.pt)")
+    p.add_argument("model", type=Path, help="results/models/<method>/<organ>/model.pt")
+    p.add_argument("input", type=Path, help="a DWI DICOM series folder, or a DWI NIfTI (with --bval)")
+    p.add_argument("--bval", type=Path, help=".bval of a NIfTI input")
+    p.add_argument("--subject", default="new", help="pseudonym used in the output names (letters and digits)")
+    p.add_argument("--organ", choices=["brain", "breast", "abdomen", "neck", "pelvis"],
+                   help="defaults to the model's organ")
+    p.add_argument("--b", type=float, nargs="+", help="target b-values to write (default: all the model was trained for)")
+    p.add_argument("--normalized", action="store_true",
+                   help="the NIfTI is already normalized by dwisynth (desc-norm): skip registration, masking, normalization")
+    p.add_argument("--mask", type=Path, help="organ mask for the ADC of a --normalized input")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"),
+                   help="preprocessing, ADC and device settings")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_synthesize)
 
     p = sub.add_parser("scan", help="draft a sample sheet from a DICOM tree, one row per series")
     p.add_argument("dicom_root", type=Path)

@@ -10,9 +10,15 @@ import numpy as np
 from dwisynth.errors import DwisynthError
 
 
-def load_dwi(dwi_path: str | Path, bval_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """4D DWI (x, y, z, n_b) as float and its b-values (s/mm²)."""
+def load_dwi(dwi_path: str | Path, bval_path: str | Path, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """4D DWI (x, y, z, n_b) as float and its b-values (s/mm²).
+
+    canonical: reorient to RAS (nibabel's closest canonical), the voxel order of every
+    image under results/ (the demo truth is written in the DICOM's LPS order).
+    """
     img = nib.load(dwi_path)
+    if canonical:
+        img = nib.as_closest_canonical(img)
     data = np.asarray(img.dataobj, dtype=np.float64)
     if data.ndim == 3:
         data = data[..., None]
@@ -22,8 +28,15 @@ def load_dwi(dwi_path: str | Path, bval_path: str | Path) -> tuple[np.ndarray, n
     return data, bvals
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    return np.asarray(nib.load(path).dataobj) > 0
+def load_mask(path: str | Path, canonical: bool = False) -> np.ndarray:
+    img = nib.load(path)
+    return np.asarray((nib.as_closest_canonical(img) if canonical else img).dataobj) > 0
+
+
+def load_map(path: str | Path, canonical: bool = False) -> np.ndarray:
+    """A 3D map (ADC, HU) as float; canonical reorients to RAS like everything under results/."""
+    img = nib.load(path)
+    return np.asarray((nib.as_closest_canonical(img) if canonical else img).dataobj, dtype=np.float64)
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, out_path: str | Path, dtype=np.float32) -> None:
@@ -43,3 +56,12 @@ def save_like(array: np.ndarray, reference: str | Path, out_path: str | Path, dt
 
 def write_bval(bvals, path: str | Path) -> None:
     Path(path).write_text(" ".join(f"{float(b):g}" for b in bvals) + "\n")
+
+
+def write_table(table, path: str | Path) -> None:
+    """A TSV written whole or not at all (a failed job leaves no half table)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    tmp.replace(path)

@@ -1,54 +1,68 @@
-"""Stream slice shards into torch, one shard in memory at a time."""
+"""Training slices from the per-subject shards, held in memory as arrays.
+
+A map-style dataset, so the trainer can draw any sample by index: that is what
+makes a resumed run draw exactly the batches an uninterrupted one would.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
-class SliceDataset(torch.utils.data.IterableDataset):
-    """Streams (input, target, target_present, mask) slices from shards, one shard in memory at a time.
+class SliceDataset(torch.utils.data.Dataset):
+    """(input, target, target_present, mask) slices of the given shards.
 
     input_b: b-values fed to the network; target_b: b-values to predict. Subjects
-    whose shard lacks an input b-value are skipped. With zero_shot=True, held-out
-    b-values are never marked present (nothing at those b can train).
+    whose shard lacks an input b-value are skipped (listed in `skipped`). With
+    zero_shot=True, held-out b-values are never marked present (nothing at those b
+    can train). Item shapes: (n_in, H, W), (n_target, H, W), (n_target,), (H, W).
     """
 
-    def __init__(self, shards, input_b, target_b, heldout_b=(), zero_shot=True, shuffle_seed=None):
+    def __init__(self, shards, input_b, target_b, heldout_b=(), zero_shot=True):
         super().__init__()
-        self.shards = [Path(s) for s in shards]
         self.input_b = [float(b) for b in input_b]
         self.target_b = [float(b) for b in target_b]
-        self.heldout_b = {float(b) for b in heldout_b}
-        self.zero_shot = zero_shot
-        self.shuffle_seed = shuffle_seed
+        heldout = {float(b) for b in heldout_b}
+        inputs, targets, present, masks, self.subjects, self.skipped = [], [], [], [], [], []
+        for path in shards:
+            with np.load(path) as shard:
+                grid = [float(b) for b in shard["bvals"]]
+                acquired = shard["present"]
+                if not all(b in grid and acquired[grid.index(b)] for b in self.input_b):
+                    self.skipped.append(str(path))
+                    continue
+                images, mask = shard["images"], shard["mask"]
+                subject = json.loads(str(shard["metadata"])).get("subject", Path(path).stem)
+            flags = np.array([b in grid and bool(acquired[grid.index(b)]) and not (zero_shot and b in heldout)
+                              for b in self.target_b])
+            stack = np.zeros((images.shape[0], len(self.target_b), *images.shape[2:]), np.float32)
+            for j, b in enumerate(self.target_b):
+                if flags[j]:
+                    stack[:, j] = images[:, grid.index(b)]
+            inputs.append(images[:, [grid.index(b) for b in self.input_b]].astype(np.float32))
+            targets.append(stack)
+            present.append(np.repeat(flags[None], images.shape[0], 0))
+            masks.append(mask.astype(bool))
+            self.subjects += [subject] * images.shape[0]
+        shapes = {a.shape[2:] for a in inputs}
+        if len(shapes) > 1:
+            raise ValueError(f"slice shards differ in in-plane size {sorted(shapes)}; one model needs one size "
+                             "(resample the organ's scans to one matrix)")
+        empty = np.zeros((0, 0), np.float32)
+        self.inputs = np.concatenate(inputs) if inputs else empty
+        self.targets = np.concatenate(targets) if targets else empty
+        self.present = np.concatenate(present) if present else empty
+        self.masks = np.concatenate(masks) if masks else empty
 
-    def _slices(self, shard_path):
-        with np.load(shard_path) as shard:
-            grid = [float(b) for b in shard["bvals"]]
-            present = shard["present"]
-            if not all(b in grid and present[grid.index(b)] for b in self.input_b):
-                return
-            images, mask = shard["images"], shard["mask"]
-        inputs = images[:, [grid.index(b) for b in self.input_b]]
-        targets = np.zeros((images.shape[0], len(self.target_b), *images.shape[2:]), np.float32)
-        flags = np.zeros(len(self.target_b), bool)
-        for j, b in enumerate(self.target_b):
-            if b in grid and present[grid.index(b)] and not (self.zero_shot and b in self.heldout_b):
-                targets[:, j] = images[:, grid.index(b)]
-                flags[j] = True
-        for i in range(images.shape[0]):
-            yield inputs[i], targets[i], flags, mask[i]
+    def __len__(self) -> int:
+        return len(self.subjects)
 
-    def __iter__(self):
-        order = list(self.shards)
-        if self.shuffle_seed is not None:
-            np.random.default_rng(self.shuffle_seed).shuffle(order)
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None:  # each DataLoader worker streams its own shards, so no slice repeats
-            order = order[worker.id :: worker.num_workers]
-        for shard in order:
-            for item in self._slices(shard):
-                yield tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in item)
+    def __getitem__(self, i):
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return tuple(torch.from_numpy(np.ascontiguousarray(a[i]))
+                     for a in (self.inputs, self.targets, self.present, self.masks))

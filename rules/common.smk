@@ -93,3 +93,68 @@ def all_nifti_targets():
 
 def all_targets():
     return [f for cohort in COHORTS for f in cohort_targets(cohort)] + ["results/datasets/split.tsv"]
+
+
+# --- synthesis (multi-b task) --------------------------------------------------------------
+def synth_stem(method):
+    """results/{cohort}/synth/<method>/sub-{subject}/sub-{subject}_desc-<method>, wildcards kept."""
+    return f"results/{{cohort}}/synth/{method}/sub-{{subject}}/sub-{{subject}}_desc-{method}"
+DEMO_TRUTH = f"{config['demo']['outdir']}/truth/{{cohort}}/sub-{{subject}}/sub-{{subject}}"
+# Subjects with a CT belong to the CT -> DWI task; the rest are the multi-b task's.
+_WITH_CT = set(SAMPLES[SAMPLES["modality"] == "CT"]["subject"])
+MULTIB_SUBJECTS = [s for s in SUBJECTS if s["subject"] not in _WITH_CT]
+TRAINED_METHODS = [m for m in config["methods"] if m in ("dc2anet", "pix2pix")]
+
+
+def organ_shards(organ):
+    """Every multi-b shard of the organ; the training script keeps the train split's."""
+    return [f"results/{s['cohort']}/slices/sub-{s['subject']}_slices.npz" for s in MULTIB_SUBJECTS
+            if s["organ"] == organ]
+
+
+def synthesis_inputs(method):
+    def inputs(wildcards):
+        organ = series_row(wildcards, "DWI")["organ"]
+        pre = f"results/{wildcards.cohort}/preproc/sub-{wildcards.subject}/sub-{wildcards.subject}"
+        return {"model": f"results/models/{method}/{organ}/model.pt", "dwi": f"{pre}_desc-norm_dwi.nii.gz",
+                "bval": f"{pre}_desc-norm_dwi.bval"}
+
+    return inputs
+
+
+def _split():
+    """The split manifest; known once its rule has run (a checkpoint), so only input functions call this."""
+    return pd.read_csv(checkpoints.split_manifest.get().output[0], sep="\t", dtype=str)
+
+
+def trainable_organs():
+    """Organs with at least one multi-b training subject (an organ without any gets no model, and says so)."""
+    split = _split()
+    train = set(split[split["split"] == "train"]["subject"])
+    return sorted({s["organ"] for s in MULTIB_SUBJECTS if s["subject"] in train})
+
+
+def multib_test_subjects():
+    split = _split()
+    test = set(split[split["split"] == "test"]["subject"])
+    return [s for s in MULTIB_SUBJECTS if s["subject"] in test]
+
+
+def score_methods():
+    """Every configured multi-b method, plus the noise-free truth on the demo (the noise floor)."""
+    return config["methods"] + (["noisefree"] if config["demo"]["enabled"] else [])
+
+
+def synthesis_targets(wildcards=None):
+    organs = trainable_organs()
+    return [
+        synth_stem(method).format(cohort=s["cohort"], subject=s["subject"]) + f"_{kind}"
+        for s in multib_test_subjects()
+        for method in score_methods()
+        if method not in TRAINED_METHODS or s["organ"] in organs
+        for kind in ("dwi.nii.gz", "adc.nii.gz")
+    ]
+
+
+def model_targets(wildcards=None):
+    return [f"results/models/{m}/{organ}/model.pt" for m in TRAINED_METHODS for organ in trainable_organs()]

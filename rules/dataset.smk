@@ -1,4 +1,4 @@
-rule split_manifest:
+checkpoint split_manifest:
     input:
         qc=lambda wc: [f for f in all_nifti_targets() if f.endswith("_dwi_qc.json")],
     output:

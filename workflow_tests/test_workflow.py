@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO, snakemake
 
@@ -104,3 +105,57 @@ def test_dry_run_of_the_default_demo_config(tmp_path):
 def test_dry_run_with_the_slurm_profile(tmp_path):
     proc = snakemake("-n", "--profile", str(REPO / "profiles/slurm"), workdir=tmp_path)
     assert "convert_ct" in proc.stdout
+
+
+# --- stage 1: training, synthesis, scoring --------------------------------------------------
+
+def _multib_test_subjects(run):
+    split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
+    sheet = pd.read_csv(run / "data/demo/samples.tsv", sep="\t", keep_default_na=False)
+    with_ct = set(sheet[sheet["modality"] == "CT"]["subject"])
+    return split[(split["split"] == "test") & ~split["subject"].isin(with_ct)]
+
+
+def test_every_test_subject_gets_every_method_with_the_acquired_geometry(demo_run):
+    config = yaml.safe_load((REPO / "workflow_tests/config/config.yaml").read_text())
+    trained_organs = {p.parent.name for p in (demo_run / "results/models/dc2anet").glob("*/model.pt")}
+    assert trained_organs == {"abdomen"}  # the tiny config has brain training subjects in no center
+    expected_b = config["bvalues"]["inputs"] + config["bvalues"]["targets"]
+    tests = _multib_test_subjects(demo_run)
+    assert len(tests) >= 2
+    for row in tests.itertuples():
+        methods = ["cdwi", "noisefree"] + (["dc2anet", "pix2pix"] if row.organ in trained_organs else [])
+        acquired = nib.load(demo_run / f"results/{row.cohort}/preproc/sub-{row.subject}/"
+                            f"sub-{row.subject}_desc-norm_dwi.nii.gz")
+        for method in methods:
+            stem = demo_run / f"results/{row.cohort}/synth/{method}/sub-{row.subject}/sub-{row.subject}_desc-{method}"
+            img = nib.load(f"{stem}_dwi.nii.gz")
+            assert img.shape == (*acquired.shape[:3], len(expected_b)) and np.allclose(img.affine, acquired.affine)
+            assert np.loadtxt(f"{stem}_dwi.bval").tolist() == expected_b
+            assert np.isfinite(img.get_fdata()).all()
+            assert nib.load(f"{stem}_adc.nii.gz").shape == acquired.shape[:3]
+
+
+def test_training_logs_and_models_record_what_they_learned_from(demo_run):
+    import torch
+
+    split = pd.read_csv(demo_run / "results/datasets/split.tsv", sep="\t")
+    test_subjects = set(split[split["split"] == "test"]["subject"])
+    for method in ("dc2anet", "pix2pix"):
+        log = pd.read_csv(demo_run / f"results/models/{method}/abdomen/training_log.csv")
+        assert log["step"].iloc[-1] == 10 and (log["images_per_s"] > 0).all()
+        record = torch.load(demo_run / f"results/models/{method}/abdomen/model.pt", weights_only=True)
+        assert record["train_subjects"] and not set(record["train_subjects"]) & test_subjects
+
+
+def test_synthesis_metrics_table_scores_every_method_on_the_same_images(demo_run):
+    table = pd.read_csv(demo_run / "results/tables/synthesis_metrics.tsv", sep="\t", dtype={"slice": str})
+    assert list(table.columns[:9]) == ["task", "method", "cohort", "center", "organ", "subject", "slice",
+                                       "b_value", "seen"]
+    volumes = table[table["slice"] == "volume"]
+    abdomen = volumes[volumes["organ"] == "abdomen"]
+    per_method = abdomen.groupby("method")[["subject", "b_value"]].apply(lambda g: set(map(tuple, g.values)))
+    assert len({frozenset(v) for v in per_method}) == 1  # same subjects and b-values for every method
+    assert set(abdomen["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
+    floor = volumes[volumes["method"] == "noisefree"]["psnr"].mean()
+    assert floor > volumes[volumes["method"] == "cdwi"]["psnr"].mean()  # the noise floor is the best score

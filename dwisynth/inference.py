@@ -1,0 +1,110 @@
+"""Synthesis with a trained model (model.pt), and the other image sources scored beside it.
+
+Every source returns target-b volumes on the normalized (S/S0) scale of the input,
+in the input's voxel grid, so they can be written with the acquired geometry:
+- `synthesize_volume`: a trained network, slice by slice along the third axis;
+- `cdwi_volume`: computed DWI from the input b-values only (the clinical baseline);
+- `noise_free_reference`: the demo's noise-free truth brought onto the normalized scale
+  of the acquisition (scored against the acquisition it gives the noise floor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dwisynth.diffusion import computed_dwi
+from dwisynth.errors import DwisynthError
+from dwisynth.networks.blocks import from_network, to_network
+from dwisynth.networks.registry import build_generator
+from dwisynth.training import MODEL_FORMAT, pad_to_multiple, resolve_device
+
+
+class ModelFileError(DwisynthError):
+    """A model file is missing, not a dwisynth model, or does not fit the data."""
+
+
+@dataclass
+class SynthesisModel:
+    network: torch.nn.Module
+    record: dict
+    device: torch.device
+
+    @property
+    def input_b(self) -> list[float]:
+        return [float(b) for b in self.record["input_b"]]
+
+    @property
+    def target_b(self) -> list[float]:
+        return [float(b) for b in self.record["target_b"]]
+
+
+def load_model(path: str | Path, device: str = "auto") -> SynthesisModel:
+    """Load model.pt (written by the trainer, on any device) for inference on `device`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found; train it first (snakemake results/models/...)")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ModelFileError(f"{path}: not a readable model file ({exc.__class__.__name__}); retrain it") from exc
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: not a dwisynth model ({MODEL_FORMAT}); a training checkpoint is "
+                             "checkpoint.pt, the model for synthesis is model.pt beside it")
+    network = build_generator(record)
+    network.load_state_dict(record["state_dict"])
+    target = resolve_device(device)
+    return SynthesisModel(network.to(target).eval(), record, target)
+
+
+@torch.no_grad()
+def synthesize_slices(model: SynthesisModel, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """(n, n_inputs, H, W) S/S0 slices -> (n, n_targets, H, W) synthetic S/S0 slices."""
+    imax = float(model.record["intensity_max"])
+    multiple = int(model.record["pad_multiple"])
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        x = to_network(torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size], np.float32)), imax)
+        x, (h, w) = pad_to_multiple(x, multiple, -1.0)
+        y = model.network(x.to(model.device)).float().cpu()[..., :h, :w]
+        out.append(from_network(y, imax).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.target_b), *inputs.shape[2:]), np.float32)
+
+
+def _volumes_at(dwi: np.ndarray, bvals, wanted, subject: str) -> np.ndarray:
+    bvals = [float(b) for b in bvals]
+    missing = [b for b in wanted if b not in bvals]
+    if missing:
+        raise DwisynthError(f"sub-{subject}: the model needs b = {', '.join(f'{b:g}' for b in missing)} as input, "
+                            f"the image has b = {', '.join(f'{b:g}' for b in bvals)}")
+    return dwi[..., [bvals.index(b) for b in wanted]]
+
+
+def synthesize_volume(model: SynthesisModel, dwi: np.ndarray, bvals, subject: str = "?") -> np.ndarray:
+    """Normalized 4D DWI (X, Y, Z, B) -> synthetic (X, Y, Z, n_targets), slice by slice along Z."""
+    inputs = _volumes_at(dwi, bvals, model.input_b, subject)  # (X, Y, Z, n_in)
+    slices = np.transpose(inputs, (2, 3, 0, 1))  # (Z, n_in, X, Y): the slice shards' layout
+    return np.transpose(synthesize_slices(model, slices), (2, 3, 0, 1)).astype(np.float32)
+
+
+def cdwi_volume(dwi: np.ndarray, bvals, input_b, target_b, mask=None) -> np.ndarray:
+    """Computed DWI at target_b from the input b-values only: (X, Y, Z, n_targets)."""
+    inputs = _volumes_at(dwi, bvals, [float(b) for b in input_b], "?")
+    return computed_dwi(inputs, np.asarray(input_b, float), input_b, target_b, mask=mask).astype(np.float32)
+
+
+def noise_free_reference(noise_free: np.ndarray, truth_bvals, raw_b0: np.ndarray, normalized_b0: np.ndarray,
+                         target_b) -> np.ndarray:
+    """The demo's noise-free signal at target_b on the acquisition's normalized scale.
+
+    Normalization divided each voxel by a smooth bias field and the median b0; the
+    ratio raw b0 / normalized b0 is exactly that factor, voxel by voxel.
+    """
+    truth_bvals = [float(b) for b in truth_bvals]
+    factor = np.where(normalized_b0 > 0, raw_b0 / np.where(normalized_b0 > 0, normalized_b0, 1), np.nan)
+    factor = np.where(np.isfinite(factor) & (factor > 0), factor, np.nanmedian(factor))
+    picked = noise_free[..., [truth_bvals.index(float(b)) for b in target_b]]
+    return (picked / factor[..., None]).astype(np.float32)

@@ -1,0 +1,81 @@
+"""Image metrics of both papers on one documented scale.
+
+Normalization (the standard columns): prediction and reference are both divided by
+the reference's robust maximum, its 99.5th percentile inside the mask, so the data
+range is 1 by construction and never guessed from dtype or from the prediction.
+MSE, MAE and PSNR = 10 log10(1 / MSE) use the voxels inside the mask; SSIM is
+scikit-image's (Gaussian window sigma 1.5, Wang et al. constants) computed on the
+whole slice and averaged over the mask.
+
+Legacy PSNR (`psnr_legacy`), to set our numbers beside the seed paper's: the
+DC²Anet authors' public evaluation code scales each image to 8 bits and computes
+20 log10(255 * 255) - 10 log10(MSE) over the whole slice. That is the 8-bit PSNR
+plus 20 log10(255) = 48.13 dB, which is why that paper reports "PSNR > 74".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+ROBUST_MAX_PERCENTILE = 99.5
+LEGACY_OFFSET_DB = 20 * np.log10(255.0)
+
+
+def robust_max(reference: np.ndarray, mask: np.ndarray) -> float:
+    values = reference[mask]
+    if values.size == 0:
+        raise ValueError("the mask is empty: nothing to score")
+    top = float(np.percentile(values, ROBUST_MAX_PERCENTILE))
+    return top if top > 0 else 1.0
+
+
+def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
+    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+
+
+def legacy_psnr(pred: np.ndarray, ref: np.ndarray) -> float:
+    """The seed paper's convention on one 2D slice already scaled to [0, 1]: 8-bit, 20 log10(255²) - 10 log10(MSE)."""
+    p8 = np.round(np.clip(pred, 0, 1) * 255.0)
+    r8 = np.round(np.clip(ref, 0, 1) * 255.0)
+    mse = float(np.mean((p8 - r8) ** 2))
+    return float("inf") if mse == 0 else float(20 * np.log10(255.0 * 255.0) - 10 * np.log10(mse))
+
+
+def ssim_in_mask(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean of the SSIM map inside the mask (2D slices; data range given, never inferred)."""
+    if min(pred.shape) < 7:
+        raise ValueError(f"slice {pred.shape} too small for the 7-pixel SSIM window")
+    _, ssim_map = structural_similarity(ref, pred, data_range=data_range, gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, full=True)
+    return float(ssim_map[mask].mean())
+
+
+def slice_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, scale: float) -> dict[str, float]:
+    """MSE, MAE, PSNR, SSIM (inside the mask) and legacy PSNR of one 2D slice, both images divided by `scale`."""
+    p, r = pred / scale, ref / scale
+    diff = (p - r)[mask]
+    mse = float(np.mean(diff**2))
+    return {"mse": mse, "mae": float(np.mean(np.abs(diff))), "psnr": psnr_from_mse(mse),
+            "ssim": ssim_in_mask(p, r, mask), "psnr_legacy": legacy_psnr(p, r)}
+
+
+def volume_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, min_voxels: int = 20):
+    """Per-slice metrics (slices along the last axis with >= min_voxels in the mask) and the volume's.
+
+    pred, ref: (X, Y, Z) on the same scale; mask (X, Y, Z) bool. Returns (list of
+    per-slice dicts with `slice`, dict for the whole volume): MSE/MAE/PSNR over all
+    masked voxels, SSIM and legacy PSNR as the mean over the scored slices.
+    """
+    mask = np.asarray(mask, bool)
+    scale = robust_max(ref, mask)
+    rows = []
+    for z in range(ref.shape[-1]):
+        if mask[..., z].sum() >= min_voxels:
+            rows.append({"slice": z, **slice_metrics(pred[..., z], ref[..., z], mask[..., z], scale)})
+    diff = (pred - ref)[mask] / scale
+    mse = float(np.mean(diff**2))
+    volume = {"mse": mse, "mae": float(np.mean(np.abs(diff))), "psnr": psnr_from_mse(mse),
+              "ssim": float(np.mean([r["ssim"] for r in rows])) if rows else float("nan"),
+              "psnr_legacy": float(np.mean([r["psnr_legacy"] for r in rows])) if rows else float("nan")}
+    return rows, volume

@@ -1,0 +1,158 @@
+"""Building blocks shared by the synthesis networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def to_network(x: torch.Tensor, intensity_max: float) -> torch.Tensor:
+    """S/S0 intensities (0..intensity_max) -> the tanh range [-1, 1] the generators produce."""
+    return 2.0 * torch.clamp(x, 0.0, intensity_max) / intensity_max - 1.0
+
+
+def from_network(t: torch.Tensor, intensity_max: float) -> torch.Tensor:
+    """Inverse of `to_network`."""
+    return (t + 1.0) * 0.5 * intensity_max
+
+
+NORMS = ("instance", "none")
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """Instance norm (the published designs) or none.
+
+    Our inputs are S/S0-normalized, so absolute intensity carries the diffusion
+    information; instance norm removes each slice's feature statistics and with them
+    part of that information (on the demo it cost several dB of PSNR).
+    """
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
+
+
+class ResidualBlock(nn.Module):
+    """Reflect-padded 3x3 conv, norm, ReLU, twice, plus the identity (CycleGAN's block)."""
+
+    def __init__(self, channels: int, norm: str = "instance"):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), norm_layer(norm, channels), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), norm_layer(norm, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Image-to-image ResNet generator (Johnson et al.; the DC²Anet generator).
+
+    7x7 conv ngf -> two stride-2 convs (2ngf, 4ngf) -> n_blocks residual blocks ->
+    two transposed convs -> 7x7 conv -> tanh. (N, in_channels, H, W) ->
+    (N, out_channels, H, W); H and W must be multiples of 4.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 6,
+                 norm: str = "instance"):
+        super().__init__()
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm_layer(norm, ngf), nn.ReLU(True)]
+        for mult in (1, 2):
+            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
+                       norm_layer(norm, ngf * mult * 2), nn.ReLU(True)]
+        layers += [ResidualBlock(ngf * 4, norm) for _ in range(n_blocks)]
+        for mult in (4, 2):
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                       norm_layer(norm, ngf * mult // 2), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def patch_discriminator(in_channels: int, out_channels: int, ndf: int = 64, n_layers: int = 3) -> nn.Module:
+    """70x70 PatchGAN (MONAI), instance norm; returns logit maps (N, out_channels, h, w)."""
+    from monai.networks.nets import PatchDiscriminator
+
+    return _LastOutput(PatchDiscriminator(spatial_dims=2, channels=ndf, in_channels=in_channels,
+                                          out_channels=out_channels, num_layers_d=n_layers, norm="INSTANCE"))
+
+
+class _LastOutput(nn.Module):
+    """MONAI's PatchDiscriminator returns every layer's features; the GAN losses need only the last."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[-1]
+
+
+def per_b_logits(logits: torch.Tensor, b_index: torch.Tensor) -> torch.Tensor:
+    """Pick, for each sample, the logit map of its own target b-value.
+
+    A discriminator with one output map per target b judges single-b images:
+    logits (N, n_targets, h, w), b_index (N,) -> (N, 1, h, w).
+    """
+    return logits.gather(1, b_index.view(-1, 1, 1, 1).expand(-1, 1, *logits.shape[2:]))
+
+
+def one_b_per_sample(images: torch.Tensor, present: torch.Tensor | None, generator: torch.Generator):
+    """One single-b image per sample, its b drawn at random among the acquired ones.
+
+    images (N, T, H, W) -> (M, 1, H, W), sample index (M,), b index (M,); samples with
+    nothing acquired are dropped. Judging one b per sample instead of all T keeps the
+    discriminators' cost that of an ordinary GAN.
+    """
+    n, t = images.shape[:2]
+    if present is None:
+        present = torch.ones(n, t, dtype=torch.bool, device=images.device)
+    scores = torch.rand(n, t, generator=generator).to(images.device)
+    scores = torch.where(present, scores, torch.full_like(scores, -1.0))
+    b_index = scores.argmax(1)
+    sample = torch.arange(n, device=images.device)
+    keep = present[sample, b_index]
+    sample, b_index = sample[keep], b_index[keep]
+    return images[sample, b_index].unsqueeze(1), sample, b_index
+
+
+class ImagePool:
+    """History of generated images for the discriminator (Shrivastava et al.; CycleGAN's pool of 50).
+
+    Each image travels with its label (here the index of its b-value). Randomness
+    comes from the generator passed in, so a resumed run draws the same.
+    """
+
+    def __init__(self, size: int = 50):
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.labels: list[int] = []
+
+    def query(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        """(N, C, H, W), (N,) -> the same shapes, each item swapped for a stored one with p = 0.5."""
+        if self.size == 0:
+            return images, labels
+        out_images, out_labels = [], []
+        for image, label in zip(images.detach(), labels.tolist()):
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.cpu())
+                self.labels.append(label)
+            elif torch.rand(1, generator=generator).item() > 0.5:
+                i = int(torch.randint(self.size, (1,), generator=generator))
+                stored, stored_label = self.images[i].to(image.device), self.labels[i]
+                self.images[i], self.labels[i] = image.cpu(), label
+                image, label = stored, stored_label
+            out_images.append(image)
+            out_labels.append(label)
+        return torch.cat(out_images), torch.tensor(out_labels, device=images.device)
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "images": [i.clone() for i in self.images], "labels": list(self.labels)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.images, self.labels = state["size"], list(state["images"]), list(state["labels"])

@@ -1,0 +1,161 @@
+"""DC²Anet (Jin et al., Appl. Sci. 2019): dual cycle-consistent adversarial network, semi-supervised.
+
+Low-b stack x (N, n_inputs, H, W) -> high-b stack y (N, n_targets, H, W) by G, and back by F.
+Paired terms (voxel L1, gradient difference, SSIM, perceptual) use only the target
+channels a subject acquired (`present`); the cycle and unpaired adversarial terms need
+no pairing, so subjects that lack some b-values still train.
+
+The hybrid discriminator judges single-b images (one b drawn per sample and step): its supervised branch sees the
+[input stack, image at b] pair, its unsupervised branch the image alone; each branch
+has one PatchGAN logit map per target b and the map of the image's own b is scored.
+A third PatchGAN judges the low-b stacks F produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dwisynth.networks.blocks import ImagePool, ResnetGenerator, patch_discriminator, per_b_logits, one_b_per_sample
+from dwisynth.networks.losses import PerceptualLoss, gradient_difference, lsgan, masked_l1, ssim_loss
+
+
+@dataclass
+class DC2AnetLossWeights:
+    adversarial: float = 1.0
+    cycle: float = 10.0
+    voxel: float = 100.0
+    gradient: float = 100.0
+    ssim: float = 0.05
+    perceptual: float = 0.0
+
+
+@dataclass
+class DC2AnetConfig:
+    n_inputs: int
+    n_targets: int
+    ngf: int = 64
+    ndf: int = 64
+    n_residual: int = 6
+    pool_size: int = 50
+    norm: str = "instance"
+    weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights)
+    perceptual_weights: str | None = None
+
+
+class HybridDiscriminator(nn.Module):
+    """Supervised branch: [x, image at b] -> logits; unsupervised branch: image at b -> logits.
+
+    Both output (N, n_targets, h, w); `per_b_logits` picks the map of each image's b.
+    """
+
+    def __init__(self, n_inputs: int, n_targets: int, ndf: int = 64):
+        super().__init__()
+        self.supervised = patch_discriminator(n_inputs + 1, n_targets, ndf)
+        self.unsupervised = patch_discriminator(1, n_targets, ndf)
+
+    def forward(self, image: torch.Tensor, b_index: torch.Tensor, condition: torch.Tensor | None = None):
+        if condition is None:
+            return per_b_logits(self.unsupervised(image), b_index)
+        return per_b_logits(self.supervised(torch.cat([condition, image], 1)), b_index)
+
+
+class DC2Anet(nn.Module):
+    """The trainable DC²Anet: networks, losses and one optimisation step (the trainer's hooks)."""
+
+    method = "dc2anet"
+
+    def __init__(self, config: DC2AnetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.G = ResnetGenerator(c.n_inputs, c.n_targets, c.ngf, c.n_residual, c.norm)
+        self.F = ResnetGenerator(c.n_targets, c.n_inputs, c.ngf, c.n_residual, c.norm)
+        self.D_high = HybridDiscriminator(c.n_inputs, c.n_targets, c.ndf)
+        self.D_low = patch_discriminator(c.n_inputs, 1, c.ndf)
+        self.pools = {name: ImagePool(c.pool_size) for name in ("unsupervised", "supervised", "low")}
+        self.perceptual = None
+        if c.weights.perceptual > 0:
+            self.perceptual = PerceptualLoss(c.perceptual_weights or "")
+
+    # --- trainer hooks -------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"generators": [*self.G.parameters(), *self.F.parameters()],
+                "discriminators": [*self.D_high.parameters(), *self.D_low.parameters()]}
+
+    def inference_network(self) -> nn.Module:
+        return self.G
+
+    def inference_spec(self) -> dict:
+        c = self.config
+        return {"architecture": "resnet", "kwargs": {"in_channels": c.n_inputs, "out_channels": c.n_targets,
+                                                      "ngf": c.ngf, "n_blocks": c.n_residual, "norm": c.norm},
+                "pad_multiple": 4}
+
+    def extra_state(self) -> dict:
+        return {name: pool.state_dict() for name, pool in self.pools.items()}
+
+    def load_extra_state(self, state: dict) -> None:
+        for name, pool in self.pools.items():
+            pool.load_state_dict(state[name])
+
+    def training_step(self, batch, optimizers, generator: torch.Generator) -> dict[str, float]:
+        x, y, present = batch.inputs, batch.targets, batch.present
+        w = self.config.weights
+        opt_g, opt_d = optimizers["generators"], optimizers["discriminators"]
+
+        fake_y = self.G(x)
+        rec_x = self.F(fake_y)
+        # Channels a subject lacks are filled with G's (detached) guess so F sees a full stack;
+        # the backward cycle is scored on acquired channels only.
+        y_filled = torch.where(present[:, :, None, None], y, fake_y.detach())
+        fake_x = self.F(y_filled)
+        rec_y = self.G(fake_x)
+
+        single_fake, sample, b_index = one_b_per_sample(fake_y, None, generator)
+        self.D_high.requires_grad_(False)
+        self.D_low.requires_grad_(False)
+        losses = {
+            "adv_unsupervised": lsgan(self.D_high(single_fake, b_index), True),
+            "adv_supervised": lsgan(self.D_high(single_fake, b_index, condition=x[sample]), True),
+            "adv_low": lsgan(self.D_low(fake_x), True),
+            "cycle_low": masked_l1(rec_x, x),
+            "cycle_high": masked_l1(rec_y, y_filled, present),
+            "voxel_l1": masked_l1(fake_y, y, present),
+            "gradient": gradient_difference(fake_y, y, present),
+            "ssim": ssim_loss(fake_y, y, present),
+        }
+        total = (w.adversarial * (losses["adv_unsupervised"] + losses["adv_supervised"] + losses["adv_low"])
+                 + w.cycle * (losses["cycle_low"] + losses["cycle_high"]) + w.voxel * losses["voxel_l1"]
+                 + w.gradient * losses["gradient"] + w.ssim * losses["ssim"])
+        if self.perceptual is not None:
+            losses["perceptual"] = self.perceptual(fake_y, y, present)
+            total = total + w.perceptual * losses["perceptual"]
+        opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        opt_g.step()
+
+        self.D_high.requires_grad_(True)
+        self.D_low.requires_grad_(True)
+        real_single, real_sample, real_b = one_b_per_sample(y, present, generator)
+        pooled, pooled_b = self.pools["unsupervised"].query(single_fake, b_index, generator)
+        pairs, pairs_b = self.pools["supervised"].query(torch.cat([x[sample], single_fake], 1), b_index, generator)
+        pooled_x, _ = self.pools["low"].query(fake_x, torch.zeros(len(fake_x), dtype=torch.long), generator)
+        n_in = x.shape[1]
+        d_losses = {
+            "d_unsupervised": 0.5 * (lsgan(self.D_high(real_single, real_b), True)
+                                     + lsgan(self.D_high(pooled.detach(), pooled_b), False)),
+            "d_supervised": 0.5 * (lsgan(self.D_high(real_single, real_b, condition=x[real_sample]), True)
+                                   + lsgan(self.D_high(pairs[:, n_in:].detach(), pairs_b,
+                                                       condition=pairs[:, :n_in].detach()), False)),
+            "d_low": 0.5 * (lsgan(self.D_low(x), True) + lsgan(self.D_low(pooled_x.detach()), False)),
+        }
+        opt_d.zero_grad(set_to_none=True)
+        sum(d_losses.values()).backward()
+        opt_d.step()
+
+        losses.update(d_losses)
+        losses["g_total"] = total
+        return {k: float(v.detach()) for k, v in losses.items()}

@@ -1,0 +1,95 @@
+"""pix2pix (Isola et al., CVPR 2017): U-Net generator + conditional PatchGAN, L1 weight 100.
+
+The baseline that a paired-only method achieves. Generator: MONAI `UNet`, input stack
+(N, n_inputs, H, W) -> target stack (N, n_targets, H, W), tanh; H and W multiples of
+2**(levels-1). The conditional discriminator sees [input stack, image at one b] and has
+one logit map per target b (as DC²Anet's supervised branch), so subjects lacking a
+b-value train on the b-values they have. Adversarial term: least squares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dwisynth.networks.blocks import NORMS, patch_discriminator, per_b_logits, one_b_per_sample
+from dwisynth.networks.losses import lsgan, masked_l1
+
+
+@dataclass
+class Pix2PixConfig:
+    n_inputs: int
+    n_targets: int
+    ngf: int = 64
+    ndf: int = 64
+    levels: int = 4
+    l1_weight: float = 100.0
+    norm: str = "instance"
+
+
+def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: int = 4,
+                   norm: str = "instance") -> nn.Module:
+    from monai.networks.nets import UNet
+
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
+
+    channels = tuple(ngf * 2**i for i in range(levels))
+    return nn.Sequential(UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=channels,
+                              strides=(2,) * (levels - 1), norm="INSTANCE" if norm == "instance" else None, act=("LEAKYRELU", {"negative_slope": 0.2})),
+                         nn.Tanh())
+
+
+class Pix2Pix(nn.Module):
+    method = "pix2pix"
+
+    def __init__(self, config: Pix2PixConfig):
+        super().__init__()
+        self.config = config
+        self.G = unet_generator(config.n_inputs, config.n_targets, config.ngf, config.levels, config.norm)
+        self.D = patch_discriminator(config.n_inputs + 1, config.n_targets, config.ndf)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"generator": list(self.G.parameters()), "discriminator": list(self.D.parameters())}
+
+    def inference_network(self) -> nn.Module:
+        return self.G
+
+    def inference_spec(self) -> dict:
+        c = self.config
+        return {"architecture": "unet", "kwargs": {"in_channels": c.n_inputs, "out_channels": c.n_targets,
+                                                    "ngf": c.ngf, "levels": c.levels, "norm": c.norm},
+                "pad_multiple": 2 ** (c.levels - 1)}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def _judge(self, x, single, sample, b_index):
+        return per_b_logits(self.D(torch.cat([x[sample], single], 1)), b_index)
+
+    def training_step(self, batch, optimizers, generator: torch.Generator) -> dict[str, float]:
+        x, y, present = batch.inputs, batch.targets, batch.present
+        fake = self.G(x)
+        single_fake, sample, b_index = one_b_per_sample(fake, None, generator)
+        self.D.requires_grad_(False)
+        adv = lsgan(self._judge(x, single_fake, sample, b_index), True)
+        l1 = masked_l1(fake, y, present)
+        total = adv + self.config.l1_weight * l1
+        optimizers["generator"].zero_grad(set_to_none=True)
+        total.backward()
+        optimizers["generator"].step()
+
+        self.D.requires_grad_(True)
+        real_single, real_sample, real_b = one_b_per_sample(y, present, generator)
+        d_loss = 0.5 * (lsgan(self._judge(x, real_single, real_sample, real_b), True)
+                        + lsgan(self._judge(x, single_fake.detach(), sample, b_index), False))
+        optimizers["discriminator"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers["discriminator"].step()
+        return {"adv": float(adv.detach()), "voxel_l1": float(l1.detach()), "g_total": float(total.detach()),
+                "d_loss": float(d_loss.detach())}

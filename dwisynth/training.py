@@ -1,0 +1,297 @@
+"""The one trainer every network uses (nnU-Net habit: one trainer, networks plug in through hooks).
+
+A network module provides:
+- `parameter_groups()` -> {name: parameters}: one Adam optimizer (and lr schedule) each;
+- `training_step(batch, optimizers, generator)` -> {loss name: float}: one optimisation step;
+- `extra_state()` / `load_extra_state()`: anything besides weights a resume needs (image pools);
+- `inference_network()` and `inference_spec()`: what `model.pt` keeps for synthesis.
+
+The trainer owns everything else: device and mixed precision, the data order, the
+learning-rate schedule, checkpoints with optimizer and RNG state, resume, the
+progress bar and the per-step CSV log.
+
+Reproducibility: every random draw of step k (which slices, where to crop, the
+image pool) comes from a generator seeded by (seed, k), so a run resumed from a
+checkpoint at step k continues exactly as an uninterrupted one. On CPU torch runs
+with deterministic algorithms.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dwisynth.errors import ConfigError
+from dwisynth.networks.blocks import to_network
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+LOG = "training_log.csv"
+MODEL_FORMAT = "dwisynth-model/1"
+
+
+@dataclass
+class TrainerConfig:
+    steps: int
+    batch_size: int = 8
+    crop: int | None = 64  # square random crop (pixels); None trains on whole slices
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_start: int | None = None  # lr constant until here, then linear to 0 at `steps`; None = steps // 2
+    checkpoint_every: int = 100
+    log_every: int = 10
+    intensity_max: float | None = None  # S/S0 mapped to [-1, 1], above is clipped; None: from the data
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Batch:
+    """Network-scale tensors: inputs (N, n_in, h, w), targets (N, T, h, w) in [-1, 1], present (N, T) bool."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    present: torch.Tensor
+    mask: torch.Tensor = field(default=None)
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    """config `device` -> torch device; asking for CUDA where there is none is a config error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda, but torch sees no CUDA device; use device: auto or cpu")
+    if setting in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def lr_factor(step: int, steps: int, decay_start: int) -> float:
+    """Constant, then linear decay to zero (CycleGAN's schedule)."""
+    if step < decay_start:
+        return 1.0
+    return max(0.0, (steps - step) / max(1, steps - decay_start))
+
+
+def intensity_range(data, percentile: float = 99.9, margin: float = 1.1) -> float:
+    """Upper end of the network's intensity scale: a margin above the brightest input voxels in the masks.
+
+    Fluid is many times brighter than the median tissue the images are normalized to
+    (up to 9x in the abdomen), so a fixed range would clip it.
+    """
+    inside = data.inputs[:, 0][data.masks]
+    return float(np.percentile(inside, percentile) * margin) if inside.size else 1.5
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), value=value)
+    return x, (h, w)
+
+
+class Trainer:
+    """Train `model` on `data` (a `SliceDataset`) and write checkpoints, the log and `model.pt` to out_dir.
+
+    meta: what `model.pt` records about the model (method, organ, b-values, subjects).
+    """
+
+    def __init__(self, model: torch.nn.Module, data, config: TrainerConfig, out_dir: str | Path, meta: dict):
+        if len(data) == 0:
+            raise ConfigError(f"no training slices for {meta.get('method')} {meta.get('organ', '')}: check the "
+                              "split (train subjects) and that their shards hold the input b-values")
+        self.model, self.data, self.config, self.meta = model, data, config, meta
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+            torch.set_flush_denormal(True)  # denormals in instance norm make CPU steps many times slower
+        self.model.to(self.device)
+        self.optimizers = {name: torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
+                           for name, params in model.parameter_groups().items()}
+        decay_start = config.decay_start if config.decay_start is not None else config.steps // 2
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, n=config.steps, d=decay_start: lr_factor(s, n, d)) for name, opt in self.optimizers.items()}
+        self.pad_multiple = model.inference_spec()["pad_multiple"]
+        self.intensity_max = config.intensity_max or intensity_range(data)
+        self.step = 0
+        self.log_rows: list[dict] = []
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> str:
+        """What a checkpoint must share with this run to be resumed from."""
+        cfg = {k: v for k, v in asdict(self.config).items() if k not in ("device", "threads", "progress",
+                                                                           "checkpoint_every", "log_every")}
+        text = json.dumps({"config": cfg, "intensity_max": self.intensity_max, "meta": self.meta, "n": len(self.data),
+                           "shape": list(self.data.inputs.shape), "spec": self.model.inference_spec()},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # --- data ------------------------------------------------------------------------------
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data))
+
+    def batch(self, step: int, generator: torch.Generator) -> Batch:
+        n, bs = len(self.data), self.config.batch_size
+        indices, orders = [], {}
+        for k in range(step * bs, (step + 1) * bs):
+            epoch = k // n
+            if epoch not in orders:
+                orders[epoch] = self._order(epoch)
+            indices.append(int(orders[epoch][k % n]))
+        d = self.data
+        inputs = torch.from_numpy(d.inputs[indices])
+        targets = torch.from_numpy(d.targets[indices])
+        present = torch.from_numpy(d.present[indices])
+        mask = torch.from_numpy(d.masks[indices])
+        stack = torch.cat([inputs, targets, mask[:, None].float()], 1)
+        stack = self._crop(stack, generator)
+        n_in, n_t = inputs.shape[1], targets.shape[1]
+        imax = self.intensity_max
+        return Batch(to_network(stack[:, :n_in], imax).to(self.device),
+                     to_network(stack[:, n_in:n_in + n_t], imax).to(self.device),
+                     present.to(self.device), (stack[:, -1] > 0.5).to(self.device))
+
+    def _crop(self, stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        size = self.config.crop
+        if size is None:
+            return pad_to_multiple(stack, self.pad_multiple, 0.0)[0]
+        h, w = stack.shape[-2:]
+        stack = F.pad(stack, (0, max(0, size - w), 0, max(0, size - h)))  # zero intensity = background
+        h, w = stack.shape[-2:]
+        out = []
+        for item in stack:
+            top = int(torch.randint(h - size + 1, (1,), generator=generator))
+            left = int(torch.randint(w - size + 1, (1,), generator=generator))
+            out.append(item[:, top:top + size, left:left + size])
+        return torch.stack(out)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def _atomic_save(self, obj, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # a kill mid-write never leaves a broken checkpoint
+
+    def save_checkpoint(self) -> None:
+        self._atomic_save({
+            "fingerprint": self.fingerprint, "step": self.step,
+            "model": self.model.state_dict(), "extra": self.model.extra_state(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "torch_rng": torch.get_rng_state(), "log_rows": self.log_rows,
+        }, self.out_dir / CHECKPOINT)
+
+    def try_resume(self) -> bool:
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"[train] {path} is from a different configuration or data; starting afresh", file=sys.stderr)
+            return False
+        self.model.load_state_dict(state["model"])
+        self.model.load_extra_state(state["extra"])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.log_rows = [row for row in state["log_rows"] if row["step"] <= self.step]
+        print(f"[train] resumed from {path} at step {self.step}", file=sys.stderr)
+        return True
+
+    def export(self) -> Path:
+        """model.pt: the inference network's weights (CPU tensors) and what it needs to run."""
+        network = self.model.inference_network()
+        record = {"format": MODEL_FORMAT, **self.meta, **self.model.inference_spec(),
+                  "intensity_max": self.intensity_max, "trained_steps": self.step,
+                  "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+        path = self.out_dir / MODEL
+        self._atomic_save(record, path)
+        return path
+
+    # --- the loop --------------------------------------------------------------------------
+    def _write_log(self) -> None:
+        """Rewrite training_log.csv from the rows in memory (they travel in the checkpoint too,
+        so a resumed run's log is whole even if the workflow deleted the killed job's outputs)."""
+        if not self.log_rows:
+            return
+        fields = list(dict.fromkeys(k for row in self.log_rows for k in row))
+        tmp = self.out_dir / (LOG + ".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.log_rows)
+        os.replace(tmp, self.out_dir / LOG)
+
+    def fit(self, stop_after: int | None = None) -> Path:
+        """Train to `config.steps` (resuming if a matching checkpoint exists) and export model.pt.
+
+        stop_after: return after this many steps without exporting (used to test resume).
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.try_resume()
+        cfg = self.config
+        window: dict[str, list[float]] = {}
+        images, started = 0, time.perf_counter()
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else torch.autocast("cpu", enabled=False))
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{self.meta.get('method')} "
+                       f"{self.meta.get('organ', '')}".strip(), file=sys.stderr, mininterval=5)
+        self.model.train()
+        while self.step < cfg.steps:
+            generator = step_generator(cfg.seed, self.step)
+            batch = self.batch(self.step, generator)
+            with autocast:
+                losses = self.model.training_step(batch, self.optimizers, generator)
+            for sched in self.schedulers.values():
+                sched.step()
+            self.step += 1
+            images += len(batch.inputs)
+            for k, v in losses.items():
+                window.setdefault(k, []).append(v)
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = time.perf_counter() - started
+                row = {"step": self.step, "epoch": round(self.step * cfg.batch_size / len(self.data), 3),
+                       "lr": next(iter(self.optimizers.values())).param_groups[0]["lr"],
+                       "images_per_s": round(images / elapsed, 2) if elapsed > 0 else "",
+                       **{k: round(float(np.mean(v)), 6) for k, v in window.items()}}
+                self.log_rows.append(row)
+                self._write_log()
+                if bar is not None:
+                    bar.set_postfix({k: f"{float(np.mean(window[k])):.3g}" for k in list(window)[:3]})
+                window, images, started = {}, 0, time.perf_counter()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if stop_after is not None and self.step >= stop_after:
+                break
+        if bar is not None:
+            bar.close()
+        if self.step < cfg.steps:
+            return self.out_dir / CHECKPOINT
+        return self.export()

@@ -1,0 +1,10 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _logging import redirect_to_log
+
+from dwisynth.synthesis import cdwi_subject
+
+redirect_to_log(snakemake)  # noqa: F821
+i, o, p = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
+cdwi_subject(i.dwi, i.bval, i.mask, o.dwi, o.bval, p.inputs, p.targets)

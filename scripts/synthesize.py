@@ -1,0 +1,11 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _logging import redirect_to_log
+
+from dwisynth.synthesis import synthesize_subject
+
+redirect_to_log(snakemake)  # noqa: F821
+i, o = snakemake.input, snakemake.output  # noqa: F821
+synthesize_subject(i.model, i.dwi, i.bval, o.dwi, o.bval, snakemake.wildcards.subject,  # noqa: F821
+                   snakemake.params.device)  # noqa: F821

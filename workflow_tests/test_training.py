@@ -1,0 +1,222 @@
+"""The shared trainer, DC²Anet, pix2pix and synthesis: behaviour on a small IVIM phantom."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dwisynth.dataset import write_slice_shard
+from dwisynth.diffusion import ivim_signal
+from dwisynth.errors import ConfigError
+from dwisynth.inference import ModelFileError, cdwi_volume, load_model, synthesize_volume
+from dwisynth.io import save_nifti, write_bval
+from dwisynth.loader import SliceDataset
+from dwisynth.networks.registry import build_model
+from dwisynth.synthesis import synthesize_subject, train_model
+from dwisynth.training import Batch, Trainer, TrainerConfig
+
+INPUT_B = [0.0, 100.0]
+TARGET_B = [400.0, 800.0, 1000.0]
+ACQUIRED_B = [0.0, 100.0, 400.0, 800.0, 1000.0]
+# (S0, ADC x10^-3 mm²/s, IVIM f): tissues told apart by S0 as on real b0 images
+TISSUES = [(0.0, 0.0, 0.0), (1.0, 0.7, 0.02), (1.6, 1.3, 0.15), (2.5, 3.0, 0.0), (0.8, 1.9, 0.2)]
+TINY = {
+    "dc2anet": {"ngf": 8, "ndf": 8, "n_residual": 1, "pool_size": 4, "norm": "none", "weights": {}},
+    "pix2pix": {"ngf": 8, "ndf": 8, "levels": 3, "l1_weight": 100.0, "norm": "none"},
+}
+
+
+def phantom(seed: int, shape=(32, 32, 6), snr: float = 30.0):
+    """4D DWI (S/S0 scale) of random tissue blobs, the labels and the body mask."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, int)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for z in range(shape[2]):
+        body = (yy - 16) ** 2 / 14**2 + (xx - 16) ** 2 / 12**2 < 1
+        labels[..., z][body] = 1
+        for tissue in (2, 3, 4):
+            cy, cx, r = rng.integers(8, 24), rng.integers(8, 24), rng.integers(3, 6)
+            labels[..., z][((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) & body] = tissue
+    s0, adc, f = (np.array([t[i] for t in TISSUES])[labels] for i in range(3))
+    clean = ivim_signal(s0, adc, ACQUIRED_B, f, np.where(f > 0, 20.0, 0.0))
+    sigma = 1.0 / snr
+    noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
+    return noisy.astype(np.float32), clean.astype(np.float32), labels > 0
+
+
+def write_subject(root: Path, subject: str, seed: int, drop_b=()):
+    dwi, clean, mask = phantom(seed)
+    keep = [i for i, b in enumerate(ACQUIRED_B) if b not in drop_b]
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    stem = root / f"sub-{subject}"
+    save_nifti(dwi[..., keep], affine, f"{stem}_dwi.nii.gz")
+    write_bval([ACQUIRED_B[i] for i in keep], f"{stem}_dwi.bval")
+    save_nifti(mask.astype(np.uint8), affine, f"{stem}_mask.nii.gz", dtype=np.uint8)
+    shard = root / f"sub-{subject}_slices.npz"
+    write_slice_shard(f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_mask.nii.gz", shard, ACQUIRED_B,
+                      {"subject": subject})
+    return shard, clean, mask
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Six training subjects (two lack b 400 and 800) and one test subject, with a split manifest."""
+    root = tmp_path_factory.mktemp("phantom")
+    shards = [write_subject(root, f"P{i}", i, drop_b=(400.0, 800.0) if i >= 4 else ())[0] for i in range(6)]
+    test_shard, clean, mask = write_subject(root, "T0", 100)
+    rows = [{"cohort": "c", "center": "h", "organ": "abdomen", "subject": f"P{i}", "split": "train"} for i in range(6)]
+    rows.append({"cohort": "c", "center": "h", "organ": "abdomen", "subject": "T0", "split": "test"})
+    pd.DataFrame(rows).to_csv(root / "split.tsv", sep="\t", index=False)
+    return {"root": root, "shards": shards + [test_shard], "clean": clean, "mask": mask}
+
+
+def tiny_trainer(cohort, method, out_dir, steps=12, checkpoint_every=5, **kw):
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+    model = build_model(method, TINY[method], len(INPUT_B), len(TARGET_B), seed=7)
+    config = TrainerConfig(steps=steps, batch_size=4, crop=24, checkpoint_every=checkpoint_every, log_every=2,
+                           seed=7, device="cpu", progress=False, **kw)
+    return Trainer(model, data, config, out_dir, {"method": method, "input_b": INPUT_B, "target_b": TARGET_B})
+
+
+def fixed_batch(cohort, n=4):
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+    inputs, targets, present, mask = (torch.stack(x) for x in zip(*(data[i] for i in range(n))))
+    scale = 3.0
+    return Batch(2 * inputs / scale - 1, 2 * targets / scale - 1, present, mask)
+
+
+@pytest.mark.parametrize("method", ["dc2anet", "pix2pix"])
+def test_training_steps_lower_the_voxel_loss_on_a_fixed_batch(cohort, method):
+    model = build_model(method, TINY[method], len(INPUT_B), len(TARGET_B), seed=1)
+    optimizers = {k: torch.optim.Adam(p, lr=1e-3, betas=(0.5, 0.999)) for k, p in model.parameter_groups().items()}
+    batch, generator = fixed_batch(cohort), torch.Generator().manual_seed(0)
+    losses = [model.training_step(batch, optimizers, generator)["voxel_l1"] for _ in range(40)]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
+
+
+def test_subjects_missing_target_b_still_train_through_their_acquired_b(cohort):
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+    present = data.present.reshape(6, -1, 3)[:, 0]
+    assert present[:4].all() and present[4:].tolist() == [[False, False, True]] * 2
+    model = build_model("dc2anet", TINY["dc2anet"], 2, 3, seed=1)
+    optimizers = {k: torch.optim.Adam(p, lr=1e-3) for k, p in model.parameter_groups().items()}
+    batch = fixed_batch(cohort)
+    batch.present[:] = torch.tensor([False, False, True])  # only b 1000 acquired
+    before = {k: v.clone() for k, v in model.G.state_dict().items()}
+    losses = model.training_step(batch, optimizers, torch.Generator().manual_seed(0))
+    assert np.isfinite(list(losses.values())).all()
+    assert any(not torch.equal(before[k], v) for k, v in model.G.state_dict().items())
+
+
+def test_trainer_writes_log_and_model_and_resumes_to_the_same_weights(cohort, tmp_path):
+    straight = tiny_trainer(cohort, "dc2anet", tmp_path / "straight")
+    straight.fit()
+    log = pd.read_csv(tmp_path / "straight" / "training_log.csv")
+    assert log["step"].tolist() == [2, 4, 6, 8, 10, 12]
+    assert {"lr", "images_per_s", "voxel_l1", "cycle_low", "d_supervised"} <= set(log.columns)
+    assert log["lr"].iloc[-1] < log["lr"].iloc[0]  # linear decay in the second half
+
+    interrupted = tiny_trainer(cohort, "dc2anet", tmp_path / "resumed")
+    interrupted.fit(stop_after=7)  # last checkpoint at step 5: steps 6-7 are lost, as in a kill
+    resumed = tiny_trainer(cohort, "dc2anet", tmp_path / "resumed")
+    resumed.fit()
+    assert resumed.step == 12
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert pd.read_csv(tmp_path / "resumed" / "training_log.csv")["step"].tolist() == log["step"].tolist()
+
+
+KILL_RUNNER = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_training import tiny_trainer
+tiny_trainer({cohort!r}, "pix2pix", Path({out!r}), steps=400, checkpoint_every=20).fit()
+"""
+
+
+def test_training_killed_mid_run_resumes_to_the_uninterrupted_result(cohort, tmp_path):
+    out = tmp_path / "killed"
+    runner = KILL_RUNNER.format(tests=str(Path(__file__).parent), cohort={"shards": [str(s) for s in cohort["shards"]]},
+                                out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", runner], 
+                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
+    killed_at = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 0 < killed_at < 400
+
+    resumed = tiny_trainer(cohort, "pix2pix", out, steps=400, checkpoint_every=20)
+    resumed.fit()
+    straight = tiny_trainer(cohort, "pix2pix", tmp_path / "straight", steps=400, checkpoint_every=20)
+    straight.fit()
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_checkpoint_from_another_configuration_is_not_resumed(cohort, tmp_path):
+    tiny_trainer(cohort, "pix2pix", tmp_path, steps=6).fit(stop_after=5)
+    other = tiny_trainer(cohort, "pix2pix", tmp_path, steps=6, lr=1e-3)
+    assert other.try_resume() is False and other.step == 0
+
+
+def test_model_trained_on_cpu_synthesizes_with_input_geometry_and_bvalues(cohort, tmp_path):
+    model_path = train_model("pix2pix", "abdomen", cohort["shards"], cohort["root"] / "split.tsv", tmp_path / "m",
+                             {**TINY["pix2pix"], "steps": 4, "lr": 2e-4, "betas": [0.5, 0.999]},
+                             {"batch_size": 2, "crop": None, "checkpoint_every": 2, "log_every": 2, "threads": 1},
+                             {"inputs": INPUT_B, "targets": TARGET_B, "heldout": [75]}, seed=3, device="cpu",
+                             progress=False)
+    record = torch.load(model_path, weights_only=True)
+    assert record["train_subjects"] == [f"P{i}" for i in range(6)]  # the test subject never trains
+    assert all(v.device.type == "cpu" for v in record["state_dict"].values())
+    stem = cohort["root"] / "sub-T0"
+    out = tmp_path / "sub-T0_desc-pix2pix_dwi.nii.gz"
+    written = synthesize_subject(model_path, f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", out,
+                                 tmp_path / "sub-T0_desc-pix2pix_dwi.bval", "T0", device="cpu")
+    assert written == INPUT_B + TARGET_B
+    img, ref = nib.load(out), nib.load(f"{stem}_dwi.nii.gz")
+    assert img.shape == (*ref.shape[:3], 5) and np.allclose(img.affine, ref.affine)
+    assert np.loadtxt(tmp_path / "sub-T0_desc-pix2pix_dwi.bval").tolist() == written
+    assert np.array_equal(img.get_fdata()[..., :2], ref.get_fdata()[..., :2].astype(np.float32))
+
+
+def test_pix2pix_beats_computed_dwi_on_a_held_out_subject(cohort, tmp_path):
+    trainer = tiny_trainer(cohort, "pix2pix", tmp_path, steps=400, checkpoint_every=1000, lr=1e-3)
+    model = load_model(trainer.fit(), device="cpu")
+    stem = cohort["root"] / "sub-T0"
+    dwi = nib.load(f"{stem}_dwi.nii.gz").get_fdata()
+    mask, clean = cohort["mask"], cohort["clean"]
+    truth = clean[..., [ACQUIRED_B.index(b) for b in TARGET_B]]
+    synthetic = synthesize_volume(model, dwi, ACQUIRED_B)
+    cdwi = cdwi_volume(dwi, ACQUIRED_B, INPUT_B, TARGET_B, mask)
+    network_error = np.abs(synthetic - truth)[mask].mean()
+    cdwi_error = np.abs(cdwi - truth)[mask].mean()
+    assert network_error < 0.8 * cdwi_error, (network_error, cdwi_error)
+
+
+def test_perceptual_loss_without_weights_is_a_config_error():
+    block = {**TINY["dc2anet"], "weights": {"perceptual": 1.0}, "perceptual_weights": None}
+    with pytest.raises(ConfigError, match="perceptual_weights"):
+        build_model("dc2anet", block, 2, 3, seed=0)
+
+
+def test_loading_a_checkpoint_as_a_model_names_the_right_file(cohort, tmp_path):
+    tiny_trainer(cohort, "pix2pix", tmp_path, steps=6).fit(stop_after=5)
+    with pytest.raises(ModelFileError, match="model.pt"):
+        load_model(tmp_path / "checkpoint.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="broken.pt"):
+        load_model(tmp_path / "broken.pt")
