@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: demo test bench lint dryrun lock clean-demo
+.PHONY: demo test bench lint dryrun lock clean-demo system-deps
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	@echo "demo finished: see results/"
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+# Debian packages the tests drive: chromium renders the report (installed when missing; needs root).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py

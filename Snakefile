@@ -16,6 +16,7 @@ include: "rules/dataset.smk"
 include: "rules/dc2anet.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -24,6 +25,8 @@ rule all:
         model_targets,
         synthesis_targets,
         "results/tables/synthesis_metrics.tsv",
+        "results/tables/summary.tsv",
+        "results/report.html",
     default_target: True
 
 

@@ -52,7 +52,7 @@ def adc_agreement(synthetic_adc: np.ndarray, acquired_adc: np.ndarray, mask: np.
 
 
 TABLE_KEYS = ["task", "method", "cohort", "center", "organ", "subject"]
-METRICS = ["mse", "mae", "psnr", "ssim", "psnr_legacy"]
+METRICS = ["mse", "mae", "psnr", "ssim", "psnr_legacy", "superpixel_r"]
 
 
 def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=print):
@@ -88,3 +88,49 @@ def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=pr
         progress(f"[evaluate] {i}/{len(subjects)} sub-{s['subject']} scored")
     metrics = pd.DataFrame(metric_rows).reindex(columns=TABLE_KEYS + ["slice", "b_value", "seen"] + METRICS)
     return metrics, pd.DataFrame(adc_rows)
+
+
+SUMMARY_GROUPINGS = {
+    "method x b": ["task", "method", "b_value", "seen"],
+    "method x organ x b": ["task", "method", "organ", "b_value", "seen"],
+    "method x center x b": ["task", "method", "cohort", "center", "b_value", "seen"],
+}
+SUMMARY_COLUMNS = ["analysis", "grouping", "task", "method", "reference", "cohort", "center", "organ", "b_value",
+                   "seen", "metric", "n", "mean", "ci_low", "ci_high", "mean_difference", "p_ttest", "p_wilcoxon",
+                   "loa_low", "loa_high", "icc_type", "icc", "icc_ci_low", "icc_ci_high", "icc_label"]
+
+
+def summarize(metrics, adc, baseline: str = "cdwi"):
+    """summary.tsv: grouped means with 95% CI (units: subjects' volume scores), each method against the
+    baseline (paired over subject and b), and ADC agreement with the acquired ADC (paired over subjects)."""
+    import pandas as pd
+
+    from dwisynth.statistics import mean_ci, paired_agreement
+
+    rows = []
+    volumes = metrics[metrics["slice"].astype(str) == "volume"]
+    for grouping, keys in SUMMARY_GROUPINGS.items():
+        for group, table in volumes.groupby(keys):
+            ids = dict(zip(keys, group))
+            for metric in METRICS:
+                rows.append({"analysis": "image metrics", "grouping": grouping, **ids, "metric": metric,
+                             **mean_ci(table[metric])})
+    pair_keys = ["task", "cohort", "subject", "b_value"]
+    for (task, method, seen), table in volumes.groupby(["task", "method", "seen"]):
+        if method == baseline:
+            continue
+        base = volumes[(volumes["method"] == baseline) & (volumes["task"] == task) & (volumes["seen"] == seen)]
+        paired = table.merge(base, on=pair_keys, suffixes=("", "_baseline"))
+        for metric in ("psnr", "ssim"):
+            result = paired_agreement(paired[metric], paired[f"{metric}_baseline"])
+            rows.append({"analysis": f"{metric} vs {baseline}", "grouping": "method", "task": task, "method": method,
+                         "reference": baseline, "seen": seen, "metric": metric,
+                         **{k: v for k, v in result.items() if not k.startswith("icc")}})
+    if len(adc):
+        for grouping, keys in {"method": ["task", "method"], "method x organ": ["task", "method", "organ"]}.items():
+            for group, table in adc.groupby(keys):
+                ids = dict(zip(keys, group))
+                result = paired_agreement(table["adc_synthetic"], table["adc_acquired"], table["subject"])
+                rows.append({"analysis": "ADC agreement", "grouping": grouping, **ids, "reference": "acquired",
+                             "metric": "adc", **result, "mean": float(table["adc_synthetic"].mean())})
+    return pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)

@@ -220,3 +220,25 @@ def test_loading_a_checkpoint_as_a_model_names_the_right_file(cohort, tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="broken.pt"):
         load_model(tmp_path / "broken.pt")
+
+
+def test_cli_synthesize_preprocesses_a_raw_nifti_and_writes_synthetic_images_and_adc(cohort, tmp_path):
+    from dwisynth.cli import main
+
+    model_dir = tmp_path / "model"
+    tiny_trainer(cohort, "pix2pix", model_dir, steps=4).fit()
+    stem = cohort["root"] / "sub-T0"
+    raw = np.abs(nib.load(f"{stem}_dwi.nii.gz").get_fdata()) * 800  # scanner units, as a converted series
+    save_nifti(raw, nib.load(f"{stem}_dwi.nii.gz").affine, tmp_path / "raw.nii.gz")
+    config = tmp_path / "config.yaml"
+    config.write_text("bvalues: {inputs: [0, 100], targets: [400, 800, 1000], heldout: [75]}\n"
+                      "registration: {dwi_motion: false}\ndevice: cpu\n")
+    out = tmp_path / "out"
+    args = [str(model_dir / "model.pt"), str(tmp_path / "raw.nii.gz"), "--bval", f"{stem}_dwi.bval",
+            "--organ", "abdomen", "--subject", "new01", "--config", str(config), "-o", str(out)]
+    assert main(["synthesize", *args]) == 0
+    synthetic = nib.load(out / "sub-new01_desc-pix2pix_dwi.nii.gz")
+    assert synthetic.shape == (32, 32, 6, 5)
+    assert np.loadtxt(out / "sub-new01_desc-pix2pix_dwi.bval").tolist() == INPUT_B + TARGET_B
+    assert (out / "sub-new01_desc-pix2pix_adc.nii.gz").exists() and (out / "sub-new01_desc-norm_dwi.nii.gz").exists()
+    assert main(["synthesize", *args, "--b", "850"]) == 2  # an untrained b needs stage 2

@@ -159,3 +159,62 @@ def test_synthesis_metrics_table_scores_every_method_on_the_same_images(demo_run
     assert set(abdomen["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
     floor = volumes[volumes["method"] == "noisefree"]["psnr"].mean()
     assert floor > volumes[volumes["method"] == "cdwi"]["psnr"].mean()  # the noise floor is the best score
+
+
+# --- tables, reading set, provenance, report -------------------------------------------------
+
+def test_summary_table_has_every_grouping_and_the_adc_agreement(demo_run):
+    summary = pd.read_csv(demo_run / "results/tables/summary.tsv", sep="\t")
+    image = summary[summary["analysis"] == "image metrics"]
+    assert {"method x b", "method x organ x b", "method x center x b"} <= set(image["grouping"])
+    assert set(image["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
+    agreement = summary[summary["analysis"] == "ADC agreement"]
+    assert set(agreement["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
+    assert agreement["mean_difference"].notna().all()
+
+
+def test_reading_set_key_is_kept_apart_from_the_blinded_images(demo_run):
+    reading = demo_run / "results/reader_study"
+    key = pd.read_csv(demo_run / "results/reader_study_key.tsv", sep="\t")
+    assert sorted(p.name for p in reading.glob("*.png")) == sorted(key["image"])
+    assert {"acquired", "dc2anet"} <= set(key["method"])
+    template = (reading / "ratings_template.tsv").read_text()
+    assert "dc2anet" not in template and "acquired" not in template and "sub-" not in template
+
+
+def test_provenance_records_versions_commit_config_and_input_checksums(demo_run):
+    record = json.loads((demo_run / "results/provenance/provenance.json").read_text())
+    assert record["packages"]["torch"] == "2.14.1" and record["seeds"]["seed"] == 7
+    assert len(record["dwisynth_git"]["commit"]) >= 7 and record["config"]["bvalues"]["targets"]
+    checksums = pd.read_csv(demo_run / "results/provenance/input_checksums.tsv", sep="\t")
+    sheet = pd.read_csv(demo_run / "data/demo/samples.tsv", sep="\t")
+    assert len(checksums) == len(sheet) and (checksums["files"] > 0).all()
+    assert "dicom_dir" not in checksums.columns  # export paths may hold patient names
+
+
+def test_report_renders_with_its_figures_in_headless_chromium(demo_run, tmp_path):
+    import base64
+    import io
+    import re
+    import shutil
+
+    from PIL import Image
+
+    report = demo_run / "results/report.html"
+    html = report.read_text()
+    figures = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(figures) >= 6  # metrics vs b, grid + ADC maps per organ, Bland-Altman, training curves
+    for data in figures:
+        assert min(Image.open(io.BytesIO(base64.b64decode(data))).size) > 150
+    for heading in ("Image quality", "ADC agreement", "Training curves", "Provenance"):
+        assert f"<h2>{heading}" in html
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed to render the report: `make test` installs it (apt-get)"
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,5000", report.as_uri()],
+                   capture_output=True, timeout=180, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (5000, 1200)
+    rows_with_content = (pixels < 200).mean(axis=1) > 0.05  # rows where figures (not just text) were drawn
+    assert rows_with_content.sum() > 1000, rows_with_content.sum()

@@ -1,0 +1,272 @@
+"""results/report.html: one self-contained page (figures embedded) a reader understands without a TSV.
+
+Figures are also written as PNG under results/figures/. Figure functions take tables and
+arrays; `write_report` does the file reading.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METHOD_ORDER = ["acquired", "dc2anet", "pix2pix", "cdwi", "noisefree"]
+METHOD_LABEL = {"acquired": "acquired", "dc2anet": "DC²Anet", "pix2pix": "pix2pix", "cdwi": "cDWI (physics)",
+                "noisefree": "noise-free truth (noise floor)"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ordered(methods):
+    return sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+
+
+def metric_vs_b_figure(summary: pd.DataFrame):
+    """Mean PSNR and SSIM (95% CI) against b, one line per method."""
+    plt = _plt()
+    table = summary[(summary["analysis"] == "image metrics") & (summary["grouping"] == "method x b")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, unit in zip(axes, ("psnr", "ssim"), ("dB", "")):
+        rows = table[table["metric"] == metric]
+        for method in _ordered(rows["method"].unique()):
+            r = rows[rows["method"] == method].sort_values("b_value")
+            err = np.vstack([r["mean"] - r["ci_low"], r["ci_high"] - r["mean"]])
+            ax.errorbar(r["b_value"], r["mean"], yerr=np.nan_to_num(err), marker="o", capsize=3,
+                        label=METHOD_LABEL.get(method, method), linestyle="--" if method == "noisefree" else "-")
+        ax.set_xlabel("b (s/mm²)")
+        ax.set_ylabel(f"{metric.upper()} {unit}".strip())
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Image quality against b (mean over test subjects, 95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(images: dict[str, np.ndarray], bvals, title: str, window: list[float]):
+    """Rows: acquired and each method; columns: target b. images[method]: (H, W, n_b) slices."""
+    plt = _plt()
+    methods = _ordered(images)
+    fig, axes = plt.subplots(len(methods), len(bvals), figsize=(1.9 * len(bvals), 1.9 * len(methods)), squeeze=False)
+    for i, method in enumerate(methods):
+        for j, b in enumerate(bvals):
+            ax = axes[i, j]
+            ax.imshow(np.rot90(images[method][..., j]), cmap="gray", vmin=0, vmax=window[j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"b = {b:g}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(METHOD_LABEL.get(method, method), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def adc_maps_figure(maps: dict[str, np.ndarray], title: str, vmax: float = 3.0):
+    plt = _plt()
+    names = _ordered(maps)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        shown = ax.imshow(np.rot90(maps[name]), cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(METHOD_LABEL.get(name, name), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(shown, ax=axes[0].tolist(), shrink=0.8, label="ADC (x10⁻³ mm²/s)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def bland_altman_figure(adc: pd.DataFrame):
+    """Synthetic vs acquired mean ADC per subject: difference against mean, with the 95% limits."""
+    plt = _plt()
+    methods = _ordered(adc["method"].unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.3 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        t = adc[adc["method"] == method]
+        mean = (t["adc_synthetic"] + t["adc_acquired"]) / 2
+        diff = t["adc_synthetic"] - t["adc_acquired"]
+        for organ in sorted(t["organ"].unique()):
+            pick = t["organ"] == organ
+            ax.scatter(mean[pick], diff[pick], s=18, label=organ)
+        if len(diff) >= 2:
+            md, sd = diff.mean(), diff.std(ddof=1)
+            for y, style in ((md, "-"), (md - 1.96 * sd, "--"), (md + 1.96 * sd, "--")):
+                ax.axhline(y, color="k", linestyle=style, linewidth=0.8)
+        ax.set_title(METHOD_LABEL.get(method, method), fontsize=9)
+        ax.set_xlabel("mean ADC (x10⁻³ mm²/s)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("synthetic - acquired")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Bland-Altman: ADC from synthetic vs acquired images (organ ROI, per test subject)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(logs: dict[tuple[str, str], pd.DataFrame]):
+    plt = _plt()
+    methods = sorted({m for m, _ in logs})
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for (m, organ), log in sorted(logs.items()):
+            if m == method and "voxel_l1" in log:
+                ax.plot(log["step"], log["voxel_l1"], label=organ)
+        ax.set_title(f"{METHOD_LABEL.get(method, method)}: voxel L1 (network scale)", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _embed(fig, name: str, figures_dir: Path) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    (figures_dir / f"{name}.png").write_bytes(buffer.getvalue())
+    _plt().close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt_ci(row) -> str:
+    if not np.isfinite(row["mean"]):
+        return "–"
+    if np.isfinite(row["ci_low"]):
+        return f"{row['mean']:.3g} ({row['ci_low']:.3g}–{row['ci_high']:.3g})"
+    return f"{row['mean']:.3g}"
+
+
+def comparison_table(summary: pd.DataFrame, metric: str) -> str:
+    t = summary[(summary["analysis"] == "image metrics") & (summary["grouping"] == "method x b")
+                & (summary["metric"] == metric)].copy()
+    if t.empty:
+        return "<p>No scores.</p>"
+    t["value"] = t.apply(_fmt_ci, axis=1)
+    wide = t.pivot_table(index="method", columns="b_value", values="value", aggfunc="first")
+    wide = wide.loc[_ordered(wide.index)]
+    wide.index = [METHOD_LABEL.get(m, m) for m in wide.index]
+    wide.columns = [f"b = {b:g}" for b in wide.columns]
+    return wide.to_html(classes="table", border=0)
+
+
+def agreement_table(summary: pd.DataFrame) -> str:
+    t = summary[(summary["analysis"] == "ADC agreement") & (summary["grouping"] == "method")]
+    if t.empty:
+        return "<p>No ADC agreement computed.</p>"
+    cols = {"method": "method", "n": "subjects", "mean_difference": "mean difference", "p_ttest": "paired t p",
+            "p_wilcoxon": "Wilcoxon p", "loa_low": "LoA low", "loa_high": "LoA high", "icc": "ICC(2,1)",
+            "icc_label": "Koo & Li"}
+    out = t[list(cols)].rename(columns=cols)
+    out["method"] = out["method"].map(lambda m: METHOD_LABEL.get(m, m))
+    return out.to_html(classes="table", border=0, index=False, float_format=lambda v: f"{v:.3g}")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+img{max-width:100%;display:block;margin:.6em 0}.table{border-collapse:collapse;font-size:.88em}
+.table td,.table th{padding:.25em .6em;border-bottom:1px solid #e3e3e3;text-align:right}
+.caption{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.8em}"""
+
+
+def render(sections: list[tuple[str, str]], title: str) -> str:
+    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _middle_slice(mask: np.ndarray) -> int:
+    return int(np.argmax(mask.reshape(-1, mask.shape[-1]).sum(0)))
+
+
+def example_figures(records: list[dict], targets, figures_dir: Path) -> list[str]:
+    """Per organ, the first test subject: real vs synthetic at every target b, and the ADC maps."""
+    from dwisynth.io import load_dwi, load_map, load_mask
+
+    blocks, seen_organs = [], set()
+    for record in records:
+        if record["organ"] in seen_organs or not record["synth"]:
+            continue
+        seen_organs.add(record["organ"])
+        acquired, acquired_b = load_dwi(*record["acquired"])
+        mask = load_mask(record["mask"])
+        z = _middle_slice(mask)
+        acq_b = [float(b) for b in acquired_b]
+        shown_b = [float(b) for b in targets if float(b) in acq_b]
+        images = {"acquired": acquired[:, :, z][..., [acq_b.index(b) for b in shown_b]]}
+        maps = {"acquired": load_map(record["adc"])[:, :, z]}
+        for method, (dwi, bval, adc) in record["synth"].items():
+            pred, pred_b = load_dwi(dwi, bval)
+            pb = [float(b) for b in pred_b]
+            images[method] = pred[:, :, z][..., [pb.index(b) for b in shown_b]]
+            maps[method] = load_map(adc)[:, :, z]
+        window = [float(np.percentile(images["acquired"][..., j][mask[:, :, z]], 99.5)) or 1.0
+                  for j in range(len(shown_b))]
+        subject = record["subject"]
+        grid = image_grid_figure(images, shown_b, f"{record['organ']}: sub-{subject}, slice {z} (test subject)",
+                                 window)
+        adc_fig = adc_maps_figure(maps, f"{record['organ']}: ADC maps, sub-{subject}, slice {z}")
+        blocks.append(f"<h3>{html.escape(record['organ'])}</h3>"
+                      + _embed(grid, f"grid_{record['organ']}", figures_dir)
+                      + "<p class='caption'>Each column shares one display window (the acquired image's "
+                        "99.5th percentile in the mask). The noise-free row is the demo's truth.</p>"
+                      + _embed(adc_fig, f"adc_{record['organ']}", figures_dir))
+    return blocks
+
+
+def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, records: list[dict], targets,
+                 training_logs: dict, provenance_path, reader_scores_path=None) -> None:
+    """Assemble the report from the tables, the example subjects, the training logs and the provenance."""
+    figures_dir = Path(figures_dir)
+    summary = pd.read_csv(summary_path, sep="\t")
+    metrics = pd.read_csv(metrics_path, sep="\t", dtype={"slice": str})
+    adc = pd.read_csv(adc_path, sep="\t")
+    provenance = json.loads(Path(provenance_path).read_text())
+    volumes = metrics[metrics["slice"] == "volume"]
+    n_subjects = volumes["subject"].nunique()
+    intro = (f"<p>{n_subjects} test subjects, {volumes['organ'].nunique()} organs, methods: "
+             f"{', '.join(METHOD_LABEL.get(m, m) for m in _ordered(volumes['method'].unique()))}. "
+             "Every method sees the same input b-values and is scored against the same acquired images inside "
+             "the organ mask. PSNR/SSIM use data range 1 after dividing both images by the acquired image's "
+             "99.5th percentile in the mask; the legacy PSNR column (in the tables) follows the seed paper's "
+             "8-bit convention and is 48.13 dB higher by construction.</p>")
+    sections = [("What was run", intro),
+                ("Image quality", _embed(metric_vs_b_figure(summary), "metrics_vs_b", figures_dir)
+                 + "<h3>PSNR (dB), mean (95% CI)</h3>" + comparison_table(summary, "psnr")
+                 + "<h3>SSIM, mean (95% CI)</h3>" + comparison_table(summary, "ssim")
+                 + "<h3>Legacy PSNR (seed-paper convention)</h3>" + comparison_table(summary, "psnr_legacy")
+                 + "<h3>Superpixel gray-level correlation r</h3>" + comparison_table(summary, "superpixel_r"))]
+    sections.append(("Real vs synthetic images and ADC maps", "\n".join(example_figures(records, targets,
+                                                                                         figures_dir))))
+    agreement = agreement_table(summary)
+    if len(adc):
+        agreement = _embed(bland_altman_figure(adc), "bland_altman", figures_dir) + agreement
+    sections.append(("ADC agreement with the acquired ADC", agreement))
+    if training_logs:
+        sections.append(("Training curves", _embed(training_curves_figure(training_logs), "training", figures_dir)))
+    if reader_scores_path and Path(reader_scores_path).exists():
+        scores = pd.read_csv(reader_scores_path, sep="\t")
+        sections.append(("Reader study", scores.to_html(classes="table", border=0, index=False,
+                                                        float_format=lambda v: f"{v:.3g}")))
+    else:
+        sections.append(("Reader study", "<p>The blinded reading set is in <code>results/reader_study/</code> "
+                                         "(key kept apart in <code>results/reader_study_key.tsv</code>). Set "
+                                         "<code>reader_study.ratings</code> to a returned ratings TSV to score it "
+                                         "(% excellent per b, inter-reader ICC).</p>"))
+    sections.append(("Provenance", "<pre>" + html.escape(json.dumps(provenance, indent=2)) + "</pre>"))
+    out_html = Path(out_html)
+    tmp = out_html.with_name(out_html.name + ".tmp")
+    tmp.write_text(render(sections, "dwisynth results"))
+    tmp.replace(out_html)

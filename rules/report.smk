@@ -1,0 +1,97 @@
+# Tables, reader-study material, provenance and the HTML report.
+
+
+rule summarize:
+    input:
+        metrics=rules.evaluate_synthesis.output.metrics,
+        adc=rules.evaluate_synthesis.output.adc,
+    output:
+        "results/tables/summary.tsv",
+    log:
+        "logs/summarize.log",
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/summarize.py"
+
+
+rule reader_study_export:
+    input:
+        unpack(evaluation_inputs),
+    output:
+        images=directory("results/reader_study"),
+        key="results/reader_study_key.tsv",
+    params:
+        records=evaluation_records,
+        methods=config["reader_study"]["methods"],
+        readers=config["reader_study"]["readers"],
+        score_b=config["bvalues"]["targets"] + config["bvalues"]["heldout"],
+        heldout=config["bvalues"]["heldout"],
+        seed=config["seed"],
+    log:
+        "logs/reader_study_export.log",
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/reader_study_export.py"
+
+
+rule reader_scores:
+    input:
+        ratings=config["reader_study"]["ratings"] or [],
+        key=rules.reader_study_export.output.key,
+    output:
+        "results/tables/reader_scores.tsv",
+    log:
+        "logs/reader_scores.log",
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/reader_scores.py"
+
+
+rule provenance:
+    input:
+        sheet=DEMO_SHEET or config["samples"],
+        series=sorted(set(SAMPLES["dicom_dir"])),
+    output:
+        record="results/provenance/provenance.json",
+        checksums="results/provenance/input_checksums.tsv",
+    params:
+        config=config,
+        sheet=SAMPLES.reset_index(drop=True)[["cohort", "subject", "modality", "dicom_dir"]].to_dict("records"),
+        repo=workflow.basedir,
+    log:
+        "logs/provenance.log",
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/provenance.py"
+
+
+def report_inputs(wildcards):
+    files = {"summary": rules.summarize.output[0], "metrics": rules.evaluate_synthesis.output.metrics,
+             "adc": rules.evaluate_synthesis.output.adc, "provenance": rules.provenance.output.record,
+             "logs": [m.replace("model.pt", "training_log.csv") for m in model_targets()],
+             "reading_set": rules.reader_study_export.output.key}
+    files.update(evaluation_inputs(wildcards))
+    if config["reader_study"]["ratings"]:
+        files["reader_scores"] = rules.reader_scores.output[0]
+    return files
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        html="results/report.html",
+        figures=directory("results/figures"),
+    params:
+        records=evaluation_records,
+        targets=config["bvalues"]["targets"],
+    log:
+        "logs/report.log",
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/report.py"

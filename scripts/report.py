@@ -1,0 +1,14 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _logging import redirect_to_log
+
+import pandas as pd
+
+from dwisynth.report import write_report
+
+redirect_to_log(snakemake)  # noqa: F821
+i, o, p = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
+logs = {(path.split("/")[-3], path.split("/")[-2]): pd.read_csv(path) for path in i.logs}
+write_report(o.html, o.figures, i.summary, i.metrics, i.adc, p.records, p.targets, logs, i.provenance,
+             i.get("reader_scores"))

@@ -1,0 +1,167 @@
+"""Metrics, statistics, reader-study scoring and the report, against hand-computed values."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dwisynth.evaluate import SUMMARY_GROUPINGS, score_synthesis, summarize
+from dwisynth.metrics import legacy_psnr, slice_metrics, ssim_in_mask, superpixel_correlation, volume_metrics
+from dwisynth.reader_study import RatingsError, export_reading_set, read_ratings, score_ratings
+from dwisynth.statistics import icc, mean_ci, paired_agreement
+
+# Shrout & Fleiss (1979), table 2: 6 targets rated by 4 judges.
+SHROUT_FLEISS = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+
+
+def test_mse_mae_psnr_on_a_hand_computed_pair():
+    ref = np.full((12, 12), 2.0)
+    pred = ref.copy()
+    pred[:6] = 2.5  # half the pixels off by 0.5 before scaling by 2 -> 0.25
+    mask = np.ones_like(ref, bool)
+    m = slice_metrics(pred, ref, mask, scale=2.0)
+    assert m["mse"] == pytest.approx(0.5 * 0.25**2)
+    assert m["mae"] == pytest.approx(0.5 * 0.25)
+    assert m["psnr"] == pytest.approx(10 * np.log10(1 / 0.03125))  # 15.05 dB, data range 1
+
+
+def test_metrics_count_only_voxels_inside_the_mask():
+    ref, pred = np.ones((12, 12)), np.ones((12, 12))
+    pred[0, 0] = 100.0
+    mask = np.ones((12, 12), bool)
+    mask[0, 0] = False
+    assert slice_metrics(pred, ref, mask, 1.0)["mse"] == 0.0
+
+
+def test_legacy_psnr_is_the_seed_papers_8bit_convention():
+    ref, pred = np.full((12, 12), 0.2), np.full((12, 12), 0.4)  # 8-bit: 51 and 102, MSE 2601
+    expected = 20 * np.log10(255 * 255) - 10 * np.log10(51.0**2)
+    assert legacy_psnr(pred, ref) == pytest.approx(expected)
+    assert expected == pytest.approx(62.111, abs=1e-3)
+    standard = slice_metrics(pred, ref, np.ones((12, 12), bool), 1.0)["psnr"]
+    assert legacy_psnr(pred, ref) - standard == pytest.approx(48.13, abs=0.01)
+
+
+def test_ssim_of_constant_images_reduces_to_the_luminance_term():
+    a, b = np.full((16, 16), 0.5), np.full((16, 16), 0.25)
+    c1 = (0.01 * 1.0) ** 2
+    expected = (2 * 0.5 * 0.25 + c1) / (0.5**2 + 0.25**2 + c1)
+    assert ssim_in_mask(b, a, np.ones((16, 16), bool)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_volume_metrics_do_not_depend_on_the_intensity_unit():
+    rng = np.random.default_rng(0)
+    ref = rng.random((16, 16, 3)) + 0.5
+    pred = ref + rng.normal(0, 0.05, ref.shape)
+    mask = np.ones(ref.shape, bool)
+    rows, vol = volume_metrics(pred, ref, mask)
+    rows_scaled, vol_scaled = volume_metrics(1000 * pred, 1000 * ref, mask)
+    assert len(rows) == 3
+    for key in ("mse", "psnr", "ssim", "psnr_legacy"):
+        assert vol[key] == pytest.approx(vol_scaled[key])
+
+
+def test_superpixel_correlation_follows_the_gray_levels():
+    yy, xx = np.mgrid[:32, :32]
+    ref = np.sin(xx / 5.0) + np.cos(yy / 7.0) + 2
+    mask = np.ones_like(ref, bool)
+    assert superpixel_correlation(2 * ref + 1, ref, mask) == pytest.approx(1.0)
+    assert superpixel_correlation(-ref, ref, mask) == pytest.approx(-1.0)
+
+
+def test_score_synthesis_scores_only_acquired_b_and_labels_heldout():
+    ref = np.random.default_rng(1).random((12, 12, 2, 3)) + 0.5
+    slices, volumes = score_synthesis(ref[..., [1, 2]], [400, 850], ref, [0, 400, 850], np.ones((12, 12, 2), bool),
+                                      score_b=[400, 800, 850], heldout=[850])
+    assert [(v["b_value"], v["seen"]) for v in volumes] == [(400, "trained"), (850, "heldout")]
+    assert volumes[0]["psnr"] == float("inf") and len(slices) == 4
+
+
+def test_mean_ci_is_the_t_interval():
+    result = mean_ci([1, 2, 3, 4, 5])
+    half = 2.7764451 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5)
+    assert result["mean"] == 3 and result["ci_low"] == pytest.approx(3 - half) and result["n"] == 5
+
+
+def test_icc_matches_shrout_and_fleiss_textbook_values():
+    long = pd.DataFrame(SHROUT_FLEISS).reset_index().melt(id_vars="index", var_name="judge", value_name="score")
+    expected = {"ICC1": 0.17, "ICC2": 0.29, "ICC3": 0.71, "ICC1k": 0.44, "ICC2k": 0.62, "ICC3k": 0.91}
+    for kind, value in expected.items():
+        assert icc(long, "index", "judge", "score", kind)["icc"] == pytest.approx(value, abs=0.006), kind
+    assert icc(long, "index", "judge", "score", "ICC3k")["icc_label"] == "excellent"
+
+
+def test_paired_agreement_bland_altman_limits_and_tests():
+    reference = np.array([1.0, 1.2, 0.8, 1.5, 0.9, 1.1])
+    candidate = reference + np.array([0.1, 0.12, 0.08, 0.11, 0.09, 0.1])
+    result = paired_agreement(candidate, reference)
+    diff = candidate - reference
+    assert result["mean_difference"] == pytest.approx(diff.mean())
+    assert result["loa_high"] == pytest.approx(diff.mean() + 1.96 * diff.std(ddof=1))
+    assert result["p_ttest"] < 1e-4 and result["p_wilcoxon"] == pytest.approx(0.03125)
+    assert result["icc"] > 0.8  # a constant offset of 0.1 on a spread of 0.25
+
+
+def _metrics_table():
+    rows = []
+    for method, offset in (("dc2anet", 3.0), ("cdwi", 0.0)):
+        for s, center in enumerate(["A", "A", "B", "B"]):
+            for b in (400, 1000):
+                rows.append({"task": "multib", "method": method, "cohort": "mc", "center": center, "organ": "brain",
+                             "subject": f"S{s}", "slice": "volume", "b_value": b, "seen": "trained", "mse": 0.01,
+                             "mae": 0.1, "psnr": 20 + offset + s, "ssim": 0.8, "psnr_legacy": 68.0,
+                             "superpixel_r": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_summary_groups_as_specified_and_compares_with_the_baseline():
+    adc = pd.DataFrame({"task": "multib", "method": "dc2anet", "organ": "brain", "subject": [f"S{i}" for i in range(4)],
+                        "adc_synthetic": [0.81, 0.92, 0.75, 0.88], "adc_acquired": [0.8, 0.9, 0.74, 0.9]})
+    summary = summarize(_metrics_table(), adc)
+    image = summary[summary["analysis"] == "image metrics"]
+    assert set(image["grouping"]) == set(SUMMARY_GROUPINGS)
+    by_center = image[(image["grouping"] == "method x center x b") & (image["metric"] == "psnr")]
+    assert set(by_center["center"]) == {"A", "B"} and (by_center["n"] == 2).all()
+    versus = summary[(summary["analysis"] == "psnr vs cdwi") & (summary["method"] == "dc2anet")].iloc[0]
+    assert versus["mean_difference"] == pytest.approx(3.0) and versus["n"] == 8
+    agreement = summary[(summary["analysis"] == "ADC agreement") & (summary["grouping"] == "method")].iloc[0]
+    assert agreement["mean_difference"] == pytest.approx(0.005) and agreement["n"] == 4
+
+
+def _reading_set(tmp_path):
+    cases = [{"cohort": "mc", "subject": f"S{i}", "organ": "brain", "method": method, "b_value": 1000.0,
+              "seen": "trained", "slice": 3, "image_array": np.random.default_rng(i).random((8, 8)), "window": 1.0}
+             for i in range(4) for method in ("acquired", "dc2anet")]
+    key = export_reading_set(cases, tmp_path / "reading", tmp_path / "key.tsv", tmp_path / "reading/template.tsv",
+                             seed=1)
+    return key
+
+
+def test_reading_set_is_shuffled_blinded_and_keyed_apart(tmp_path):
+    key = _reading_set(tmp_path)
+    pngs = sorted(p.name for p in (tmp_path / "reading").glob("*.png"))
+    assert pngs == [f"case-{i:03d}.png" for i in range(1, 9)]
+    assert key["method"].tolist() != ["acquired", "dc2anet"] * 4  # shuffled
+    template = pd.read_csv(tmp_path / "reading/template.tsv", sep="\t")
+    assert set(template.columns) == {"reader", "image", "score"} and len(template) == 16
+    assert not any("acquired" in p.read_text(errors="ignore") for p in (tmp_path / "reading").glob("*.tsv"))
+    with pytest.raises(RatingsError, match="outside"):
+        export_reading_set([], tmp_path / "reading", tmp_path / "reading/key.tsv", tmp_path / "t.tsv", seed=1)
+
+
+def test_reader_scores_percent_excellent_and_inter_reader_icc(tmp_path):
+    key = _reading_set(tmp_path)
+    quality = {"acquired": [5, 5, 4, 5], "dc2anet": [5, 3, 4, 2]}
+    rows = []
+    for r, shift in (("r1", 0), ("r2", 0)):
+        for row in key.itertuples():
+            rows.append({"reader": r, "image": row.image, "score": quality[row.method][int(row.subject[1])] - shift})
+    path = tmp_path / "ratings.tsv"
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    scores = score_ratings(read_ratings(path, key), key).set_index("method")
+    assert scores.loc["acquired", "percent_excellent"] == 75.0 and scores.loc["dc2anet", "percent_excellent"] == 25.0
+    assert scores.loc["dc2anet", "icc2"] == pytest.approx(1.0)  # the two readers agree exactly
+    bad = pd.DataFrame(rows)
+    bad.loc[0, "score"] = 7
+    bad.to_csv(path, sep="\t", index=False)
+    with pytest.raises(RatingsError, match="1-5"):
+        read_ratings(path, key)
