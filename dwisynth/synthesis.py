@@ -7,7 +7,6 @@ holding the input b-values (copied) followed by the synthesized targets, with a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -104,7 +103,3 @@ def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_
     input_b = [float(b) for b in input_b]
     inputs = norm[..., [list(map(float, norm_b)).index(b) for b in input_b]]
     _write_synthetic(img, inputs, input_b, reference, [float(b) for b in target_b], out_dwi, out_bval)
-
-
-def write_json(record: dict, path) -> None:
-    Path(path).write_text(json.dumps(record, indent=2) + "\n")
