@@ -171,6 +171,11 @@ class Trainer:
                      present.to(self.device), (stack[:, -1] > 0.5).to(self.device))
 
     def _crop(self, stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Square crops centred on a random voxel of the organ mask (the stack's last channel).
+
+        Foreground sampling (nnU-Net's habit): a random crop of a large field of view is
+        mostly background, where predicting a constant already scores well.
+        """
         size = self.config.crop
         if size is None:
             return pad_to_multiple(stack, self.pad_multiple, 0.0)[0]
@@ -179,8 +184,13 @@ class Trainer:
         h, w = stack.shape[-2:]
         out = []
         for item in stack:
-            top = int(torch.randint(h - size + 1, (1,), generator=generator))
-            left = int(torch.randint(w - size + 1, (1,), generator=generator))
+            inside = torch.nonzero(item[-1] > 0.5)
+            if len(inside):
+                cy, cx = inside[int(torch.randint(len(inside), (1,), generator=generator))].tolist()
+            else:
+                cy, cx = int(torch.randint(h, (1,), generator=generator)), int(torch.randint(w, (1,), generator=generator))
+            top = min(max(cy - size // 2, 0), h - size)
+            left = min(max(cx - size // 2, 0), w - size)
             out.append(item[:, top:top + size, left:left + size])
         return torch.stack(out)
 

@@ -7,13 +7,18 @@ from torch import nn
 
 
 def to_network(x: torch.Tensor, intensity_max: float) -> torch.Tensor:
-    """S/S0 intensities (0..intensity_max) -> the tanh range [-1, 1] the generators produce."""
-    return 2.0 * torch.clamp(x, 0.0, intensity_max) / intensity_max - 1.0
+    """S/S0 intensities (0..intensity_max) -> the tanh range [-1, 1] the generators produce.
+
+    A square-root scale: fluid can be 20x brighter than tissue (the bladder), and on a
+    linear scale tissue would be squeezed into a few percent of the range, where a
+    generator that outputs a constant already has a small loss.
+    """
+    return 2.0 * torch.sqrt(torch.clamp(x, 0.0, intensity_max) / intensity_max) - 1.0
 
 
 def from_network(t: torch.Tensor, intensity_max: float) -> torch.Tensor:
     """Inverse of `to_network`."""
-    return (t + 1.0) * 0.5 * intensity_max
+    return intensity_max * ((torch.clamp(t, -1.0, 1.0) + 1.0) * 0.5) ** 2
 
 
 NORMS = ("instance", "none")
