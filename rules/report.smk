@@ -69,17 +69,6 @@ rule provenance:
         "../scripts/provenance.py"
 
 
-def report_inputs(wildcards):
-    files = {"summary": rules.summarize.output[0], "metrics": rules.evaluate_synthesis.output.metrics,
-             "adc": rules.evaluate_synthesis.output.adc, "provenance": rules.provenance.output.record,
-             "logs": [m.replace("model.pt", "training_log.csv") for m in model_targets()],
-             "reading_set": rules.reader_study_export.output.key}
-    files.update(evaluation_inputs(wildcards))
-    if config["reader_study"]["ratings"]:
-        files["reader_scores"] = rules.reader_scores.output[0]
-    return files
-
-
 rule report:
     input:
         unpack(report_inputs),
