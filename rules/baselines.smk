@@ -18,6 +18,7 @@ rule train_pix2pix:
         seed=config["seed"],
         device=config["device"],
     threads: config["training"]["threads"]
+    priority: 20  # the longest jobs: start each as soon as its organ's shards exist
     resources:
         gpu=config["training"]["gpus"],
     log:

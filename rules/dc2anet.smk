@@ -16,6 +16,7 @@ rule train_dc2anet:
         seed=config["seed"],
         device=config["device"],
     threads: config["training"]["threads"]
+    priority: 20  # the longest jobs: start each as soon as its organ's shards exist
     resources:
         gpu=config["training"]["gpus"],
     log:
