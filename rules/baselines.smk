@@ -37,8 +37,10 @@ rule synthesize_pix2pix:
     output:
         dwi=f"{synth_stem('pix2pix')}_dwi.nii.gz",
         bval=f"{synth_stem('pix2pix')}_dwi.bval",
+        adc=f"{synth_stem('pix2pix')}_adc.nii.gz",
     params:
         device=config["device"],
+        adc=config["adc"],
     log:
         "logs/synthesize/pix2pix/{cohort}/{subject}.log",
     benchmark:
@@ -57,9 +59,11 @@ rule cdwi:
     output:
         dwi=f"{synth_stem('cdwi')}_dwi.nii.gz",
         bval=f"{synth_stem('cdwi')}_dwi.bval",
+        adc=f"{synth_stem('cdwi')}_adc.nii.gz",
     params:
         inputs=config["bvalues"]["inputs"],
         targets=config["bvalues"]["targets"],
+        adc=config["adc"],
     log:
         "logs/cdwi/{cohort}/{subject}.log",
     conda:
@@ -75,36 +79,22 @@ if config["demo"]["enabled"]:
             truth=rules.demo_cohort.output.truth,
             raw=rules.register_dwi.output.dwi,
             raw_bval=rules.register_dwi.output.bval,
+            mask=rules.organ_mask.output.mask,
             dwi=rules.normalize_dwi.output.dwi,
             bval=rules.normalize_dwi.output.bval,
         output:
             dwi=f"{synth_stem('noisefree')}_dwi.nii.gz",
             bval=f"{synth_stem('noisefree')}_dwi.bval",
+            adc=f"{synth_stem('noisefree')}_adc.nii.gz",
         params:
             truth=lambda wc: f"{DEMO_TRUTH.format(cohort=wc.cohort, subject=wc.subject)}_desc-noisefree_dwi",
             inputs=config["bvalues"]["inputs"],
             targets=config["bvalues"]["targets"],
             b0_max=config["bvalues"]["b0_max"],
+            adc=config["adc"],
         log:
             "logs/noise_free_reference/{cohort}/{subject}.log",
         conda:
             "../envs/dwisynth.yaml"
         script:
             "../scripts/noise_free_reference.py"
-
-
-rule adc_synthetic:
-    input:
-        dwi=f"{synth_stem('{method}')}_dwi.nii.gz",
-        bval=f"{synth_stem('{method}')}_dwi.bval",
-        mask=rules.organ_mask.output.mask,
-    output:
-        f"{synth_stem('{method}')}_adc.nii.gz",
-    params:
-        adc=config["adc"],
-    log:
-        "logs/adc_synthetic/{method}/{cohort}/{subject}.log",
-    conda:
-        "../envs/dwisynth.yaml"
-    script:
-        "../scripts/adc.py"

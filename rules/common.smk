@@ -117,7 +117,7 @@ def synthesis_inputs(method):
         organ = series_row(wildcards, "DWI")["organ"]
         pre = f"results/{wildcards.cohort}/preproc/sub-{wildcards.subject}/sub-{wildcards.subject}"
         return {"model": f"results/models/{method}/{organ}/model.pt", "dwi": f"{pre}_desc-norm_dwi.nii.gz",
-                "bval": f"{pre}_desc-norm_dwi.bval"}
+                "bval": f"{pre}_desc-norm_dwi.bval", "mask": f"{pre}_desc-organ_mask.nii.gz"}
 
     return inputs
 

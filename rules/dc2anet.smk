@@ -35,8 +35,10 @@ rule synthesize_dc2anet:
     output:
         dwi=f"{synth_stem('dc2anet')}_dwi.nii.gz",
         bval=f"{synth_stem('dc2anet')}_dwi.bval",
+        adc=f"{synth_stem('dc2anet')}_adc.nii.gz",
     params:
         device=config["device"],
+        adc=config["adc"],
     log:
         "logs/synthesize/dc2anet/{cohort}/{subject}.log",
     benchmark:

@@ -37,6 +37,15 @@ def test_bvalues_after_dcm2niix_equal_the_generated_ones_for_every_vendor(demo_r
     assert vendors == {"siemens", "ge", "philips", "standard"}
 
 
+def _png_text(blob: bytes) -> str:
+    """The text a PNG carries (tEXt/iTXt/zTXt chunks), not its compressed pixels."""
+    import io
+
+    from PIL import Image
+
+    return "\n".join(f"{k}: {v}" for k, v in Image.open(io.BytesIO(blob)).info.items() if isinstance(v, str))
+
+
 def _readable_text(path: Path) -> str:
     """A file's content as text a leak would show in: decompressed, decoded, arrays included."""
     import gzip
@@ -49,7 +58,17 @@ def _readable_text(path: Path) -> str:
         header = nib.load(path).header
         return (header.binaryblock + b"".join(bytes(e.get_content() or b"") for e in header.extensions)).decode(
             "latin-1")
+    if path.suffix == ".png":
+        return _png_text(path.read_bytes())
     blob = path.read_bytes()
+    if path.suffix == ".html":
+        # embedded figures: their pixel bytes would match short names by chance; keep their text chunks
+        import base64
+        import re
+
+        html = blob.decode("utf-8")
+        return re.sub(r"data:image/png;base64,([A-Za-z0-9+/=]+)",
+                      lambda m: _png_text(base64.b64decode(m.group(1))), html)
     if path.name.endswith(".gz"):
         blob = gzip.decompress(blob)
     text = blob.decode("utf-8", errors="ignore")
