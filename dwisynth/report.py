@@ -240,8 +240,9 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
              f"{', '.join(METHOD_LABEL.get(m, m) for m in _ordered(volumes['method'].unique()))}. "
              "Every method sees the same input b-values and is scored against the same acquired images inside "
              "the organ mask. PSNR/SSIM use data range 1 after dividing both images by the acquired image's "
-             "99.5th percentile in the mask; the legacy PSNR column (in the tables) follows the seed paper's "
-             "8-bit convention and is 48.13 dB higher by construction.</p>")
+             "99.5th percentile in the mask. The legacy PSNR follows the seed paper's code: the whole slice in "
+             "8 bits, 20 log10(255²) - 10 log10(MSE), which adds 48.13 dB to an 8-bit PSNR; set it beside "
+             "published numbers, not beside ours.</p>")
     sections = [("What was run", intro),
                 ("Image quality", _embed(metric_vs_b_figure(summary), "metrics_vs_b", figures_dir)
                  + "<h3>PSNR (dB), mean (95% CI)</h3>" + comparison_table(summary, "psnr")
