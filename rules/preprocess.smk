@@ -55,9 +55,7 @@ rule organ_mask:
         device=config["device"],
     log:
         "logs/organ_mask/{cohort}/{subject}.log",
-    threads: lambda wildcards: 2 if series_row(wildcards, "DWI")["organ"] == "brain" else 1
-    # HD-BET jobs need two cores: without priority the scheduler fills the cores with one-core
-    # jobs and leaves the brains, and so the brain models, for last.
+    threads: lambda wildcards: config["masking"]["brain_threads"] if series_row(wildcards, "DWI")["organ"] == "brain" else 1
     priority: 10
     conda:
         "../envs/dwisynth.yaml"
