@@ -13,7 +13,7 @@ include: "rules/demo.smk"
 include: "rules/convert.smk"
 include: "rules/preprocess.smk"
 include: "rules/dataset.smk"
-include: "rules/dc2anet.smk"
+include: "rules/networks.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
@@ -24,9 +24,9 @@ rule all:
         all_targets(),
         model_targets,
         synthesis_targets,
-        "results/tables/synthesis_metrics.tsv",
-        "results/tables/summary.tsv",
-        "results/report.html",
+        layout.METRICS,
+        layout.SUMMARY,
+        layout.REPORT,
     default_target: True
 
 

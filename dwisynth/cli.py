@@ -37,39 +37,12 @@ def _adc(args) -> None:
     print(f"[adc] {args.output} (x10^-3 mm²/s)")
 
 
-def _preprocess_subject(dwi, bval, subject: str, organ: str, config: dict, out: Path, ct=None):
-    """Register, mask, normalize and fit ADC as the workflow does; returns (normalized dwi, bval, mask)."""
-    from dwisynth.config import bvalue_grid
-    from dwisynth.preprocess import steps
-
-    b = config["bvalues"]
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"sub-{subject}"
-    reg = (f"{stem}_desc-reg_dwi.nii.gz", f"{stem}_desc-reg_dwi.bval")
-    steps.register_dwi(dwi, bval, *reg, f"{stem}_desc-reg_xfm.json", subject, config["seed"],
-                       config["registration"]["dwi_motion"], b["b0_max"])
-    mask = f"{stem}_desc-organ_mask.nii.gz"
-    if config["masking"]["method"] == "hd-bet-v2" and organ == "brain":
-        from dwisynth.preprocess.masking import install_hd_bet_v2_weights
-
-        install_hd_bet_v2_weights(config["masking"]["hdbet_v2_weights"])
-    steps.make_mask(*reg, mask, f"{stem}_desc-organ_mask.json", subject, organ,
-                    config["masking"]["method"], b["b0_max"], device=steps.torch_device(config["device"]))
-    norm = (f"{stem}_desc-norm_dwi.nii.gz", f"{stem}_desc-norm_dwi.bval")
-    steps.normalize(*reg, mask, *norm, f"{stem}_desc-norm_dwi.json", subject, bvalue_grid(config), b["tolerance"],
-                    config["normalization"]["n4"], b["b0_max"])
-    adc = config["adc"]
-    steps.adc(*norm, mask, f"{stem}_adc.nii.gz", adc["min_b"], adc["max_b"], adc["max_adc"])
-    if ct:
-        steps.register_ct(ct, *reg, f"{stem}_space-dwi_ct.nii.gz", f"{stem}_from-ct_to-dwi_xfm.json",
-                          subject, config["registration"]["ct_transform"], config["seed"], b["b0_max"])
-    return (*norm, mask)
-
-
 def _preprocess(args) -> None:
     from dwisynth.config import load_config
+    from dwisynth.preprocess.steps import preprocess_subject
 
-    _preprocess_subject(args.dwi, args.bval, args.subject, args.organ, load_config(args.config), args.output, args.ct)
+    preprocess_subject(args.dwi, args.bval, args.subject, args.organ, load_config(args.config),
+                       args.output / f"sub-{args.subject}", args.ct)
     print(f"[preprocess] sub-{args.subject} -> {args.output}")
 
 
@@ -77,10 +50,14 @@ def _synthesize(args) -> None:
     import torch
 
     from dwisynth.config import load_config
-    from dwisynth.preprocess.steps import adc
+    from dwisynth.layout import synth_folder_files
+    from dwisynth.preprocess.steps import preprocess_subject
     from dwisynth.synthesis import synthesize_subject
 
     config = load_config(args.config)
+    if args.normalized and not args.mask:
+        raise DwisynthError("--normalized needs --mask (the organ mask of that image, desc-organ_mask): "
+                            "the synthetic ADC is fitted inside it")
     record = torch.load(args.model, map_location="cpu", weights_only=True) if args.model.is_file() else {}
     organ = args.organ or record.get("organ")
     if not organ:
@@ -97,15 +74,13 @@ def _synthesize(args) -> None:
     if args.normalized:
         norm_dwi, norm_bval, mask = dwi, bval, args.mask
     else:
-        norm_dwi, norm_bval, mask = _preprocess_subject(dwi, bval, args.subject, organ, config, out)
+        files = preprocess_subject(dwi, bval, args.subject, organ, config, out / f"sub-{args.subject}")
+        norm_dwi, norm_bval, mask = files["dwi"], files["bval"], files["mask"]
     method = record.get("method", "model")
-    stem = out / f"sub-{args.subject}_desc-{method}"
-    written = synthesize_subject(args.model, norm_dwi, norm_bval, f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval",
-                                 args.subject, device=config["device"], target_b=args.b)
-    if mask:
-        a = config["adc"]
-        adc(f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", mask, f"{stem}_adc.nii.gz", a["min_b"], a["max_b"], a["max_adc"])
-    print(f"[synthesize] sub-{args.subject}: b = {', '.join(f'{b:g}' for b in written)} -> {stem}_dwi.nii.gz")
+    outputs = synth_folder_files(out, method, args.subject)
+    written = synthesize_subject(args.model, norm_dwi, norm_bval, mask, outputs, config["adc"], args.subject,
+                                 device=config["device"], target_b=args.b)
+    print(f"[synthesize] sub-{args.subject}: b = {', '.join(f'{b:g}' for b in written)} -> {outputs['dwi']}")
 
 
 def _scan(args) -> None:

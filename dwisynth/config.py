@@ -1,11 +1,17 @@
 """Configuration and sample sheet: read, validate against the JSON schemas, fill defaults.
 
-The schemas in config/schemas/ are the single source of keys and defaults; the
-Snakefile and the CLI validate through the same functions.
+The schemas ship with the package (`dwisynth/schemas/`), so an installed dwisynth
+finds them. They are the single source of keys and defaults, except the network
+blocks and the method list, which `dwisynth.networks.base` generates from each
+network's Config dataclass and the registry. The Snakefile and the CLI validate
+through the same functions. Every block rejects unknown keys, naming the nearest valid one.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -13,32 +19,97 @@ import yaml
 
 from dwisynth.errors import ConfigError, SampleSheetError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_DIR = REPO_ROOT / "config" / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
 SAMPLES_SCHEMA = SCHEMA_DIR / "samples.schema.yaml"
 REQUIRED_COLUMNS = ["cohort", "center", "subject", "organ", "modality", "dicom_dir"]
 OPTIONAL_COLUMNS = ["vendor", "split"]
 
 
-def _validate(data, schema: Path, what: str):
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+@functools.cache
+def _default_filling_validator():
+    """A draft 2020-12 validator that also fills defaults (outer blocks first, so nested defaults apply)."""
+    from jsonschema import Draft202012Validator, validators
 
-    try:
-        validate(data, str(schema), set_default=True)
-    except WorkflowError as exc:
-        # snakemake wraps the jsonschema message; keep its first informative line
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if "Failed validating" not in line and "Error validating" not in line), lines[0] if lines else str(exc))
-        raise ConfigError(f"{what}: {detail} (schema {schema.relative_to(REPO_ROOT)})") from exc
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
+
+
+def _validate(data, schema: Path | dict, what: str):
+    from jsonschema.exceptions import best_match
+
+    if not isinstance(schema, dict):
+        schema = yaml.safe_load(Path(schema).read_text())
+    error = best_match(_default_filling_validator()(schema).iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path)
+        raise ConfigError(f"{what}: {where + ': ' if where else ''}{error.message}")
+
+
+def _config_schema() -> dict:
+    """The config schema with one block per registered network and the registry's method list."""
+    from dwisynth.networks.base import networks
+
+    return _schema_for(tuple(networks()))  # a network registered later gets a fresh schema
+
+
+@functools.cache
+def _schema_for(names: tuple[str, ...]) -> dict:
+    from dwisynth.networks.base import BASELINES, block_schema, networks
+
+    schema = yaml.safe_load(CONFIG_SCHEMA.read_text())
+    for name, cls in networks().items():
+        schema["properties"][name] = {**block_schema(cls.Config), "description": f"{cls.label} ({cls.task} task)"}
+    methods = schema["properties"]["methods"]
+    methods["items"]["enum"] = [*networks(), *[b for b in BASELINES if b != "noisefree"]]
+    methods["default"] = [*networks("multib"), "cdwi"]
+    return schema
+
+
+def config_schema() -> dict:
+    """A copy of the full config schema (for documentation and tests)."""
+    return copy.deepcopy(_config_schema())
+
+
+def _unknown_keys(data, schema: dict, where: str) -> None:
+    """Reject keys a block does not define, naming the nearest valid one (jsonschema only says 'unexpected')."""
+    if isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(data):
+            _unknown_keys(item, schema["items"], f"{where}[{i}]")
+    if not isinstance(data, dict):
+        return
+    properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key in properties:
+            _unknown_keys(value, properties[key], path)
+        elif isinstance(extra, dict):
+            _unknown_keys(value, extra, path)
+        elif extra is False:
+            hint = difflib.get_close_matches(str(key), list(properties), n=1)
+            raise ConfigError(f"unknown key {path!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                              + f"; valid keys here: {', '.join(properties)}")
 
 
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate in place, filling schema defaults; returns the config."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the configuration must be a YAML mapping of keys to values")
-    _validate(config, CONFIG_SCHEMA, source)
+    schema = _config_schema()
+    try:
+        _unknown_keys(config, schema, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _validate(config, schema, source)
     b = config["bvalues"]
     overlap = set(b["heldout"]) & (set(b["inputs"]) | set(b["targets"]))
     if overlap:

@@ -5,8 +5,13 @@ other), holding every masked axial slice at every b-value of the grid, with a
 presence flag per b-value (subjects lack some b-values: the semi-supervised
 networks use what is there). dwisynth.loader streams them into torch.
 
-Split: 8:2 by patient, stratified by center and organ. Within a stratum,
-subjects are ranked by a seeded hash of their ID and the first
+Subjects are keyed by (cohort, subject) everywhere: two cohorts may both hold S0001.
+`subject_table` decides each subject's task (a subject with a CT series belongs to
+the CT -> DWI task, the rest to the multi-b task) and `task_members` picks a task's
+subjects of one split; the workflow, synthesis and the tests all ask these two.
+
+Split: 8:2 by patient, stratified by task, center and organ. Within a stratum,
+subjects are ranked by a seeded hash of their key and the first
 round(n * test_fraction) go to test; adding a subject moves at most one other.
 Subjects acquired at a held-out b-value go to test unless the sheet fixes
 them to train (few-shot images); their held-out volumes never reach training
@@ -23,25 +28,55 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-SPLIT_COLUMNS = ["cohort", "center", "organ", "subject", "split", "reason"]
+SPLIT_COLUMNS = ["task", "cohort", "center", "organ", "subject", "split", "reason"]
+KEY = ["cohort", "subject"]
 
 
-def _rank(seed: int, subject: str) -> str:
-    return hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()
+def subject_table(sheet: pd.DataFrame) -> pd.DataFrame:
+    """One row per DWI subject of a validated sample sheet: task, cohort, center, organ, subject, split (fixed)."""
+    with_ct = set(map(tuple, sheet.loc[sheet["modality"] == "CT", KEY].values))
+    dwi = sheet[sheet["modality"] == "DWI"]
+    table = dwi[["cohort", "center", "organ", "subject", "split"]].copy()
+    table.insert(0, "task", ["ct2dwi" if key in with_ct else "multib" for key in map(tuple, dwi[KEY].values)])
+    return table.sort_values(KEY).reset_index(drop=True)
+
+
+def task_members(split: pd.DataFrame, task: str, which: str | None = None, organ: str | None = None) -> list[dict]:
+    """Rows (as dicts) of the split manifest for one task, optionally one split ('train'/'test') and organ."""
+    chosen = split["task"] == task
+    if which is not None:
+        chosen &= split["split"] == which
+    if organ is not None:
+        chosen &= split["organ"] == organ
+    return split[chosen].to_dict("records")
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
 def make_split(subjects: pd.DataFrame, test_fraction: float, seed: int, heldout_subjects=()) -> pd.DataFrame:
-    """subjects: one row per subject with cohort, center, organ, subject and optional split."""
+    """subjects: `subject_table` rows (task, cohort, center, organ, subject, optional split).
+
+    heldout_subjects: (cohort, subject) pairs acquired at a held-out b-value.
+    """
     heldout_subjects = set(heldout_subjects)
+    if "task" not in subjects.columns:
+        subjects = subjects.assign(task="multib")
+    duplicated = subjects.duplicated(KEY, keep=False)
+    if duplicated.any():
+        pairs = sorted({f"{c}/{s}" for c, s in subjects.loc[duplicated, KEY].values})
+        raise ValueError(f"subjects listed twice: {', '.join(pairs)}; (cohort, subject) must be unique")
     rows = []
-    for (_, _, _), group in subjects.groupby(["cohort", "center", "organ"], sort=True):
+    for _, group in subjects.groupby(["task", "cohort", "center", "organ"], sort=True):
         free = []
         for r in group.itertuples():
             fixed = getattr(r, "split", "") or ""
             if fixed:
-                rows.append((r.cohort, r.center, r.organ, r.subject, fixed, "fixed in sample sheet"))
+                rows.append((r.task, r.cohort, r.center, r.organ, r.subject, fixed, "fixed in sample sheet"))
             elif (r.cohort, r.subject) in heldout_subjects:
-                rows.append((r.cohort, r.center, r.organ, r.subject, "test", "acquired at a held-out b-value"))
+                rows.append((r.task, r.cohort, r.center, r.organ, r.subject, "test",
+                             "acquired at a held-out b-value"))
             else:
                 free.append(r)
         free.sort(key=lambda r: _rank(seed, f"{r.cohort}/{r.subject}"))
@@ -49,12 +84,9 @@ def make_split(subjects: pd.DataFrame, test_fraction: float, seed: int, heldout_
         if len(free) >= 2 and n_test == 0:
             n_test = 1  # every stratum with two or more free subjects is represented in test
         for i, r in enumerate(free):
-            rows.append((r.cohort, r.center, r.organ, r.subject, "test" if i < n_test else "train",
+            rows.append((r.task, r.cohort, r.center, r.organ, r.subject, "test" if i < n_test else "train",
                          f"stratified by center and organ, seed {seed}"))
-    split = pd.DataFrame(rows, columns=SPLIT_COLUMNS).sort_values(["cohort", "subject"]).reset_index(drop=True)
-    leaked = split.groupby("subject")["split"].nunique()
-    assert (leaked == 1).all(), f"subjects in both splits: {list(leaked[leaked > 1].index)}"
-    return split
+    return pd.DataFrame(rows, columns=SPLIT_COLUMNS).sort_values(KEY).reset_index(drop=True)
 
 
 def slice_shard(dwi: np.ndarray, bvals, mask: np.ndarray, grid_bvals, min_mask_fraction: float = 0.02) -> dict:
@@ -75,7 +107,13 @@ def slice_shard(dwi: np.ndarray, bvals, mask: np.ndarray, grid_bvals, min_mask_f
 
 
 def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, metadata: dict, ct_path=None) -> int:
-    """Write one subject's shard; with ct_path (CT on the DWI grid, HU) the shard also holds `ct` slices."""
+    """Write one subject's shard; with ct_path (CT on the DWI grid, HU) the shard also holds `ct` slices.
+
+    metadata: at least cohort and subject (the key the trainer records), usually center and organ.
+    """
+    missing = {"cohort", "subject"} - set(metadata)
+    if missing:
+        raise ValueError(f"{out_path}: shard metadata needs {sorted(missing)}")
     img = nib.load(dwi_path)
     dwi = np.asarray(img.dataobj, dtype=np.float32)
     bvals = np.loadtxt(bval_path, ndmin=1)
@@ -92,21 +130,25 @@ def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, meta
     return int(shard["images"].shape[0])
 
 
-def subjects_with_heldout_b(qc_files, heldout_b, tolerance: float = 15.0) -> set[tuple[str, str]]:
-    """(cohort, subject) of every DWI series acquired at a held-out b-value, from the conversion QC records."""
+def subjects_with_heldout_b(qc_records: dict, heldout_b, tolerance: float = 15.0) -> set[tuple[str, str]]:
+    """(cohort, subject) of every DWI series acquired at a held-out b-value.
+
+    qc_records: {(cohort, subject): path of its conversion QC record}.
+    """
     found = set()
-    for path in qc_files:
+    for key, path in qc_records.items():
         record = json.loads(Path(path).read_text())
-        cohort = Path(path).parts[-4]
         if any(abs(b - h) <= tolerance for b in record["bvals"] for h in heldout_b):
-            found.add((cohort, record["subject"]))
+            found.add(tuple(key))
     return found
 
 
 def write_split_manifest(subjects, qc_files, heldout_b, test_fraction, seed, out_path,
                          tolerance: float = 15.0) -> pd.DataFrame:
+    """subjects: `subject_table` records; qc_files: the DWI QC record of each, in the same order."""
     table = pd.DataFrame(list(subjects))
-    split = make_split(table, test_fraction, seed, subjects_with_heldout_b(qc_files, heldout_b, tolerance))
+    qc = dict(zip(map(tuple, table[KEY].values), qc_files))
+    split = make_split(table, test_fraction, seed, subjects_with_heldout_b(qc, heldout_b, tolerance))
     split.to_csv(out_path, sep="\t", index=False)
     counts = split.groupby("split").size().to_dict()
     print(f"[split] {counts} -> {out_path}")

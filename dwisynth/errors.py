@@ -6,7 +6,7 @@ class DwisynthError(Exception):
 
 
 class ConfigError(DwisynthError):
-    """The configuration file does not match config/schemas/config.schema.yaml."""
+    """The configuration file does not match dwisynth/schemas/config.schema.yaml (and the network blocks)."""
 
 
 class SampleSheetError(DwisynthError):

@@ -17,10 +17,20 @@ import numpy as np
 import torch
 
 from dwisynth.diffusion import computed_dwi
-from dwisynth.errors import DwisynthError
-from dwisynth.networks.blocks import from_network, to_network
-from dwisynth.networks.registry import build_generator
-from dwisynth.training import MODEL_FORMAT, pad_to_multiple, resolve_device
+from dwisynth.errors import ConfigError, DwisynthError
+from dwisynth.networks.base import build_inference_network
+from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
+
+MODEL_FORMAT = "dwisynth-model/2"  # 2: the network is rebuilt from `method` and `kwargs`
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    """config `device` -> torch device; asking for CUDA where there is none is a config error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda, but torch sees no CUDA device; use device: auto or cpu")
+    if setting in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 class ModelFileError(DwisynthError):
@@ -51,10 +61,14 @@ def load_model(path: str | Path, device: str = "auto") -> SynthesisModel:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
         raise ModelFileError(f"{path}: not a readable model file ({exc.__class__.__name__}); retrain it") from exc
+    if isinstance(record, dict) and str(record.get("format", "")).startswith("dwisynth-model/") \
+            and record["format"] != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: written by another dwisynth version ({record['format']}, this one reads "
+                             f"{MODEL_FORMAT}); retrain it (delete the file and rerun the workflow)")
     if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path}: not a dwisynth model ({MODEL_FORMAT}); a training checkpoint is "
                              "checkpoint.pt, the model for synthesis is model.pt beside it")
-    network = build_generator(record)
+    network = build_inference_network(record)
     network.load_state_dict(record["state_dict"])
     target = resolve_device(device)
     return SynthesisModel(network.to(target).eval(), record, target)

@@ -6,8 +6,8 @@ makes a resumed run draw exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ class SliceDataset(torch.utils.data.Dataset):
     """(input, target, target_present, mask) slices of the given shards.
 
     input_b: b-values fed to the network; target_b: b-values to predict. Subjects
-    whose shard lacks an input b-value are skipped (listed in `skipped`). With
+    whose shard lacks an input b-value are skipped (listed in `skipped`). `subjects`
+    holds the (cohort, subject) of every slice. With
     zero_shot=True, held-out b-values are never marked present (nothing at those b
     can train). Item shapes: (n_in, H, W), (n_target, H, W), (n_target,), (H, W).
     """
@@ -36,7 +37,8 @@ class SliceDataset(torch.utils.data.Dataset):
                     self.skipped.append(str(path))
                     continue
                 images, mask = shard["images"], shard["mask"]
-                subject = json.loads(str(shard["metadata"])).get("subject", Path(path).stem)
+                meta = json.loads(str(shard["metadata"]))
+                subject = (meta["cohort"], meta["subject"])
             flags = np.array([b in grid and bool(acquired[grid.index(b)]) and not (zero_shot and b in heldout)
                               for b in self.target_b])
             stack = np.zeros((images.shape[0], len(self.target_b), *images.shape[2:]), np.float32)
@@ -57,6 +59,18 @@ class SliceDataset(torch.utils.data.Dataset):
         self.targets = np.concatenate(targets) if targets else empty
         self.present = np.concatenate(present) if present else empty
         self.masks = np.concatenate(masks) if masks else empty
+
+    def subject_keys(self) -> list[tuple[str, str]]:
+        """The (cohort, subject) pairs the slices come from, sorted."""
+        return sorted(set(self.subjects))
+
+    def digest(self) -> str:
+        """Content digest of every array the trainer reads (a changed voxel changes it)."""
+        h = hashlib.sha256(json.dumps([self.input_b, self.target_b, self.subjects]).encode())
+        for array in (self.inputs, self.targets, self.present, self.masks):
+            h.update(str((array.dtype, array.shape)).encode())
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.subjects)

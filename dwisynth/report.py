@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METHOD_ORDER = ["acquired", "dc2anet", "pix2pix", "cdwi", "noisefree"]
-METHOD_LABEL = {"acquired": "acquired", "dc2anet": "DC²Anet", "pix2pix": "pix2pix", "cdwi": "cDWI (physics)",
-                "noisefree": "noise-free truth (noise floor)"}
+from dwisynth.networks.base import method_labels
+
+# The acquisition first, then the registry's networks and the baselines, in registration order.
+METHOD_LABEL = {"acquired": "acquired", **method_labels()}
+METHOD_ORDER = list(METHOD_LABEL)
 
 
 def _plt():

@@ -11,55 +11,57 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 
 from dwisynth.errors import ConfigError
 from dwisynth.io import load_dwi, load_mask, save_nifti, write_bval
+from dwisynth.preprocess.steps import adc as write_adc
 
 
-def training_shards(shards, split_path, organ: str) -> tuple[list[str], list[str]]:
-    """The shards of the organ's train-split subjects (and those subjects), from split.tsv."""
-    split = pd.read_csv(split_path, sep="\t", dtype=str)
-    train = set(split[(split["split"] == "train") & (split["organ"] == organ)]["subject"])
-    chosen = [str(s) for s in shards if Path(s).name.removesuffix("_slices.npz").removeprefix("sub-") in train]
-    return chosen, sorted(train)
+def train_model(method: str, organ: str, shards, out_dir, block: dict, training: dict, bvalues: dict, seed: int,
+                device: str = "auto", progress: bool = True) -> Path:
+    """Train one network for one organ on the given (train-split) shards; returns model.pt's path.
 
-
-def train_model(method: str, organ: str, shards, split_path, out_dir, block: dict, training: dict,
-                bvalues: dict, seed: int, device: str = "auto", progress: bool = True) -> Path:
-    """Train one network for one organ on its train-split slices; returns model.pt's path."""
+    block: the network's config block; training: the `training` block; bvalues: the `bvalues` block.
+    """
     from dwisynth.loader import SliceDataset
-    from dwisynth.networks.registry import build_model
+    from dwisynth.networks.base import build_network
     from dwisynth.training import Trainer, TrainerConfig
 
-    chosen, subjects = training_shards(shards, split_path, organ)
     inputs, targets = bvalues["inputs"], bvalues["targets"]
-    data = SliceDataset(chosen, inputs, targets, bvalues.get("heldout", ()), zero_shot=True)
+    data = SliceDataset(shards, inputs, targets, bvalues.get("heldout", ()), zero_shot=True)
     if data.skipped:
         print(f"[train] skipped (no input b-values {inputs}): {', '.join(Path(s).name for s in data.skipped)}")
-    print(f"[train] {method} {organ}: {len(data)} slices from {len(chosen) - len(data.skipped)} subjects; "
-          f"target b acquired in {np.round(100 * data.present.mean(0), 1).tolist()} % of slices")
-    model = build_model(method, block, len(inputs), len(targets), seed)
-    config = TrainerConfig(steps=block["steps"], batch_size=training["batch_size"], crop=training["crop"],
-                           lr=block["lr"], betas=tuple(block["betas"]), decay_start=block.get("decay_start"),
+    subjects = data.subject_keys()
+    print(f"[train] {method} {organ}: {len(data)} slices from {len(subjects)} subjects; "
+          f"target b acquired in {np.round(100 * data.present.mean(0), 1).tolist() if len(data) else []} % of slices")
+    model = build_network(method, block, len(inputs), len(targets), seed)
+    c = model.config
+    config = TrainerConfig(steps=c.steps, batch_size=training["batch_size"], crop=training["crop"], lr=c.lr,
+                           betas=tuple(c.betas), decay_start=c.decay_start,
                            checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],
                            intensity_max=training.get("intensity_max"), seed=seed, device=device,
                            threads=training.get("threads"), progress=progress)
-    meta = {"method": method, "organ": organ, "input_b": [float(b) for b in inputs],
-            "target_b": [float(b) for b in targets], "train_subjects": subjects, "seed": seed}
+    meta = {"method": method, "task": model.task, "organ": organ, "input_b": [float(b) for b in inputs],
+            "target_b": [float(b) for b in targets], "heldout_b": [float(b) for b in bvalues.get("heldout", ())],
+            "train_subjects": [f"{cohort}/{subject}" for cohort, subject in subjects], "seed": seed}
     return Trainer(model, data, config, out_dir, meta).fit()
 
 
 def _write_synthetic(reference_img, inputs: np.ndarray, input_b, synthetic: np.ndarray, target_b,
-                     out_dwi, out_bval) -> None:
+                     out: dict, mask_path, adc: dict) -> None:
+    """out: {dwi, bval, adc} paths; the ADC is fitted as the acquired ADC is (settings: the `adc` block)."""
     stack = np.concatenate([inputs, synthetic], axis=-1)
-    save_nifti(stack, reference_img.affine, out_dwi)
-    write_bval(list(input_b) + list(target_b), out_bval)
+    save_nifti(stack, reference_img.affine, out["dwi"])
+    write_bval(list(input_b) + list(target_b), out["bval"])
+    write_adc(out["dwi"], out["bval"], mask_path, out["adc"], adc["min_b"], adc["max_b"], adc["max_adc"])
 
 
-def synthesize_subject(model_path, dwi_path, bval_path, out_dwi, out_bval, subject: str = "?",
+def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, adc: dict, subject: str = "?",
                        device: str = "auto", target_b=None) -> list[float]:
-    """Synthesize the model's target b-values for one normalized DWI; returns the b-values written."""
+    """Synthesize the model's target b-values for one normalized DWI, and their ADC in the organ mask.
+
+    out: {dwi, bval, adc} output paths (`dwisynth.layout.synth`); returns the b-values written.
+    """
     from dwisynth.inference import load_model, synthesize_volume
 
     model = load_model(model_path, device)
@@ -73,11 +75,11 @@ def synthesize_subject(model_path, dwi_path, bval_path, out_dwi, out_bval, subje
                           "other b-values need the b-value miner (stage 2)")
     pick = [model.target_b.index(b) for b in wanted]
     inputs = dwi[..., [list(map(float, bvals)).index(b) for b in model.input_b]]
-    _write_synthetic(img, inputs, model.input_b, synthetic[..., pick], wanted, out_dwi, out_bval)
+    _write_synthetic(img, inputs, model.input_b, synthetic[..., pick], wanted, out, mask_path, adc)
     return model.input_b + wanted
 
 
-def cdwi_subject(dwi_path, bval_path, mask_path, out_dwi, out_bval, input_b, target_b) -> None:
+def cdwi_subject(dwi_path, bval_path, mask_path, out: dict, adc: dict, input_b, target_b) -> None:
     """Computed DWI at target_b from the input b-values only."""
     from dwisynth.inference import cdwi_volume
 
@@ -86,11 +88,11 @@ def cdwi_subject(dwi_path, bval_path, mask_path, out_dwi, out_bval, input_b, tar
     input_b = [float(b) for b in input_b]
     cdwi = cdwi_volume(dwi, bvals, input_b, target_b, mask=load_mask(mask_path))
     inputs = dwi[..., [list(map(float, bvals)).index(b) for b in input_b]]
-    _write_synthetic(img, inputs, input_b, cdwi, [float(b) for b in target_b], out_dwi, out_bval)
+    _write_synthetic(img, inputs, input_b, cdwi, [float(b) for b in target_b], out, mask_path, adc)
 
 
-def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, out_dwi, out_bval,
-                       input_b, target_b, b0_max: float = 10.0) -> None:
+def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, mask_path, out: dict,
+                       adc: dict, input_b, target_b, b0_max: float = 10.0) -> None:
     """The demo's noise-free truth at target_b on the acquisition's normalized scale (the noise floor's source)."""
     from dwisynth.inference import noise_free_reference
 
@@ -102,4 +104,4 @@ def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_
                                      norm[..., norm_b <= b0_max].mean(-1), target_b)
     input_b = [float(b) for b in input_b]
     inputs = norm[..., [list(map(float, norm_b)).index(b) for b in input_b]]
-    _write_synthetic(img, inputs, input_b, reference, [float(b) for b in target_b], out_dwi, out_bval)
+    _write_synthetic(img, inputs, input_b, reference, [float(b) for b in target_b], out, mask_path, adc)

@@ -1,19 +1,19 @@
 """The one trainer every network uses (nnU-Net habit: one trainer, networks plug in through hooks).
 
-A network module provides:
-- `parameter_groups()` -> {name: parameters}: one Adam optimizer (and lr schedule) each;
-- `training_step(batch, optimizers, generator)` -> {loss name: float}: one optimisation step;
-- `extra_state()` / `load_extra_state()`: anything besides weights a resume needs (image pools);
-- `inference_network()` and `inference_spec()`: what `model.pt` keeps for synthesis.
-
-The trainer owns everything else: device and mixed precision, the data order, the
-learning-rate schedule, checkpoints with optimizer and RNG state, resume, the
-progress bar and the per-step CSV log.
+Networks plug in through the hooks of `dwisynth.networks.base.Network`. The trainer
+owns everything else: device and mixed precision, the data order, the learning-rate
+schedule, phases, checkpoints with optimizer and RNG state, resume, the progress bar
+and the per-step CSV log.
 
 Reproducibility: every random draw of step k (which slices, where to crop, the
 image pool) comes from a generator seeded by (seed, k), so a run resumed from a
 checkpoint at step k continues exactly as an uninterrupted one. On CPU torch runs
 with deterministic algorithms.
+
+Honest resume: a checkpoint carries the fingerprint of everything that shaped it (the
+network's config block, the trainer settings, the b-values and model metadata, the
+training data's content and the training code). A checkpoint with another
+fingerprint is never resumed from: training starts afresh and the log says what changed.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from dwisynth.errors import ConfigError
-from dwisynth.networks.blocks import to_network
+from dwisynth.inference import MODEL_FORMAT, resolve_device
+from dwisynth.networks.base import code_digest
+from dwisynth.networks.blocks import pad_to_multiple, to_network
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 LOG = "training_log.csv"
-MODEL_FORMAT = "dwisynth-model/1"
+# Trainer settings that change how a run is carried out, never what it learns.
+NOT_FINGERPRINTED = ("device", "threads", "progress", "checkpoint_every", "log_every")
 
 
 @dataclass
@@ -67,15 +70,6 @@ class Batch:
     mask: torch.Tensor = field(default=None)
 
 
-def resolve_device(setting: str = "auto") -> torch.device:
-    """config `device` -> torch device; asking for CUDA where there is none is a config error."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda, but torch sees no CUDA device; use device: auto or cpu")
-    if setting in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def step_generator(seed: int, step: int) -> torch.Generator:
     digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
@@ -98,21 +92,22 @@ def intensity_range(data, percentile: float = 99.9, margin: float = 1.1) -> floa
     return float(np.percentile(inside, percentile) * margin) if inside.size else 1.5
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[int, int]]:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), value=value)
-    return x, (h, w)
+def _changed(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys where two fingerprint sources differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _changed(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".") or "(all)"]
 
 
 class Trainer:
     """Train `model` on `data` (a `SliceDataset`) and write checkpoints, the log and `model.pt` to out_dir.
 
-    meta: what `model.pt` records about the model (method, organ, b-values, subjects).
+    model: a `Network`; meta: what `model.pt` records about the model (method, organ, b-values,
+    subjects); every item of meta is part of the fingerprint.
     """
 
-    def __init__(self, model: torch.nn.Module, data, config: TrainerConfig, out_dir: str | Path, meta: dict):
+    def __init__(self, model, data, config: TrainerConfig, out_dir: str | Path, meta: dict):
         if len(data) == 0:
             raise ConfigError(f"no training slices for {meta.get('method')} {meta.get('organ', '')}: check the "
                               "split (train subjects) and that their shards hold the input b-values")
@@ -134,16 +129,17 @@ class Trainer:
         self.intensity_max = config.intensity_max or intensity_range(data)
         self.step = 0
         self.log_rows: list[dict] = []
-        self.fingerprint = self._fingerprint()
+        self.fingerprint_sources = self._fingerprint_sources()
+        self.fingerprint = hashlib.sha256(json.dumps(self.fingerprint_sources, sort_keys=True).encode()).hexdigest()[:16]
 
-    def _fingerprint(self) -> str:
-        """What a checkpoint must share with this run to be resumed from."""
-        cfg = {k: v for k, v in asdict(self.config).items() if k not in ("device", "threads", "progress",
-                                                                           "checkpoint_every", "log_every")}
-        text = json.dumps({"config": cfg, "intensity_max": self.intensity_max, "meta": self.meta, "n": len(self.data),
-                           "shape": list(self.data.inputs.shape), "spec": self.model.inference_spec()},
-                          sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def _fingerprint_sources(self) -> dict:
+        """Everything that shapes the trained weights; a checkpoint must share all of it to be resumed."""
+        trainer = {k: v for k, v in asdict(self.config).items() if k not in NOT_FINGERPRINTED}
+        network = asdict(self.model.config)
+        return json.loads(json.dumps({
+            "network": network, "trainer": trainer, "meta": self.meta, "intensity_max": self.intensity_max,
+            "spec": self.model.inference_spec(), "data": self.data.digest(),
+            "code": code_digest(self.model.name)}, sort_keys=True, default=str))
 
     # --- data ------------------------------------------------------------------------------
     def _order(self, epoch: int) -> np.ndarray:
@@ -202,7 +198,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self._atomic_save({
-            "fingerprint": self.fingerprint, "step": self.step,
+            "fingerprint": self.fingerprint, "fingerprint_sources": self.fingerprint_sources, "step": self.step,
             "model": self.model.state_dict(), "extra": self.model.extra_state(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
@@ -213,9 +209,13 @@ class Trainer:
         path = self.out_dir / CHECKPOINT
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # On CPU: the RNG state must stay a CPU tensor (torch.set_rng_state rejects a CUDA one);
+        # load_state_dict moves weights and optimizer state to the parameters' device.
+        state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("fingerprint") != self.fingerprint:
-            print(f"[train] {path} is from a different configuration or data; starting afresh", file=sys.stderr)
+            changed = _changed(state.get("fingerprint_sources", {}), self.fingerprint_sources)
+            print(f"[train] {path} was trained with other settings or data (changed: {', '.join(changed)}); "
+                  "training from scratch", file=sys.stderr)
             return False
         self.model.load_state_dict(state["model"])
         self.model.load_extra_state(state["extra"])
@@ -233,7 +233,7 @@ class Trainer:
         """model.pt: the inference network's weights (CPU tensors) and what it needs to run."""
         network = self.model.inference_network()
         record = {"format": MODEL_FORMAT, **self.meta, **self.model.inference_spec(),
-                  "intensity_max": self.intensity_max, "trained_steps": self.step,
+                  "intensity_max": self.intensity_max, "trained_steps": self.step, "fingerprint": self.fingerprint,
                   "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
         path = self.out_dir / MODEL
         self._atomic_save(record, path)
@@ -272,11 +272,15 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{self.meta.get('method')} "
                        f"{self.meta.get('organ', '')}".strip(), file=sys.stderr, mininterval=5)
         self.model.train()
+        phase = None
         while self.step < cfg.steps:
+            if self.model.phase(self.step) != phase:
+                phase = self.model.phase(self.step)
+                self.model.start_phase(phase, self.optimizers)
             generator = step_generator(cfg.seed, self.step)
             batch = self.batch(self.step, generator)
             with autocast:
-                losses = self.model.training_step(batch, self.optimizers, generator)
+                losses = self.model.training_step(batch, self.optimizers, generator, self.step)
             for sched in self.schedulers.values():
                 sched.step()
             self.step += 1
@@ -287,7 +291,8 @@ class Trainer:
                 bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 elapsed = time.perf_counter() - started
-                row = {"step": self.step, "epoch": round(self.step * cfg.batch_size / len(self.data), 3),
+                row = {"step": self.step, "phase": phase,
+                       "epoch": round(self.step * cfg.batch_size / len(self.data), 3),
                        "lr": next(iter(self.optimizers.values())).param_groups[0]["lr"],
                        "images_per_s": round(images / elapsed, 2) if elapsed > 0 else "",
                        **{k: round(float(np.mean(v)), 6) for k, v in window.items()}}

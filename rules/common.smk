@@ -1,8 +1,10 @@
 import pandas as pd
-from pathlib import Path
 
+from dwisynth import layout
 from dwisynth.config import bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
+from dwisynth.dataset import subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
+from dwisynth.networks.base import code_digest, networks
 
 
 validate_config(config, "config")
@@ -24,13 +26,12 @@ if _unknown:
 SAMPLES = SAMPLES[SAMPLES["cohort"].isin(COHORTS) & SAMPLES["organ"].isin(config["organs"])]
 SAMPLES = SAMPLES.set_index(["cohort", "subject", "modality"], drop=False).sort_index()
 
-MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
 BVALUE_GRID = bvalue_grid(config)
-SUBJECTS = (
-    SAMPLES[SAMPLES["modality"] == "DWI"][["cohort", "center", "organ", "subject", "split"]]
-    .reset_index(drop=True)
-    .to_dict("records")
-)
+SUBJECTS = subject_table(SAMPLES.reset_index(drop=True))  # one row per DWI subject, with its task
+# Networks come from the registry (dwisynth.networks.base): a new one needs no rule here.
+NETWORKS = list(networks())
+TRAINED_METHODS = [m for m in config["methods"] if m in NETWORKS]
+NETWORK_PATTERN = "|".join(NETWORKS)
 
 
 wildcard_constraints:
@@ -59,23 +60,15 @@ def hdbet_weights_input(wildcards):
 def registered_ct_input(wildcards):
     """Stroke subjects carry their CT (on the DWI grid) into the slice shard."""
     if (wildcards.cohort, wildcards.subject, "CT") in SAMPLES.index:
-        return {"ct": f"results/{wildcards.cohort}/preproc/sub-{wildcards.subject}/sub-{wildcards.subject}_space-dwi_ct.nii.gz"}
+        return {"ct": layout.preproc(wildcards.cohort, wildcards.subject)["ct"]}
     return {}
 
 
-def nifti_outputs(cohort, subject, modality):
-    stem = f"results/{cohort}/nifti/sub-{subject}/sub-{subject}_{MODALITY_SUFFIX[modality]}"
-    files = [f"{stem}.nii.gz", f"{stem}.json", f"{stem}_qc.json"]
-    if modality == "DWI":
-        files += [f"{stem}.bval", f"{stem}.bvec"]
-    return files
-
-
 def preproc_outputs(cohort, subject, modality):
-    stem = f"results/{cohort}/preproc/sub-{subject}/sub-{subject}"
+    files = layout.preproc(cohort, subject)
     if modality == "CT":
-        return [f"{stem}_space-dwi_ct.nii.gz"]
-    return [f"{stem}_adc.nii.gz", f"results/{cohort}/slices/sub-{subject}_slices.npz"]
+        return [files["ct"]]
+    return [files["adc"], layout.shard(cohort, subject)]
 
 
 def cohort_targets(cohort):
@@ -83,81 +76,72 @@ def cohort_targets(cohort):
     return [
         f
         for r in rows.itertuples()
-        for f in nifti_outputs(r.cohort, r.subject, r.modality) + preproc_outputs(r.cohort, r.subject, r.modality)
+        for f in [*layout.nifti(r.cohort, r.subject, r.modality).values(), *preproc_outputs(r.cohort, r.subject, r.modality)]
     ]
 
 
-def all_nifti_targets():
-    return [f for r in SAMPLES.itertuples() for f in nifti_outputs(r.cohort, r.subject, r.modality)]
-
-
 def all_targets():
-    return [f for cohort in COHORTS for f in cohort_targets(cohort)] + ["results/datasets/split.tsv"]
+    return [f for cohort in COHORTS for f in cohort_targets(cohort)] + [layout.SPLIT]
 
 
-# --- synthesis (multi-b task) --------------------------------------------------------------
-def synth_stem(method):
-    """results/{cohort}/synth/<method>/sub-{subject}/sub-{subject}_desc-<method>, wildcards kept."""
-    return f"results/{{cohort}}/synth/{method}/sub-{{subject}}/sub-{{subject}}_desc-{method}"
-DEMO_TRUTH = f"{config['demo']['outdir']}/truth/{{cohort}}/sub-{{subject}}/sub-{{subject}}"
-# Subjects with a CT belong to the CT -> DWI task; the rest are the multi-b task's.
-_WITH_CT = set(SAMPLES[SAMPLES["modality"] == "CT"]["subject"])
-MULTIB_SUBJECTS = [s for s in SUBJECTS if s["subject"] not in _WITH_CT]
-TRAINED_METHODS = [m for m in config["methods"] if m in ("dc2anet", "pix2pix")]
-
-
-def organ_shards(organ):
-    """Every multi-b shard of the organ; the training script keeps the train split's."""
-    return [f"results/{s['cohort']}/slices/sub-{s['subject']}_slices.npz" for s in MULTIB_SUBJECTS
-            if s["organ"] == organ]
-
-
-def synthesis_inputs(method):
-    def inputs(wildcards):
-        organ = series_row(wildcards, "DWI")["organ"]
-        pre = f"results/{wildcards.cohort}/preproc/sub-{wildcards.subject}/sub-{wildcards.subject}"
-        return {"model": f"results/models/{method}/{organ}/model.pt", "dwi": f"{pre}_desc-norm_dwi.nii.gz",
-                "bval": f"{pre}_desc-norm_dwi.bval", "mask": f"{pre}_desc-organ_mask.nii.gz"}
-
-    return inputs
-
-
+# --- tasks, splits and models (known once the split checkpoint has run) ----------------------
 def _split():
     """The split manifest; known once its rule has run (a checkpoint), so only input functions call this."""
-    return pd.read_csv(checkpoints.split_manifest.get().output[0], sep="\t", dtype=str)
+    return pd.read_csv(checkpoints.split_manifest.get().output[0], sep="\t", dtype=str, keep_default_na=False)
+
+
+def training_shards(wildcards):
+    """The train split's shards of the method's task and the organ: test subjects never reach training,
+    so adding one schedules no training job."""
+    task = networks()[wildcards.method].task
+    return [layout.shard(s["cohort"], s["subject"]) for s in task_members(_split(), task, "train", wildcards.organ)]
 
 
 def trainable_organs():
-    """Organs with at least one multi-b training subject (an organ without any gets no model, and says so)."""
-    split = _split()
-    train = set(split[split["split"] == "train"]["subject"])
-    return sorted({s["organ"] for s in MULTIB_SUBJECTS if s["subject"] in train})
+    """Organs with at least one multi-b training subject (an organ without any gets no model)."""
+    return sorted({s["organ"] for s in task_members(_split(), "multib", "train")})
 
 
 def multib_test_subjects():
-    split = _split()
-    test = set(split[split["split"] == "test"]["subject"])
-    return [s for s in MULTIB_SUBJECTS if s["subject"] in test]
+    return task_members(_split(), "multib", "test")
 
 
 def score_methods():
-    """Every configured multi-b method, plus the noise-free truth on the demo (the noise floor)."""
+    """Every configured multi-b method, plus the noise-free reference on the demo."""
     return config["methods"] + (["noisefree"] if config["demo"]["enabled"] else [])
+
+
+def scored(method, subject, organs):
+    """A network scores a subject only when its organ has a model."""
+    return method not in TRAINED_METHODS or subject["organ"] in organs
 
 
 def synthesis_targets(wildcards=None):
     organs = trainable_organs()
     return [
-        synth_stem(method).format(cohort=s["cohort"], subject=s["subject"]) + f"_{kind}"
+        path
         for s in multib_test_subjects()
         for method in score_methods()
-        if method not in TRAINED_METHODS or s["organ"] in organs
-        for kind in ("dwi.nii.gz", "adc.nii.gz")
+        if scored(method, s, organs)
+        for path in layout.synth(method, s["cohort"], s["subject"]).values()
     ]
 
 
 def model_targets(wildcards=None):
-    return [f"results/models/{m}/{organ}/model.pt" for m in TRAINED_METHODS for organ in trainable_organs()]
+    return [layout.model(m, organ) for m in TRAINED_METHODS for organ in trainable_organs()]
+
+
+def training_logs(wildcards=None):
+    """The training log of every model, as records: method, organ, log."""
+    return [{"method": m, "organ": organ, "log": layout.training_log(m, organ)}
+            for m in TRAINED_METHODS for organ in trainable_organs()]
+
+
+def synthesis_inputs(wildcards):
+    organ = series_row(wildcards, "DWI")["organ"]
+    pre = layout.preproc(wildcards.cohort, wildcards.subject)
+    return {"model": layout.model(wildcards.method, organ), "dwi": pre["dwi"], "bval": pre["bval"],
+            "mask": pre["mask"]}
 
 
 # --- evaluation and report ---------------------------------------------------------------
@@ -166,23 +150,23 @@ def evaluation_records(wildcards=None):
     organs = trainable_organs()
     records = []
     for s in multib_test_subjects():
-        pre = f"results/{s['cohort']}/preproc/sub-{s['subject']}/sub-{s['subject']}"
+        pre = layout.preproc(s["cohort"], s["subject"])
         synth = {}
         for method in score_methods():
-            if method in TRAINED_METHODS and s["organ"] not in organs:
-                continue
-            stem = synth_stem(method).format(cohort=s["cohort"], subject=s["subject"])
-            synth[method] = (f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_adc.nii.gz")
-        record = {**s, "acquired": (f"{pre}_desc-norm_dwi.nii.gz", f"{pre}_desc-norm_dwi.bval"),
-                  "mask": f"{pre}_desc-organ_mask.nii.gz", "adc": f"{pre}_adc.nii.gz", "synth": synth}
+            if scored(method, s, organs):
+                files = layout.synth(method, s["cohort"], s["subject"])
+                synth[method] = (files["dwi"], files["bval"], files["adc"])
+        record = {**{k: s[k] for k in ("cohort", "center", "organ", "subject")},
+                  "acquired": (pre["dwi"], pre["bval"]), "mask": pre["mask"], "adc": pre["adc"], "synth": synth}
         if config["demo"]["enabled"]:
-            record["truth_adc"] = f"{DEMO_TRUTH.format(cohort=s['cohort'], subject=s['subject'])}_desc-truth_adc.nii.gz"
+            stem = layout.demo_truth_stem(config["demo"]["outdir"], s["cohort"], s["subject"])
+            record["truth_adc"] = f"{stem}_desc-truth_adc.nii.gz"
         records.append(record)
     return records
 
 
 def evaluation_inputs(wildcards):
-    files = {"split": "results/datasets/split.tsv", "synth": synthesis_targets()}
+    files = {"split": layout.SPLIT, "synth": synthesis_targets()}
     records = evaluation_records()
     files["acquired"] = [f for r in records for f in (*r["acquired"], r["mask"], r["adc"])]
     if config["demo"]["enabled"]:
@@ -193,8 +177,7 @@ def evaluation_inputs(wildcards):
 def report_inputs(wildcards):
     files = {"summary": rules.summarize.output[0], "metrics": rules.evaluate_synthesis.output.metrics,
              "adc": rules.evaluate_synthesis.output.adc, "provenance": rules.provenance.output.record,
-             "logs": [m.replace("model.pt", "training_log.csv") for m in model_targets()],
-             "reading_set": rules.reader_study_export.output.key}
+             "logs": [r["log"] for r in training_logs()], "reading_set": rules.reader_study_export.output.key}
     files.update(evaluation_inputs(wildcards))
     if config["reader_study"]["ratings"]:
         files["reader_scores"] = rules.reader_scores.output[0]

@@ -2,18 +2,14 @@ rule convert_dwi:
     input:
         dicom=dicom_dir("DWI"),
     output:
-        nifti="results/{cohort}/nifti/sub-{subject}/sub-{subject}_dwi.nii.gz",
-        sidecar="results/{cohort}/nifti/sub-{subject}/sub-{subject}_dwi.json",
-        bval="results/{cohort}/nifti/sub-{subject}/sub-{subject}_dwi.bval",
-        bvec="results/{cohort}/nifti/sub-{subject}/sub-{subject}_dwi.bvec",
-        qc="results/{cohort}/nifti/sub-{subject}/sub-{subject}_dwi_qc.json",
+        **layout.nifti("{cohort}", "{subject}", "DWI"),
     params:
         modality="DWI",
         b0_max=config["bvalues"]["b0_max"],
     log:
-        "logs/convert_dwi/{cohort}/{subject}.log",
+        layout.log("convert_dwi", "{cohort}", "{subject}"),
     benchmark:
-        "benchmarks/convert_dwi/{cohort}/{subject}.tsv"
+        layout.benchmark("convert_dwi", "{cohort}", "{subject}")
     conda:
         "../envs/dwisynth.yaml"
     script:
@@ -24,16 +20,14 @@ rule convert_ct:
     input:
         dicom=dicom_dir("CT"),
     output:
-        nifti="results/{cohort}/nifti/sub-{subject}/sub-{subject}_ct.nii.gz",
-        sidecar="results/{cohort}/nifti/sub-{subject}/sub-{subject}_ct.json",
-        qc="results/{cohort}/nifti/sub-{subject}/sub-{subject}_ct_qc.json",
+        **layout.nifti("{cohort}", "{subject}", "CT"),
     params:
         modality="CT",
         b0_max=config["bvalues"]["b0_max"],
     log:
-        "logs/convert_ct/{cohort}/{subject}.log",
+        layout.log("convert_ct", "{cohort}", "{subject}"),
     benchmark:
-        "benchmarks/convert_ct/{cohort}/{subject}.tsv"
+        layout.benchmark("convert_ct", "{cohort}", "{subject}")
     conda:
         "../envs/dwisynth.yaml"
     script:

@@ -1,10 +1,10 @@
 checkpoint split_manifest:
     input:
-        qc=lambda wc: [f for f in all_nifti_targets() if f.endswith("_dwi_qc.json")],
+        qc=[layout.nifti(s.cohort, s.subject, "DWI")["qc"] for s in SUBJECTS.itertuples()],
     output:
-        "results/datasets/split.tsv",
+        layout.SPLIT,
     params:
-        subjects=SUBJECTS,
+        subjects=SUBJECTS.to_dict("records"),  # in the order of input.qc
         heldout=config["bvalues"]["heldout"],
         tolerance=config["bvalues"]["tolerance"],
         test_fraction=config["split"]["test_fraction"],
@@ -24,16 +24,16 @@ rule slice_shard:
         bval=rules.normalize_dwi.output.bval,
         mask=rules.organ_mask.output.mask,
     output:
-        "results/{cohort}/slices/sub-{subject}_slices.npz",
+        layout.shard("{cohort}", "{subject}"),
     params:
         grid=BVALUE_GRID,
         metadata=lambda wc: {
             k: series_row(wc, "DWI")[k] for k in ("cohort", "center", "organ", "subject")
         },
     log:
-        "logs/slice_shard/{cohort}/{subject}.log",
+        layout.log("slice_shard", "{cohort}", "{subject}"),
     benchmark:
-        "benchmarks/slice_shard/{cohort}/{subject}.tsv"
+        layout.benchmark("slice_shard", "{cohort}", "{subject}")
     conda:
         "../envs/dwisynth.yaml"
     script:

@@ -5,8 +5,8 @@ rule evaluate_synthesis:
     input:
         unpack(evaluation_inputs),
     output:
-        metrics="results/tables/synthesis_metrics.tsv",
-        adc="results/tables/adc_agreement.tsv",
+        metrics=layout.METRICS,
+        adc=layout.ADC_AGREEMENT,
     params:
         records=evaluation_records,
         methods=score_methods(),

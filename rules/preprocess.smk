@@ -1,25 +1,25 @@
-PRE = "results/{cohort}/preproc/sub-{subject}/sub-{subject}"
-NIFTI = "results/{cohort}/nifti/sub-{subject}/sub-{subject}"
+PRE = layout.preproc("{cohort}", "{subject}")
+NIFTI = layout.nifti("{cohort}", "{subject}", "DWI")
 
 
 rule register_dwi:
     input:
-        dwi=f"{NIFTI}_dwi.nii.gz",
-        bval=f"{NIFTI}_dwi.bval",
+        dwi=NIFTI["nifti"],
+        bval=NIFTI["bval"],
     output:
-        dwi=f"{PRE}_desc-reg_dwi.nii.gz",
-        bval=f"{PRE}_desc-reg_dwi.bval",
-        xfm=f"{PRE}_desc-reg_xfm.json",
+        dwi=PRE["reg_dwi"],
+        bval=PRE["reg_bval"],
+        xfm=PRE["reg_xfm"],
     params:
         seed=config["seed"],
         motion=config["registration"]["dwi_motion"],
         b0_max=config["bvalues"]["b0_max"],
     log:
-        "logs/register_dwi/{cohort}/{subject}.log",
+        layout.log("register_dwi", "{cohort}", "{subject}"),
     conda:
         "../envs/dwisynth.yaml"
     benchmark:
-        "benchmarks/register_dwi/{cohort}/{subject}.tsv"
+        layout.benchmark("register_dwi", "{cohort}", "{subject}")
     script:
         "../scripts/register_dwi.py"
 
@@ -46,21 +46,21 @@ rule organ_mask:
         bval=rules.register_dwi.output.bval,
         weights=hdbet_weights_input,
     output:
-        mask=f"{PRE}_desc-organ_mask.nii.gz",
-        record=f"{PRE}_desc-organ_mask.json",
+        mask=PRE["mask"],
+        record=PRE["mask_record"],
     params:
         organ=lambda wc: series_row(wc, "DWI")["organ"],
         method=config["masking"]["method"],
         b0_max=config["bvalues"]["b0_max"],
         device=config["device"],
     log:
-        "logs/organ_mask/{cohort}/{subject}.log",
+        layout.log("organ_mask", "{cohort}", "{subject}"),
     threads: lambda wildcards: config["masking"]["brain_threads"] if series_row(wildcards, "DWI")["organ"] == "brain" else 1
     priority: 10
     conda:
         "../envs/dwisynth.yaml"
     benchmark:
-        "benchmarks/organ_mask/{cohort}/{subject}.tsv"
+        layout.benchmark("organ_mask", "{cohort}", "{subject}")
     script:
         "../scripts/organ_mask.py"
 
@@ -71,20 +71,20 @@ rule normalize_dwi:
         bval=rules.register_dwi.output.bval,
         mask=rules.organ_mask.output.mask,
     output:
-        dwi=f"{PRE}_desc-norm_dwi.nii.gz",
-        bval=f"{PRE}_desc-norm_dwi.bval",
-        record=f"{PRE}_desc-norm_dwi.json",
+        dwi=PRE["dwi"],
+        bval=PRE["bval"],
+        record=PRE["norm_record"],
     params:
         grid=BVALUE_GRID,
         tolerance=config["bvalues"]["tolerance"],
         n4=config["normalization"]["n4"],
         b0_max=config["bvalues"]["b0_max"],
     log:
-        "logs/normalize_dwi/{cohort}/{subject}.log",
+        layout.log("normalize_dwi", "{cohort}", "{subject}"),
     conda:
         "../envs/dwisynth.yaml"
     benchmark:
-        "benchmarks/normalize_dwi/{cohort}/{subject}.tsv"
+        layout.benchmark("normalize_dwi", "{cohort}", "{subject}")
     script:
         "../scripts/normalize_dwi.py"
 
@@ -95,13 +95,13 @@ rule adc_acquired:
         bval=rules.normalize_dwi.output.bval,
         mask=rules.organ_mask.output.mask,
     output:
-        f"{PRE}_adc.nii.gz",
+        PRE["adc"],
     params:
         adc=config["adc"],
     log:
-        "logs/adc_acquired/{cohort}/{subject}.log",
+        layout.log("adc_acquired", "{cohort}", "{subject}"),
     benchmark:
-        "benchmarks/adc_acquired/{cohort}/{subject}.tsv"
+        layout.benchmark("adc_acquired", "{cohort}", "{subject}")
     conda:
         "../envs/dwisynth.yaml"
     script:
@@ -110,21 +110,21 @@ rule adc_acquired:
 
 rule register_ct:
     input:
-        ct=f"{NIFTI}_ct.nii.gz",
+        ct=layout.nifti("{cohort}", "{subject}", "CT")["nifti"],
         dwi=rules.register_dwi.output.dwi,
         bval=rules.register_dwi.output.bval,
     output:
-        ct=f"{PRE}_space-dwi_ct.nii.gz",
-        xfm=f"{PRE}_from-ct_to-dwi_xfm.json",
+        ct=PRE["ct"],
+        xfm=PRE["ct_xfm"],
     params:
         transform=config["registration"]["ct_transform"],
         seed=config["seed"],
         b0_max=config["bvalues"]["b0_max"],
     log:
-        "logs/register_ct/{cohort}/{subject}.log",
+        layout.log("register_ct", "{cohort}", "{subject}"),
     conda:
         "../envs/dwisynth.yaml"
     benchmark:
-        "benchmarks/register_ct/{cohort}/{subject}.tsv"
+        layout.benchmark("register_ct", "{cohort}", "{subject}")
     script:
         "../scripts/register_ct.py"

@@ -6,7 +6,7 @@ rule summarize:
         metrics=rules.evaluate_synthesis.output.metrics,
         adc=rules.evaluate_synthesis.output.adc,
     output:
-        "results/tables/summary.tsv",
+        layout.SUMMARY,
     log:
         "logs/summarize.log",
     conda:
@@ -73,11 +73,12 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        html="results/report.html",
+        html=layout.REPORT,
         figures=directory("results/figures"),
     params:
         records=evaluation_records,
         targets=config["bvalues"]["targets"],
+        logs=training_logs,
     log:
         "logs/report.log",
     conda:

@@ -9,6 +9,6 @@ from dwisynth.report import write_report
 
 redirect_to_log(snakemake)  # noqa: F821
 i, o, p = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
-logs = {(path.split("/")[-3], path.split("/")[-2]): pd.read_csv(path) for path in i.logs}
+logs = {(r["method"], r["organ"]): pd.read_csv(r["log"]) for r in p.logs}
 write_report(o.html, o.figures, i.summary, i.metrics, i.adc, p.records, p.targets, logs, i.provenance,
              i.get("reader_scores"))

@@ -3,13 +3,9 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _logging import redirect_to_log
 
-from dwisynth.preprocess.steps import adc
 from dwisynth.synthesis import synthesize_subject
 
 redirect_to_log(snakemake)  # noqa: F821
-i, o = snakemake.input, snakemake.output  # noqa: F821
-synthesize_subject(i.model, i.dwi, i.bval, o.dwi, o.bval, snakemake.wildcards.subject,  # noqa: F821
-                   snakemake.params.device)  # noqa: F821
-a = snakemake.params.adc  # noqa: F821  ADC of the synthetic images: the same fit as the acquired ADC
-adc(snakemake.output.dwi, snakemake.output.bval, snakemake.input.mask, snakemake.output.adc,  # noqa: F821
-    a["min_b"], a["max_b"], a["max_adc"])
+i, o, p = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
+synthesize_subject(i.model, i.dwi, i.bval, i.mask, dict(o.items()), p.adc, snakemake.wildcards.subject,  # noqa: F821
+                   p.device)

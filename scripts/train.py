@@ -6,7 +6,6 @@ from _logging import redirect_to_log
 from dwisynth.synthesis import train_model
 
 redirect_to_log(snakemake)  # noqa: F821
-p = snakemake.params  # noqa: F821
-train_model(p.method, snakemake.wildcards.organ, snakemake.input.shards, snakemake.input.split,  # noqa: F821
-            snakemake.output.model.rsplit("/", 1)[0], p.block, {**p.training, "threads": snakemake.threads},  # noqa: F821
-            p.bvalues, p.seed, p.device)
+p, wc = snakemake.params, snakemake.wildcards  # noqa: F821
+train_model(wc.method, wc.organ, snakemake.input.shards, snakemake.output.model.rsplit("/", 1)[0], p.block,  # noqa: F821
+            {**p.training, "threads": snakemake.threads}, p.bvalues, p.seed, p.device)  # noqa: F821

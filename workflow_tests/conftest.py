@@ -1,7 +1,4 @@
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +8,7 @@ from dwisynth.config import validate_config
 from dwisynth.dicom import PatientInfo, series_uids
 from dwisynth.geometry import Grid
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "workflow_tests" / "config" / "config.yaml"
+from helpers import TINY_CONFIG, snakemake
 
 
 @pytest.fixture
@@ -46,15 +42,6 @@ def small_dwi(small_grid):
 @pytest.fixture
 def uids():
     return series_uids("pytest-series", 5)
-
-
-def snakemake(*args, workdir, check=True, configfile=TINY_CONFIG):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 @pytest.fixture(scope="session")

@@ -14,35 +14,42 @@ A third PatchGAN judges the low-b stacks F produces.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from dwisynth.networks.base import Network, NetworkConfig
 from dwisynth.networks.blocks import ImagePool, ResnetGenerator, patch_discriminator, per_b_logits, one_b_per_sample
 from dwisynth.networks.losses import PerceptualLoss, gradient_difference, lsgan, masked_l1, ssim_loss
 
 
+def _weight(default: float, description: str = "") -> float:
+    return field(default=default, metadata={"minimum": 0, **({"description": description} if description else {})})
+
+
 @dataclass
 class DC2AnetLossWeights:
-    adversarial: float = 1.0
-    cycle: float = 10.0
-    voxel: float = 100.0
-    gradient: float = 100.0
-    ssim: float = 0.05
-    perceptual: float = 0.0
+    adversarial: float = _weight(1.0)
+    cycle: float = _weight(10.0, "cycle L1, per direction")
+    voxel: float = _weight(100.0, "voxel L1 on acquired target b-values")
+    gradient: float = _weight(100.0, "gradient difference")
+    ssim: float = _weight(0.05, "-log SSIM")
+    perceptual: float = _weight(0.0, "VGG16 perceptual; needs perceptual_weights (no download here)")
 
 
 @dataclass
-class DC2AnetConfig:
-    n_inputs: int
-    n_targets: int
-    ngf: int = 64
-    ndf: int = 64
-    n_residual: int = 6
-    pool_size: int = 50
-    norm: str = "instance"
+class DC2AnetConfig(NetworkConfig):
+    ngf: int = field(default=64, metadata={"minimum": 4, "description": "generator base channels"})
+    ndf: int = field(default=64, metadata={"minimum": 4, "description": "discriminator base channels"})
+    n_residual: int = field(default=6, metadata={"minimum": 1,
+                                                 "description": "residual blocks (6 up to 128 px, 9 above)"})
+    pool_size: int = field(default=50, metadata={"minimum": 0, "description": "image pool per discriminator"})
+    norm: Literal["none", "instance"] = field(default="none", metadata={
+        "description": "generator normalization; instance (the published design) discards the absolute S/S0 level"})
     weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights)
-    perceptual_weights: str | None = None
+    perceptual_weights: str | None = field(default=None, metadata={
+        "description": "torchvision vgg16 state dict (.pth) for the perceptual loss"})
 
 
 class HybridDiscriminator(nn.Module):
@@ -62,19 +69,21 @@ class HybridDiscriminator(nn.Module):
         return per_b_logits(self.supervised(torch.cat([condition, image], 1)), b_index)
 
 
-class DC2Anet(nn.Module):
+class DC2Anet(Network):
     """The trainable DC²Anet: networks, losses and one optimisation step (the trainer's hooks)."""
 
-    method = "dc2anet"
+    name = "dc2anet"
+    label = "DC²Anet"
+    task = "multib"
+    Config = DC2AnetConfig
 
-    def __init__(self, config: DC2AnetConfig):
-        super().__init__()
-        self.config = config
+    def __init__(self, config: DC2AnetConfig, n_inputs: int, n_targets: int):
+        super().__init__(config, n_inputs, n_targets)
         c = config
-        self.G = ResnetGenerator(c.n_inputs, c.n_targets, c.ngf, c.n_residual, c.norm)
-        self.F = ResnetGenerator(c.n_targets, c.n_inputs, c.ngf, c.n_residual, c.norm)
-        self.D_high = HybridDiscriminator(c.n_inputs, c.n_targets, c.ndf)
-        self.D_low = patch_discriminator(c.n_inputs, 1, c.ndf)
+        self.G = ResnetGenerator(n_inputs, n_targets, c.ngf, c.n_residual, c.norm)
+        self.F = ResnetGenerator(n_targets, n_inputs, c.ngf, c.n_residual, c.norm)
+        self.D_high = HybridDiscriminator(n_inputs, n_targets, c.ndf)
+        self.D_low = patch_discriminator(n_inputs, 1, c.ndf)
         self.pools = {name: ImagePool(c.pool_size) for name in ("unsupervised", "supervised", "low")}
         self.perceptual = None
         if c.weights.perceptual > 0:
@@ -90,9 +99,12 @@ class DC2Anet(nn.Module):
 
     def inference_spec(self) -> dict:
         c = self.config
-        return {"architecture": "resnet", "kwargs": {"in_channels": c.n_inputs, "out_channels": c.n_targets,
-                                                      "ngf": c.ngf, "n_blocks": c.n_residual, "norm": c.norm},
-                "pad_multiple": 4}
+        return {"kwargs": {"in_channels": self.n_inputs, "out_channels": self.n_targets, "ngf": c.ngf,
+                           "n_blocks": c.n_residual, "norm": c.norm}, "pad_multiple": 4}
+
+    @classmethod
+    def build_inference_network(cls, **kwargs) -> nn.Module:
+        return ResnetGenerator(**kwargs)
 
     def extra_state(self) -> dict:
         return {name: pool.state_dict() for name, pool in self.pools.items()}
@@ -101,7 +113,7 @@ class DC2Anet(nn.Module):
         for name, pool in self.pools.items():
             pool.load_state_dict(state[name])
 
-    def training_step(self, batch, optimizers, generator: torch.Generator) -> dict[str, float]:
+    def training_step(self, batch, optimizers, generator: torch.Generator, step: int) -> dict[str, float]:
         x, y, present = batch.inputs, batch.targets, batch.present
         w = self.config.weights
         opt_g, opt_d = optimizers["generators"], optimizers["discriminators"]

@@ -9,24 +9,24 @@ b-value train on the b-values they have. Adversarial term: least squares.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from dwisynth.networks.base import Network, NetworkConfig
 from dwisynth.networks.blocks import NORMS, patch_discriminator, per_b_logits, one_b_per_sample
 from dwisynth.networks.losses import lsgan, masked_l1
 
 
 @dataclass
-class Pix2PixConfig:
-    n_inputs: int
-    n_targets: int
-    ngf: int = 64
-    ndf: int = 64
-    levels: int = 4
-    l1_weight: float = 100.0
-    norm: str = "instance"
+class Pix2PixConfig(NetworkConfig):
+    ngf: int = field(default=64, metadata={"minimum": 4, "description": "generator base channels"})
+    ndf: int = field(default=64, metadata={"minimum": 4, "description": "discriminator base channels"})
+    levels: int = field(default=8, metadata={"minimum": 2, "maximum": 8, "description": "U-Net resolution levels"})
+    l1_weight: float = field(default=100.0, metadata={"minimum": 0})
+    norm: Literal["none", "instance"] = "none"
 
 
 def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: int = 4,
@@ -42,14 +42,16 @@ def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: i
                          nn.Tanh())
 
 
-class Pix2Pix(nn.Module):
-    method = "pix2pix"
+class Pix2Pix(Network):
+    name = "pix2pix"
+    label = "pix2pix"
+    task = "multib"
+    Config = Pix2PixConfig
 
-    def __init__(self, config: Pix2PixConfig):
-        super().__init__()
-        self.config = config
-        self.G = unet_generator(config.n_inputs, config.n_targets, config.ngf, config.levels, config.norm)
-        self.D = patch_discriminator(config.n_inputs + 1, config.n_targets, config.ndf)
+    def __init__(self, config: Pix2PixConfig, n_inputs: int, n_targets: int):
+        super().__init__(config, n_inputs, n_targets)
+        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm)
+        self.D = patch_discriminator(n_inputs + 1, n_targets, config.ndf)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.G.parameters()), "discriminator": list(self.D.parameters())}
@@ -59,20 +61,17 @@ class Pix2Pix(nn.Module):
 
     def inference_spec(self) -> dict:
         c = self.config
-        return {"architecture": "unet", "kwargs": {"in_channels": c.n_inputs, "out_channels": c.n_targets,
-                                                    "ngf": c.ngf, "levels": c.levels, "norm": c.norm},
-                "pad_multiple": 2 ** (c.levels - 1)}
+        return {"kwargs": {"in_channels": self.n_inputs, "out_channels": self.n_targets, "ngf": c.ngf,
+                           "levels": c.levels, "norm": c.norm}, "pad_multiple": 2 ** (c.levels - 1)}
 
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
+    @classmethod
+    def build_inference_network(cls, **kwargs) -> nn.Module:
+        return unet_generator(**kwargs)
 
     def _judge(self, x, single, sample, b_index):
         return per_b_logits(self.D(torch.cat([x[sample], single], 1)), b_index)
 
-    def training_step(self, batch, optimizers, generator: torch.Generator) -> dict[str, float]:
+    def training_step(self, batch, optimizers, generator: torch.Generator, step: int) -> dict[str, float]:
         x, y, present = batch.inputs, batch.targets, batch.present
         fake = self.G(x)
         single_fake, sample, b_index = one_b_per_sample(fake, None, generator)

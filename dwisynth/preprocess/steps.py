@@ -157,3 +157,38 @@ def register_ct(ct_path, dwi_path, bval_path, out_ct, out_json, subject: str, tr
     _write_json({"transform": transform, "seed": seed,
                  "fixed_to_moving_lps": matrix.round(6).tolist(),
                  "convention": "maps a point in DWI space (LPS mm) to the same point in CT space"}, out_json)
+
+
+def preprocess_subject(dwi_path, bval_path, subject: str, organ: str, config: dict, stem, ct_path=None,
+                       log=print) -> dict[str, str]:
+    """The workflow's chain for one subject outside Snakemake: register, mask, normalize, ADC (+ CT onto DWI).
+
+    stem: output prefix (`<folder>/sub-<id>`); returns the written files by name (`dwisynth.layout.preproc_files`).
+    """
+    from dwisynth.config import bvalue_grid
+    from dwisynth.layout import preproc_files
+
+    b, files = config["bvalues"], preproc_files(stem)
+    Path(files["dwi"]).parent.mkdir(parents=True, exist_ok=True)
+    log(f"[preprocess] sub-{subject}: registration")
+    register_dwi(dwi_path, bval_path, files["reg_dwi"], files["reg_bval"], files["reg_xfm"], subject, config["seed"],
+                 config["registration"]["dwi_motion"], b["b0_max"], log=log)
+    method = config["masking"]["method"]
+    if method == "hd-bet-v2" and organ == "brain":
+        from dwisynth.preprocess.masking import install_hd_bet_v2_weights
+
+        install_hd_bet_v2_weights(config["masking"]["hdbet_v2_weights"])
+    log(f"[preprocess] sub-{subject}: {organ} mask")
+    make_mask(files["reg_dwi"], files["reg_bval"], files["mask"], files["mask_record"], subject, organ, method,
+              b["b0_max"], device=torch_device(config["device"]))
+    log(f"[preprocess] sub-{subject}: normalization and ADC")
+    normalize(files["reg_dwi"], files["reg_bval"], files["mask"], files["dwi"], files["bval"], files["norm_record"],
+              subject, bvalue_grid(config), b["tolerance"], config["normalization"]["n4"], b["b0_max"])
+    a = config["adc"]
+    adc(files["dwi"], files["bval"], files["mask"], files["adc"], a["min_b"], a["max_b"], a["max_adc"])
+    written = {k: v for k, v in files.items() if not k.startswith("ct")}
+    if ct_path:
+        register_ct(ct_path, files["reg_dwi"], files["reg_bval"], files["ct"], files["ct_xfm"], subject,
+                    config["registration"]["ct_transform"], config["seed"], b["b0_max"])
+        written |= {"ct": files["ct"], "ct_xfm": files["ct_xfm"]}
+    return written

@@ -18,19 +18,6 @@ from dwisynth.preprocess.qa import (adc_error_by_tissue, dice, protocol_truth_ad
 from dwisynth.preprocess.registration import register, transform_matrix_lps
 
 
-def canonical(path):
-    img = nib.as_closest_canonical(nib.load(path))
-    return img, np.asarray(img.dataobj)
-
-
-def truth_stem(run, cohort, subject):
-    return run / f"data/demo/truth/{cohort}/sub-{subject}/sub-{subject}"
-
-
-def preproc_stem(run, cohort, subject):
-    return run / f"results/{cohort}/preproc/sub-{subject}/sub-{subject}"
-
-
 # --- b-values and intensities -------------------------------------------------------------
 
 def test_scanner_bvalues_snap_to_the_grid():
@@ -114,59 +101,10 @@ def test_rigid_registration_recovers_planted_motion_of_a_b_volume(tiny_config):
 
 # --- the workflow's outputs against the truth ---------------------------------------------
 
-def test_ct_registration_undoes_the_planted_misalignment(demo_run):
-    for xfm in (demo_run / "results/stroke/preproc").glob("sub-*/sub-*_from-ct_to-dwi_xfm.json"):
-        subject = xfm.parent.name[4:]
-        truth = json.loads(truth_stem(demo_run, "stroke", subject).with_name(f"sub-{subject}_truth.json").read_text())
-        img, brain = canonical(f"{truth_stem(demo_run, 'stroke', subject)}_desc-organ_mask.nii.gz")
-        mean_mm, max_mm = registration_residual_mm(np.array(json.loads(xfm.read_text())["fixed_to_moving_lps"]),
-                                                   np.array(truth["ct_to_dwi_lps"]),
-                                                   voxel_centres_lps(brain > 0, img.affine))
-        planted, _ = registration_residual_mm(np.eye(4), np.array(truth["ct_to_dwi_lps"]),
-                                              voxel_centres_lps(brain > 0, img.affine))
-        assert planted > 2.0 and mean_mm < 1.0 and max_mm < 2.0, (planted, mean_mm, max_mm)
 
 
-def test_hd_bet_brain_mask_matches_the_phantom(demo_run):
-    masks = list((demo_run / "results").glob("*/preproc/sub-*/sub-*_desc-organ_mask.json"))
-    brains = [m for m in masks if json.loads(m.read_text())["organ"] == "brain"]
-    assert brains
-    for record_path in brains:
-        assert json.loads(record_path.read_text())["method"] == "hd-bet-v1"
-        cohort, subject = record_path.parts[-4], record_path.parent.name[4:]
-        _, mask = canonical(str(record_path).replace(".json", ".nii.gz"))
-        _, truth = canonical(f"{truth_stem(demo_run, cohort, subject)}_desc-organ_mask.nii.gz")
-        assert dice(mask > 0, truth > 0) >= 0.9
 
 
-def test_acquired_adc_matches_the_protocol_truth_per_tissue(demo_run):
-    """Against the ADC a noise-free scan with the same b-values would give (so IVIM bias is not counted).
-
-    Target (issue 3): median absolute error < 0.05 x10^-3 mm²/s per tissue at the demo SNR. It holds in
-    the multi-b brain; low-SNR body tissues at high b carry the Rician noise floor (ADC biased low),
-    so elsewhere only a bound on the bias is asserted and the numbers go to bench/.
-    """
-    tissues = pd.read_csv(demo_run / "data/demo/truth/dseg.tsv", sep="\t")
-    names = dict(zip(tissues["index"], tissues["name"]))
-    brain_checked = 0
-    for adc_path in (demo_run / "results").glob("*/preproc/sub-*/sub-*_adc.nii.gz"):
-        cohort, subject = adc_path.parts[-4], adc_path.parent.name[4:]
-        t = truth_stem(demo_run, cohort, subject)
-        meta = json.loads(t.with_name(f"sub-{subject}_truth.json").read_text())
-        _, adc = canonical(adc_path)
-        _, noise_free = canonical(f"{t}_desc-noisefree_dwi.nii.gz")
-        truth = protocol_truth_adc(noise_free, np.loadtxt(f"{t}_desc-noisefree_dwi.bval"), meta["acquired_bvals"])
-        _, mask = canonical(f"{preproc_stem(demo_run, cohort, subject)}_desc-organ_mask.nii.gz")
-        table = adc_error_by_tissue(adc, truth, canonical(f"{t}_dseg.nii.gz")[1],
-                                    canonical(f"{t}_desc-purity_probseg.nii.gz")[1], mask > 0, names,
-                                    min_voxels=100)
-        tissue = table[~table["tissue"].isin(["fat", "csf", "urine"])]  # little signal at high b, or at the clip
-        assert (tissue["median_error"].abs() < 0.1).all(), (subject, table)
-        if meta["organ"] == "brain" and len(meta["acquired_bvals"]) >= 3:
-            parenchyma = tissue[tissue["tissue"].isin(["cortical_gm", "deep_gm", "wm"])]
-            assert (parenchyma["median_abs_error"] < 0.05).all(), (subject, table)
-            brain_checked += len(parenchyma)
-    assert brain_checked >= 2
 
 
 # --- split and slices ---------------------------------------------------------------------
@@ -210,24 +148,28 @@ def test_adding_a_subject_moves_at_most_one_other():
 def test_subjects_acquired_at_heldout_b_are_found_from_the_conversion_records(tmp_path):
     from dwisynth.dataset import subjects_with_heldout_b
 
-    files = []
-    for subject, bvals in (("P1", [0, 100, 1000]), ("P2", [0, 75, 100, 848, 1000])):
-        path = tmp_path / "results/c1/nifti" / f"sub-{subject}" / f"sub-{subject}_dwi_qc.json"
-        path.parent.mkdir(parents=True)
+    records = {}
+    # the same pseudonym in two cohorts: only the one acquired at b 75/850 is held out
+    for cohort, subject, bvals in (("c1", "P1", [0, 100, 1000]), ("c1", "P2", [0, 75, 100, 848, 1000]),
+                                   ("c2", "P2", [0, 100, 1000])):
+        path = tmp_path / f"{cohort}_{subject}_qc.json"
         path.write_text(json.dumps({"subject": subject, "bvals": bvals}))
-        files.append(path)
-    assert subjects_with_heldout_b(files, [75, 850], tolerance=5) == {("c1", "P2")}
-    split = make_split(pd.DataFrame([{"cohort": "c1", "center": "A", "organ": "brain", "subject": s, "split": ""}
-                                     for s in ("P1", "P2", "P3", "P4", "P5", "P6")]), 0.2, seed=1,
-                       heldout_subjects=subjects_with_heldout_b(files, [75, 850], tolerance=5))
-    row = split.set_index("subject").loc["P2"]
+        records[(cohort, subject)] = path
+    assert subjects_with_heldout_b(records, [75, 850], tolerance=5) == {("c1", "P2")}
+    subjects = pd.DataFrame([{"cohort": c, "center": "A", "organ": "brain", "subject": s, "split": ""}
+                             for c in ("c1", "c2") for s in ("P1", "P2", "P3", "P4", "P5", "P6")])
+    split = make_split(subjects, 0.2, seed=1, heldout_subjects=subjects_with_heldout_b(records, [75, 850], 5))
+    assert len(split) == 12  # both cohorts' P1..P6, none dropped
+    row = split.set_index(["cohort", "subject"]).loc[("c1", "P2")]
     assert row["split"] == "test" and "held-out" in row["reason"]
 
 
-def test_workflow_split_manifest_keeps_heldout_subjects_in_test(demo_run):
-    split = pd.read_csv(demo_run / "results/datasets/split.tsv", sep="\t")
-    heldout = split[split["reason"].str.contains("held-out|fixed")]
-    assert (heldout["split"] == "test").all() and len(heldout) >= 1
+def test_a_subject_listed_twice_in_one_cohort_is_refused():
+    subjects = pd.DataFrame([{"cohort": "c1", "center": "A", "organ": "brain", "subject": "S0001", "split": ""}] * 2)
+    with pytest.raises(ValueError, match="c1/S0001"):
+        make_split(subjects, 0.2, seed=1)
+
+
 
 
 def test_slices_stream_with_heldout_b_hidden_in_zero_shot(tmp_path):
@@ -237,7 +179,7 @@ def test_slices_stream_with_heldout_b_hidden_in_zero_shot(tmp_path):
     shard = slice_shard(dwi, [0, 75, 100, 1000], mask, [0, 75, 100, 400, 1000])
     assert shard["images"].shape == (2, 5, 8, 6) and shard["present"].tolist() == [1, 1, 1, 0, 1]
     path = tmp_path / "s.npz"
-    np.savez(path, **shard, metadata="{}")
+    np.savez(path, **shard, metadata=json.dumps({"cohort": "c", "subject": "P1"}))
     items = list(SliceDataset([path], [0, 100], [75, 400, 1000], heldout_b=[75]))
     assert len(items) == 2
     inputs, targets, present, m = items[0]
@@ -255,25 +197,8 @@ def test_hd_bet_v2_without_weights_is_an_error_not_a_silent_switch(tmp_path):
         install_hd_bet_v2_weights(tmp_path / "missing.zip")
 
 
-def test_hd_bet_v2_config_adds_the_local_install_rule(tmp_path):
-    import yaml
-
-    from conftest import TINY_CONFIG, snakemake
-
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["masking"] = {"method": "hd-bet-v2", "hdbet_v2_weights": str(tmp_path / "hdbet.zip")}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = snakemake("-n", "--cores", "1", workdir=tmp_path, configfile=path)
-    assert "install_hdbet_v2_weights" in proc.stdout
 
 
-def test_stroke_shard_carries_the_registered_ct(demo_run):
-    shard = next((demo_run / "results/stroke/slices").glob("sub-*_slices.npz"))
-    with np.load(shard) as data:
-        assert data["ct"].shape == data["mask"].shape
-        brain_hu = data["ct"][data["mask"] > 0]
-        assert 15 < np.median(brain_hu) < 45  # soft tissue, not air or bone: the CT is on the DWI grid
 
 
 def test_implausible_registration_is_an_error_naming_the_subject():

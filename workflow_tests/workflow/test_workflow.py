@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, snakemake
+from helpers import REPO, snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -16,10 +16,11 @@ import torch
 from dwisynth.dataset import write_slice_shard
 from dwisynth.diffusion import ivim_signal
 from dwisynth.errors import ConfigError
+from dwisynth.layout import synth_folder_files
 from dwisynth.inference import ModelFileError, cdwi_volume, load_model, synthesize_volume
 from dwisynth.io import save_nifti, write_bval
 from dwisynth.loader import SliceDataset
-from dwisynth.networks.registry import build_model
+from dwisynth.networks.base import build_network
 from dwisynth.synthesis import synthesize_subject, train_model
 from dwisynth.training import Batch, Trainer, TrainerConfig
 
@@ -28,6 +29,7 @@ TARGET_B = [400.0, 800.0, 1000.0]
 ACQUIRED_B = [0.0, 100.0, 400.0, 800.0, 1000.0]
 # (S0, ADC x10^-3 mm²/s, IVIM f): tissues told apart by S0 as on real b0 images
 TISSUES = [(0.0, 0.0, 0.0), (1.0, 0.7, 0.02), (1.6, 1.3, 0.15), (2.5, 3.0, 0.0), (0.8, 1.9, 0.2)]
+ADC = {"min_b": 0, "max_b": 1000, "max_adc": 4.0}
 TINY = {
     "dc2anet": {"ngf": 8, "ndf": 8, "n_residual": 1, "pool_size": 4, "norm": "none", "weights": {}},
     "pix2pix": {"ngf": 8, "ndf": 8, "levels": 3, "l1_weight": 100.0, "norm": "none"},
@@ -62,25 +64,22 @@ def write_subject(root: Path, subject: str, seed: int, drop_b=()):
     save_nifti(mask.astype(np.uint8), affine, f"{stem}_mask.nii.gz", dtype=np.uint8)
     shard = root / f"sub-{subject}_slices.npz"
     write_slice_shard(f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_mask.nii.gz", shard, ACQUIRED_B,
-                      {"subject": subject})
+                      {"cohort": "c", "subject": subject})
     return shard, clean, mask
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """Six training subjects (two lack b 400 and 800) and one test subject, with a split manifest."""
+    """Six training subjects (two lack b 400 and 800) and one test subject."""
     root = tmp_path_factory.mktemp("phantom")
     shards = [write_subject(root, f"P{i}", i, drop_b=(400.0, 800.0) if i >= 4 else ())[0] for i in range(6)]
     test_shard, clean, mask = write_subject(root, "T0", 100)
-    rows = [{"cohort": "c", "center": "h", "organ": "abdomen", "subject": f"P{i}", "split": "train"} for i in range(6)]
-    rows.append({"cohort": "c", "center": "h", "organ": "abdomen", "subject": "T0", "split": "test"})
-    pd.DataFrame(rows).to_csv(root / "split.tsv", sep="\t", index=False)
     return {"root": root, "shards": shards + [test_shard], "clean": clean, "mask": mask}
 
 
 def tiny_trainer(cohort, method, out_dir, steps=12, checkpoint_every=5, **kw):
     data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
-    model = build_model(method, TINY[method], len(INPUT_B), len(TARGET_B), seed=7)
+    model = build_network(method, TINY[method], len(INPUT_B), len(TARGET_B), seed=7)
     config = TrainerConfig(steps=steps, batch_size=4, crop=24, checkpoint_every=checkpoint_every, log_every=2,
                            seed=7, device="cpu", progress=False, **kw)
     return Trainer(model, data, config, out_dir, {"method": method, "input_b": INPUT_B, "target_b": TARGET_B})
@@ -95,10 +94,10 @@ def fixed_batch(cohort, n=4):
 
 @pytest.mark.parametrize("method", ["dc2anet", "pix2pix"])
 def test_training_steps_lower_the_voxel_loss_on_a_fixed_batch(cohort, method):
-    model = build_model(method, TINY[method], len(INPUT_B), len(TARGET_B), seed=1)
+    model = build_network(method, TINY[method], len(INPUT_B), len(TARGET_B), seed=1)
     optimizers = {k: torch.optim.Adam(p, lr=1e-3, betas=(0.5, 0.999)) for k, p in model.parameter_groups().items()}
     batch, generator = fixed_batch(cohort), torch.Generator().manual_seed(0)
-    losses = [model.training_step(batch, optimizers, generator)["voxel_l1"] for _ in range(40)]
+    losses = [model.training_step(batch, optimizers, generator, step)["voxel_l1"] for step in range(40)]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
 
 
@@ -106,12 +105,12 @@ def test_subjects_missing_target_b_still_train_through_their_acquired_b(cohort):
     data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
     present = data.present.reshape(6, -1, 3)[:, 0]
     assert present[:4].all() and present[4:].tolist() == [[False, False, True]] * 2
-    model = build_model("dc2anet", TINY["dc2anet"], 2, 3, seed=1)
+    model = build_network("dc2anet", TINY["dc2anet"], 2, 3, seed=1)
     optimizers = {k: torch.optim.Adam(p, lr=1e-3) for k, p in model.parameter_groups().items()}
     batch = fixed_batch(cohort)
     batch.present[:] = torch.tensor([False, False, True])  # only b 1000 acquired
     before = {k: v.clone() for k, v in model.G.state_dict().items()}
-    losses = model.training_step(batch, optimizers, torch.Generator().manual_seed(0))
+    losses = model.training_step(batch, optimizers, torch.Generator().manual_seed(0), 0)
     assert np.isfinite(list(losses.values())).all()
     assert any(not torch.equal(before[k], v) for k, v in model.G.state_dict().items())
 
@@ -174,22 +173,26 @@ def test_checkpoint_from_another_configuration_is_not_resumed(cohort, tmp_path):
 
 
 def test_model_trained_on_cpu_synthesizes_with_input_geometry_and_bvalues(cohort, tmp_path):
-    model_path = train_model("pix2pix", "abdomen", cohort["shards"], cohort["root"] / "split.tsv", tmp_path / "m",
+    model_path = train_model("pix2pix", "abdomen", cohort["shards"][:6], tmp_path / "m",
                              {**TINY["pix2pix"], "steps": 4, "lr": 2e-4, "betas": [0.5, 0.999]},
                              {"batch_size": 2, "crop": None, "checkpoint_every": 2, "log_every": 2, "threads": 1},
                              {"inputs": INPUT_B, "targets": TARGET_B, "heldout": [75]}, seed=3, device="cpu",
                              progress=False)
     record = torch.load(model_path, weights_only=True)
-    assert record["train_subjects"] == [f"P{i}" for i in range(6)]  # the test subject never trains
+    assert record["train_subjects"] == [f"c/P{i}" for i in range(6)]  # (cohort, subject) of every shard
     assert all(v.device.type == "cpu" for v in record["state_dict"].values())
     stem = cohort["root"] / "sub-T0"
-    out = tmp_path / "sub-T0_desc-pix2pix_dwi.nii.gz"
-    written = synthesize_subject(model_path, f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", out,
-                                 tmp_path / "sub-T0_desc-pix2pix_dwi.bval", "T0", device="cpu")
+    outputs = synth_folder_files(tmp_path, "pix2pix", "T0")
+    written = synthesize_subject(model_path, f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_mask.nii.gz",
+                                 outputs, ADC, "T0", device="cpu")
+    out = outputs["dwi"]
     assert written == INPUT_B + TARGET_B
     img, ref = nib.load(out), nib.load(f"{stem}_dwi.nii.gz")
     assert img.shape == (*ref.shape[:3], 5) and np.allclose(img.affine, ref.affine)
-    assert np.loadtxt(tmp_path / "sub-T0_desc-pix2pix_dwi.bval").tolist() == written
+    assert np.loadtxt(outputs["bval"]).tolist() == written
+    adc = nib.load(outputs["adc"]).get_fdata()
+    assert adc.shape == ref.shape[:3] and np.isfinite(adc).all()
+    assert (adc[~cohort["mask"]] == 0).all() and (adc[cohort["mask"]] > 0).any()  # fitted inside the mask only
     assert np.array_equal(img.get_fdata()[..., :2], ref.get_fdata()[..., :2].astype(np.float32))
 
 
@@ -210,7 +213,7 @@ def test_pix2pix_beats_computed_dwi_on_a_held_out_subject(cohort, tmp_path):
 def test_perceptual_loss_without_weights_is_a_config_error():
     block = {**TINY["dc2anet"], "weights": {"perceptual": 1.0}, "perceptual_weights": None}
     with pytest.raises(ConfigError, match="perceptual_weights"):
-        build_model("dc2anet", block, 2, 3, seed=0)
+        build_network("dc2anet", block, 2, 3, seed=0)
 
 
 def test_loading_a_checkpoint_as_a_model_names_the_right_file(cohort, tmp_path):

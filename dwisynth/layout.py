@@ -1,0 +1,97 @@
+"""Where every file lives: one function per kind of file, for rules, scripts and the CLI.
+
+Paths are relative to the workflow's working directory and follow BIDS-derivatives
+habits (`sub-<id>_<desc>_<suffix>`). Pass "{cohort}"/"{subject}"/"{method}"/"{organ}"
+to get the wildcard pattern a rule declares; pass values to get one file. Nobody
+parses a cohort or subject back out of a path: they travel as data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = "results"
+SPLIT = f"{RESULTS}/datasets/split.tsv"
+METRICS = f"{RESULTS}/tables/synthesis_metrics.tsv"
+ADC_AGREEMENT = f"{RESULTS}/tables/adc_agreement.tsv"
+SUMMARY = f"{RESULTS}/tables/summary.tsv"
+REPORT = f"{RESULTS}/report.html"
+MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
+
+
+def nifti_stem(cohort: str, subject: str) -> str:
+    return f"{RESULTS}/{cohort}/nifti/sub-{subject}/sub-{subject}"
+
+
+def nifti(cohort: str, subject: str, modality: str) -> dict[str, str]:
+    """The converted series: image, BIDS sidecar, header QC record (+ .bval/.bvec for DWI)."""
+    stem = f"{nifti_stem(cohort, subject)}_{MODALITY_SUFFIX[modality]}"
+    files = {"nifti": f"{stem}.nii.gz", "sidecar": f"{stem}.json", "qc": f"{stem}_qc.json"}
+    if modality == "DWI":
+        files |= {"bval": f"{stem}.bval", "bvec": f"{stem}.bvec"}
+    return files
+
+
+def preproc_stem(cohort: str, subject: str) -> str:
+    return f"{RESULTS}/{cohort}/preproc/sub-{subject}/sub-{subject}"
+
+
+def preproc_files(stem: str | Path) -> dict[str, str]:
+    """Every preprocessing output of one subject, by name, below `stem` (a results stem or a CLI folder)."""
+    return {name: f"{stem}_{suffix}" for name, suffix in (
+        ("reg_dwi", "desc-reg_dwi.nii.gz"), ("reg_bval", "desc-reg_dwi.bval"), ("reg_xfm", "desc-reg_xfm.json"),
+        ("mask", "desc-organ_mask.nii.gz"), ("mask_record", "desc-organ_mask.json"),
+        ("dwi", "desc-norm_dwi.nii.gz"), ("bval", "desc-norm_dwi.bval"), ("norm_record", "desc-norm_dwi.json"),
+        ("adc", "adc.nii.gz"), ("ct", "space-dwi_ct.nii.gz"), ("ct_xfm", "from-ct_to-dwi_xfm.json"))}
+
+
+def preproc(cohort: str, subject: str) -> dict[str, str]:
+    return preproc_files(preproc_stem(cohort, subject))
+
+
+def shard(cohort: str, subject: str) -> str:
+    """The subject's 2D slice shard (every masked slice at every grid b-value)."""
+    return f"{RESULTS}/{cohort}/slices/sub-{subject}_slices.npz"
+
+
+def synth_stem(method: str, cohort: str, subject: str) -> str:
+    return f"{RESULTS}/{cohort}/synth/{method}/sub-{subject}/sub-{subject}_desc-{method}"
+
+
+def synth_files(stem: str | Path) -> dict[str, str]:
+    """One method's images for one subject: 4D DWI (inputs then targets), its .bval and the ADC map."""
+    return {"dwi": f"{stem}_dwi.nii.gz", "bval": f"{stem}_dwi.bval", "adc": f"{stem}_adc.nii.gz"}
+
+
+def synth(method: str, cohort: str, subject: str) -> dict[str, str]:
+    return synth_files(synth_stem(method, cohort, subject))
+
+
+def synth_folder_files(folder: str | Path, method: str, subject: str) -> dict[str, str]:
+    """The same names in a folder of the user's choosing (`dwisynth synthesize -o`)."""
+    return synth_files(Path(folder) / Path(synth_stem(method, "_", subject)).name)
+
+
+def model_dir(method: str, organ: str) -> str:
+    return f"{RESULTS}/models/{method}/{organ}"
+
+
+def model(method: str, organ: str) -> str:
+    return f"{model_dir(method, organ)}/model.pt"
+
+
+def training_log(method: str, organ: str) -> str:
+    return f"{model_dir(method, organ)}/training_log.csv"
+
+
+def demo_truth_stem(outdir: str, cohort: str, subject: str) -> str:
+    """The demo generator's noise-free truth of one subject."""
+    return f"{outdir}/truth/{cohort}/sub-{subject}/sub-{subject}"
+
+
+def log(rule: str, *keys: str) -> str:
+    return "/".join(["logs", rule, *keys]) + ".log"
+
+
+def benchmark(rule: str, *keys: str) -> str:
+    return "/".join(["benchmarks", rule, *keys]) + ".tsv"

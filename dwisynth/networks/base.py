@@ -1,0 +1,265 @@
+"""The network contract: one base class, and the one list of methods.
+
+Every synthesis network subclasses `Network`, names itself (`name`, `label`, `task`)
+and brings a `Config` dataclass, which *is* its config block: the schema check, the
+defaults and the documentation of that block are generated from the dataclass, so a
+new network needs no schema or rule edit. Subclassing registers the network; the
+workflow (`rules/common.smk`), the config schema, the report and the Slurm profile
+read the method list from here.
+
+Networks live in modules of this package (found by import) or in modules named in
+the environment variable DWISYNTH_PLUGINS (comma-separated module names or .py
+paths), so a study can add a network without touching dwisynth.
+
+The trainer calls the hooks below; it owns the device, data order, checkpoints and
+logging. Tensor shapes: inputs (N, n_inputs, H, W), targets (N, n_targets, H, W),
+both in the network range [-1, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import sys
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from dwisynth.errors import ConfigError
+
+TASKS = ("multib", "ct2dwi")
+# Image sources scored beside the networks; they are rules of their own, not trained.
+BASELINES = {"cdwi": "cDWI (physics)", "noisefree": "noise-free reference"}
+PLUGINS_VARIABLE = "DWISYNTH_PLUGINS"
+_SHARED_MODULES = ("base", "blocks", "losses")
+
+_REGISTRY: dict[str, type[Network]] = {}
+_loaded = False
+
+
+@dataclass
+class NetworkConfig:
+    """Settings every network block carries: the length of training and its optimizer."""
+
+    steps: int = field(default=200000, metadata={"minimum": 1, "description": "optimisation steps"})
+    lr: float = field(default=2e-4, metadata={"exclusiveMinimum": 0, "description": "Adam learning rate"})
+    betas: tuple[float, float] = field(default=(0.5, 0.999), metadata={"description": "Adam betas"})
+    decay_start: int | None = field(default=None, metadata={
+        "minimum": 0, "description": "lr constant until this step, then linear to 0; null = steps / 2"})
+
+
+class Network(nn.Module, ABC):
+    """A trainable synthesis network: its modules, losses and one optimisation step."""
+
+    name: ClassVar[str]  # the method name in config, paths and tables
+    label: ClassVar[str]  # how reports name it
+    task: ClassVar[str] = "multib"
+    Config: ClassVar[type[NetworkConfig]] = NetworkConfig
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if cls.task not in TASKS:
+                raise TypeError(f"{cls.__qualname__}.task must be one of {TASKS}, not {cls.task!r}")
+            if cls.name in BASELINES:
+                raise TypeError(f"{cls.__qualname__}: {cls.name!r} is the name of a baseline")
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, config: NetworkConfig, n_inputs: int, n_targets: int):
+        super().__init__()
+        self.config, self.n_inputs, self.n_targets = config, n_inputs, n_targets
+
+    # --- hooks the trainer calls -----------------------------------------------------------
+    @abstractmethod
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{name: parameters}: the trainer makes one Adam optimizer (and lr schedule) per group."""
+
+    @abstractmethod
+    def training_step(self, batch, optimizers: dict, generator: torch.Generator, step: int) -> dict[str, float]:
+        """One optimisation step on `batch` (a `dwisynth.training.Batch`); returns {loss name: value}.
+
+        Every random draw comes from `generator` (seeded by the step), so a resumed run repeats it.
+        """
+
+    @abstractmethod
+    def inference_network(self) -> nn.Module:
+        """The module that maps inputs to targets at inference; its state dict goes into model.pt."""
+
+    @abstractmethod
+    def inference_spec(self) -> dict:
+        """What model.pt needs to rebuild the inference network: `kwargs` for `build_inference_network`
+        and `pad_multiple` (H and W are padded to a multiple of it)."""
+
+    @classmethod
+    @abstractmethod
+    def build_inference_network(cls, **kwargs) -> nn.Module:
+        """The inference network from model.pt's `kwargs` (without training-only parts)."""
+
+    def phase(self, step: int) -> str:
+        """The training phase at `step` (networks that train in phases override it)."""
+        return "train"
+
+    def start_phase(self, phase: str, optimizers: dict) -> None:
+        """Called before the first step of each phase, and on resume for the phase resumed into."""
+
+    def extra_state(self) -> dict:
+        """What a resume needs besides weights and optimizers (image pools)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+# --- the registry ----------------------------------------------------------------------------
+def _import_plugin(spec: str) -> None:
+    if spec.endswith(".py"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"{PLUGINS_VARIABLE}: {path} not found")
+        name = f"dwisynth_plugin_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # so the network's source can be found (code_digest)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            importlib.import_module(spec)
+        except ImportError as exc:
+            raise ConfigError(f"{PLUGINS_VARIABLE}: cannot import network module {spec!r} ({exc})") from exc
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    package = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(package)]):
+        if info.name not in _SHARED_MODULES:
+            importlib.import_module(f"dwisynth.networks.{info.name}")
+    for spec in filter(None, (s.strip() for s in os.environ.get(PLUGINS_VARIABLE, "").split(","))):
+        _import_plugin(spec)
+
+
+def networks(task: str | None = None) -> dict[str, type[Network]]:
+    """Registered networks (of one task), in registration order."""
+    _load()
+    return {name: cls for name, cls in _REGISTRY.items() if task is None or cls.task == task}
+
+
+def network_class(method: str) -> type[Network]:
+    known = networks()
+    if method not in known:
+        hint = difflib.get_close_matches(method, known, n=1)
+        raise ConfigError(f"unknown network {method!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; networks: {', '.join(known)}")
+    return known[method]
+
+
+def method_labels() -> dict[str, str]:
+    """Every method a table may hold (networks, then baselines) -> its name in reports."""
+    return {**{name: cls.label for name, cls in networks().items()}, **BASELINES}
+
+
+def build_network(method: str, block: dict, n_inputs: int, n_targets: int, seed: int) -> Network:
+    """A freshly initialised network (weights drawn from `seed`) from its config block."""
+    cls = network_class(method)
+    config = config_from_block(cls.Config, block, method)
+    torch.manual_seed(seed)
+    return cls(config, n_inputs, n_targets)
+
+
+def build_inference_network(record: dict) -> nn.Module:
+    """The inference network a model.pt record describes (method and kwargs)."""
+    return network_class(record["method"]).build_inference_network(**record["kwargs"])
+
+
+def code_digest(method: str) -> str:
+    """Digest of the source that shapes a network's training: its module, the shared network
+    modules, the trainer and the data loader. A change retrains (the train rule's params)."""
+    package = Path(__file__).parents[1]
+    files = {Path(inspect.getfile(network_class(method))).resolve()}
+    files |= {(package / "networks" / f"{m}.py").resolve() for m in _SHARED_MODULES}
+    files |= {(package / f).resolve() for f in ("training.py", "loader.py")}
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# --- config blocks from dataclasses ----------------------------------------------------------
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _type_schema(hint) -> dict:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        schema = _type_schema(inner[0])
+        if type(None) in args:
+            schema["type"] = [schema["type"], "null"] if isinstance(schema.get("type"), str) else schema["type"]
+            if "enum" in schema:
+                schema["enum"] = [*schema["enum"], None]
+        return schema
+    if origin is Literal:
+        return {"type": "string", "enum": list(args)}
+    if origin in (tuple, list):
+        item = args[0] if args else float
+        schema = {"type": "array", "items": _type_schema(item)}
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            schema["minItems"] = schema["maxItems"] = len(args)
+        return schema
+    if dataclasses.is_dataclass(hint):
+        return block_schema(hint)
+    simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if hint in simple:
+        return {"type": simple[hint]}
+    raise TypeError(f"config field type {hint!r} has no JSON schema")
+
+
+def block_schema(cls) -> dict:
+    """JSON schema of a config dataclass: types, defaults, bounds and descriptions from field metadata."""
+    hints, properties = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        schema = _type_schema(hints[f.name])
+        schema.update(f.metadata)
+        if f.default is not dataclasses.MISSING:
+            schema["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            schema["default"] = {} if dataclasses.is_dataclass(value) else value
+        properties[f.name] = schema
+    return {"type": "object", "default": {}, "properties": properties, "additionalProperties": False}
+
+
+def config_from_block(cls, block: dict | None, where: str):
+    """The config dataclass from a (validated or hand-written) block; unknown keys name the nearest valid one."""
+    block = dict(block or {})
+    hints, names = _hints(cls), [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in block if k not in names]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], names, n=1)
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; valid keys: {', '.join(names)}")
+    values = {}
+    for name, value in block.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = config_from_block(hint, value, f"{where}.{name}")
+        elif typing.get_origin(hint) is tuple and value is not None:
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)

@@ -1,0 +1,53 @@
+# Every registered network (dwisynth.networks.base) trains and synthesizes through this one rule
+# pair: one model per (method, organ), trained by the shared trainer on the train split only.
+
+
+rule train:
+    input:
+        shards=training_shards,
+    output:
+        model=layout.model("{method}", "{organ}"),
+        log=layout.training_log("{method}", "{organ}"),
+    params:
+        block=lambda wc: config[wc.method],
+        training=config["training"],
+        bvalues=config["bvalues"],
+        seed=config["seed"],
+        device=config["device"],
+        code=lambda wc: code_digest(wc.method),  # a change to the network's code retrains it
+    wildcard_constraints:
+        method=NETWORK_PATTERN,
+    threads: config["training"]["threads"]
+    priority: 20  # the longest jobs: start each as soon as its organ's shards exist
+    resources:
+        gpu=config["training"]["gpus"],
+    log:
+        layout.log("train", "{method}", "{organ}"),
+    benchmark:
+        layout.benchmark("train", "{method}", "{organ}")
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule synthesize:
+    input:
+        unpack(synthesis_inputs),
+    output:
+        **layout.synth("{method}", "{cohort}", "{subject}"),
+    params:
+        device=config["device"],
+        adc=config["adc"],
+    wildcard_constraints:
+        method=NETWORK_PATTERN,
+    resources:
+        gpu=config["training"]["gpus"],
+    log:
+        layout.log("synthesize", "{method}", "{cohort}", "{subject}"),
+    benchmark:
+        layout.benchmark("synthesize", "{method}", "{cohort}", "{subject}")
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/synthesize.py"

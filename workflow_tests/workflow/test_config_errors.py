@@ -1,0 +1,31 @@
+"""Config and sample-sheet validation: defaults, and errors that name the file."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from dwisynth.config import load_config, read_sample_sheet
+from dwisynth.errors import ConfigError, SampleSheetError
+
+from helpers import REPO
+
+pytestmark = pytest.mark.workflow
+
+
+
+
+def test_workflow_stops_on_sheet_with_missing_column(tmp_path):
+    path = _sheet(tmp_path, drop="organ")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"samples": str(path), "bvalues": {}, "demo": {"enabled": False}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", str(tmp_path),
+         "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode != 0
+    assert "missing column(s) organ" in proc.stdout + proc.stderr
+    assert str(path) in proc.stdout + proc.stderr
