@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dwisynth import layout
 from dwisynth.inference import load_model, synthesize_slices
 
 
@@ -26,7 +27,7 @@ def quality(run: Path) -> pd.DataFrame:
     table = pd.read_csv(run / "results/tables/synthesis_metrics.tsv", sep="\t", dtype={"slice": str})
     volumes = table[table["slice"] == "volume"]
     return (volumes.groupby(["organ", "b_value", "seen", "method"])
-            .agg(subjects=("subject", "nunique"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
+            .agg(subjects=("psnr", "size"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
                  psnr_legacy=("psnr_legacy", "mean")).reset_index())
 
 
@@ -46,13 +47,13 @@ def speed(run: Path, threads: int = 2) -> pd.DataFrame:
     torch.set_num_threads(threads)
     rows = []
     for model_path in sorted((run / "results/models").glob("*/*/model.pt")):
-        method, organ = model_path.parts[-3], model_path.parts[-2]
-        log = pd.read_csv(model_path.with_name("training_log.csv"))
-        bench = run / "benchmarks/train" / method / f"{organ}.tsv"
-        wall = pd.read_csv(bench, sep="\t")["s"].iloc[0] if bench.exists() else np.nan
         model = load_model(model_path, device="cpu")
-        shard = next((run / "results").glob(f"*/slices/sub-*{organ}*_slices.npz"))
-        with np.load(shard) as data:
+        method, organ = model.record["method"], model.record["organ"]
+        log = pd.read_csv(run / layout.training_log(method, organ))
+        bench = run / layout.benchmark("train", method, organ)
+        wall = pd.read_csv(bench, sep="\t")["s"].iloc[0] if bench.exists() else np.nan
+        cohort, subject = model.record["train_subjects"][0]
+        with np.load(run / layout.shard(cohort, subject)) as data:
             grid = [float(b) for b in data["bvals"]]
             slices = data["images"][:, [grid.index(b) for b in model.input_b]]
         synthesize_slices(model, slices[:2])  # warm-up

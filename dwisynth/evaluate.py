@@ -130,7 +130,8 @@ def summarize(metrics, adc, baseline: str = "cdwi"):
         for grouping, keys in {"method": ["task", "method"], "method x organ": ["task", "method", "organ"]}.items():
             for group, table in adc.groupby(keys):
                 ids = dict(zip(keys, group))
-                result = paired_agreement(table["adc_synthetic"], table["adc_acquired"], table["subject"])
+                units = table["cohort"] + "/" + table["subject"]  # two cohorts may share a pseudonym
+                result = paired_agreement(table["adc_synthetic"], table["adc_acquired"], units)
                 rows.append({"analysis": "ADC agreement", "grouping": grouping, **ids, "reference": "acquired",
                              "metric": "adc", **result, "mean": float(table["adc_synthetic"].mean())})
     return pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)

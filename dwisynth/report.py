@@ -237,7 +237,7 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
     adc = pd.read_csv(adc_path, sep="\t")
     provenance = json.loads(Path(provenance_path).read_text())
     volumes = metrics[metrics["slice"] == "volume"]
-    n_subjects = volumes["subject"].nunique()
+    n_subjects = len(volumes[["cohort", "subject"]].drop_duplicates())
     intro = (f"<p>{n_subjects} test subjects, {volumes['organ'].nunique()} organs, methods: "
              f"{', '.join(METHOD_LABEL.get(m, m) for m in _ordered(volumes['method'].unique()))}. "
              "Every method sees the same input b-values and is scored against the same acquired images inside "

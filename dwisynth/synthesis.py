@@ -43,7 +43,7 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
                            threads=training.get("threads"), progress=progress)
     meta = {"method": method, "task": model.task, "organ": organ, "input_b": [float(b) for b in inputs],
             "target_b": [float(b) for b in targets], "heldout_b": [float(b) for b in bvalues.get("heldout", ())],
-            "train_subjects": [f"{cohort}/{subject}" for cohort, subject in subjects], "seed": seed}
+            "train_subjects": [[cohort, subject] for cohort, subject in subjects], "seed": seed}
     return Trainer(model, data, config, out_dir, meta).fit()
 
 

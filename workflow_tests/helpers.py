@@ -31,3 +31,16 @@ def truth_stem(run, cohort, subject):
 
 def preproc_stem(run, cohort, subject):
     return run / "results" / cohort / "preproc" / f"sub-{subject}" / f"sub-{subject}"
+
+
+def write_sheet(tmp_path, drop=None):
+    """A one-row sample sheet (optionally without one column) in tmp_path."""
+    import pandas as pd
+
+    df = pd.DataFrame([{"cohort": "c1", "center": "h1", "subject": "S0001", "organ": "brain",
+                        "modality": "DWI", "dicom_dir": "/data/x"}])
+    if drop:
+        df = df.drop(columns=[drop])
+    path = tmp_path / "samples.tsv"
+    df.to_csv(path, sep="\t", index=False)
+    return path

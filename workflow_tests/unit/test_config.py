@@ -1,7 +1,6 @@
 """Config and sample-sheet validation: defaults, and errors that name the file."""
 
-import subprocess
-import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,7 +9,7 @@ import yaml
 from dwisynth.config import load_config, read_sample_sheet
 from dwisynth.errors import ConfigError, SampleSheetError
 
-from helpers import REPO
+from helpers import REPO, write_sheet as _sheet
 
 
 def test_demo_config_validates_and_gets_defaults(tmp_path):
@@ -37,14 +36,6 @@ def test_heldout_b_in_targets_is_refused(tmp_path):
         load_config(path)
 
 
-def _sheet(tmp_path, drop=None):
-    df = pd.DataFrame([{"cohort": "c1", "center": "h1", "subject": "S0001", "organ": "brain",
-                        "modality": "DWI", "dicom_dir": "/data/x"}])
-    if drop:
-        df = df.drop(columns=[drop])
-    path = tmp_path / "samples.tsv"
-    df.to_csv(path, sep="\t", index=False)
-    return path
 
 
 def test_sheet_with_missing_column_names_file_and_column(tmp_path):
@@ -66,3 +57,25 @@ def test_sheet_with_bad_organ_names_the_row(tmp_path):
         read_sample_sheet(path)
 
 
+
+
+def test_a_misspelt_key_in_any_block_names_the_nearest_valid_one(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["dc2anet"]["n_residuals"] = 3
+    config["dc2anet"]["weights"]["voxle"] = 10
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"dc2anet\.n_residuals' \(did you mean 'n_residual'\?\)"):
+        load_config(path)
+    del config["dc2anet"]["n_residuals"]
+    config["training"]["bach_size"] = 4
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"did you mean"):
+        load_config(path)
+
+
+def test_schemas_ship_inside_the_package():
+    import dwisynth.config
+
+    assert dwisynth.config.CONFIG_SCHEMA.is_file()
+    assert dwisynth.config.CONFIG_SCHEMA.parent == Path(dwisynth.config.__file__).parent / "schemas"

@@ -114,7 +114,7 @@ def _metrics_table():
 
 
 def test_summary_groups_as_specified_and_compares_with_the_baseline():
-    adc = pd.DataFrame({"task": "multib", "method": "dc2anet", "organ": "brain", "subject": [f"S{i}" for i in range(4)],
+    adc = pd.DataFrame({"task": "multib", "method": "dc2anet", "cohort": "c", "organ": "brain", "subject": [f"S{i}" for i in range(4)],
                         "adc_synthetic": [0.81, 0.92, 0.75, 0.88], "adc_acquired": [0.8, 0.9, 0.74, 0.9]})
     summary = summarize(_metrics_table(), adc)
     image = summary[summary["analysis"] == "image metrics"]

@@ -179,7 +179,7 @@ def test_model_trained_on_cpu_synthesizes_with_input_geometry_and_bvalues(cohort
                              {"inputs": INPUT_B, "targets": TARGET_B, "heldout": [75]}, seed=3, device="cpu",
                              progress=False)
     record = torch.load(model_path, weights_only=True)
-    assert record["train_subjects"] == [f"c/P{i}" for i in range(6)]  # (cohort, subject) of every shard
+    assert record["train_subjects"] == [["c", f"P{i}"] for i in range(6)]  # (cohort, subject) of every shard
     assert all(v.device.type == "cpu" for v in record["state_dict"].values())
     stem = cohort["root"] / "sub-T0"
     outputs = synth_folder_files(tmp_path, "pix2pix", "T0")
@@ -245,3 +245,102 @@ def test_cli_synthesize_preprocesses_a_raw_nifti_and_writes_synthetic_images_and
     assert np.loadtxt(out / "sub-new01_desc-pix2pix_dwi.bval").tolist() == INPUT_B + TARGET_B
     assert (out / "sub-new01_desc-pix2pix_adc.nii.gz").exists() and (out / "sub-new01_desc-norm_dwi.nii.gz").exists()
     assert main(["synthesize", *args, "--b", "850"]) == 2  # an untrained b needs stage 2
+
+
+# --- honest resume: what a checkpoint must share with the run ------------------------------------
+
+def _train(shards, out_dir, **block):
+    return train_model("dc2anet", "abdomen", shards, out_dir, {**TINY["dc2anet"], "steps": 4, **block},
+                       {"batch_size": 2, "crop": 24, "checkpoint_every": 2, "log_every": 2, "threads": 1},
+                       {"inputs": INPUT_B, "targets": TARGET_B, "heldout": [75]}, seed=3, device="cpu",
+                       progress=False)
+
+
+@pytest.mark.parametrize("change, named", [("loss weight", "network.weights.voxel"), ("ndf", "network.ndf"),
+                                           ("one voxel of one shard", "data")])
+def test_a_changed_setting_or_training_voxel_trains_from_scratch(cohort, tmp_path, capsys, change, named):
+    import shutil
+
+    shards = [shutil.copy(s, tmp_path) for s in cohort["shards"][:6]]
+    first = torch.load(_train(shards, tmp_path / "m"), weights_only=True)
+    rerun = torch.load(_train(shards, tmp_path / "m"), weights_only=True)  # unchanged: resumes, nothing to do
+    assert "resumed from" in capsys.readouterr().err and rerun["fingerprint"] == first["fingerprint"]
+    block = {}
+    if change == "loss weight":
+        block = {"weights": {"voxel": 50.0}}
+    elif change == "ndf":
+        block = {"ndf": 16}
+    else:
+        with np.load(shards[2]) as data:
+            arrays = {k: data[k] for k in data.files}
+        z, y, x = np.argwhere(arrays["mask"])[0]
+        arrays["images"][z, 3, y, x] += 0.01  # b 800 of one voxel inside the organ
+        np.savez_compressed(shards[2], **arrays)
+    changed = torch.load(_train(shards, tmp_path / "m", **block), weights_only=True)
+    err = capsys.readouterr().err
+    assert "training from scratch" in err and named in err and "resumed" not in err
+    assert changed["fingerprint"] != first["fingerprint"] and changed["trained_steps"] == 4
+    if block:  # a changed loss or discriminator trains another generator (one voxel may go unsampled in 4 steps)
+        assert any(not torch.equal(v, first["state_dict"][k]) for k, v in changed["state_dict"].items())
+
+
+def test_resume_loads_the_checkpoint_on_cpu_whatever_the_training_device(cohort, tmp_path):
+    tiny_trainer(cohort, "pix2pix", tmp_path, steps=6).fit(stop_after=5)
+    saved_rng = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["torch_rng"]
+    resumed = tiny_trainer(cohort, "pix2pix", tmp_path, steps=6)
+    # As on a GPU node: the job's device is not the CPU. The RNG state must still be loaded on
+    # the CPU (torch.set_rng_state refuses a device tensor; mapping to the device crashed every GPU resume).
+    resumed.device = torch.device("meta")
+    torch.manual_seed(123)
+    assert resumed.try_resume() and resumed.step == 5
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+
+
+def test_phases_start_in_order_and_a_resume_reenters_the_phase_it_stopped_in(cohort, tmp_path):
+    from plugins.phased_tiny_conv import PhasedTinyConv
+
+    def trainer(out):
+        data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+        model = build_network("phasedtinyconv", {"steps": 8}, 2, 3, seed=1)
+        config = TrainerConfig(steps=8, batch_size=2, crop=24, checkpoint_every=2, log_every=2, seed=1,
+                               device="cpu", progress=False)
+        return Trainer(model, data, config, out, {"method": "phasedtinyconv"})
+
+    PhasedTinyConv.phases_seen.clear()
+    straight = trainer(tmp_path / "straight")
+    first_layer = straight.model.G[0].weight.detach().clone()
+    straight.fit()
+    assert PhasedTinyConv.phases_seen == ["pretrain", "finetune"]
+    log = pd.read_csv(tmp_path / "straight" / "training_log.csv")
+    assert log["phase"].tolist() == ["pretrain", "pretrain", "finetune", "finetune"]
+    assert not torch.equal(first_layer, straight.model.G[0].weight)
+
+    trainer(tmp_path / "resumed").fit(stop_after=6)
+    PhasedTinyConv.phases_seen.clear()
+    resumed = trainer(tmp_path / "resumed")
+    resumed.fit()
+    assert PhasedTinyConv.phases_seen == ["finetune"]  # the frozen layer stays frozen after the resume
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_a_network_registered_outside_dwisynth_trains_and_synthesizes(cohort, tmp_path):
+    from dwisynth.config import config_schema, validate_config
+    from dwisynth.networks.base import networks
+    from plugins.tiny_conv import TinyConv
+
+    assert networks()["tinyconv"] is TinyConv
+    assert config_schema()["properties"]["tinyconv"]["properties"]["width"]["default"] == 8
+    config = validate_config({"bvalues": {}, "tinyconv": {"steps": 30}})
+    assert config["tinyconv"] == {"steps": 30, "width": 8, "lr": 2e-4, "betas": [0.5, 0.999], "decay_start": None}
+    assert "tinyconv" in config["methods"]
+    with pytest.raises(ConfigError, match="did you mean 'width'"):
+        validate_config({"bvalues": {}, "tinyconv": {"widht": 4}})
+    model_path = train_model("tinyconv", "abdomen", cohort["shards"][:6], tmp_path, config["tinyconv"],
+                             {"batch_size": 4, "crop": 24, "checkpoint_every": 10, "log_every": 10, "threads": 1},
+                             config["bvalues"] | {"targets": TARGET_B}, seed=1, device="cpu", progress=False)
+    stem = cohort["root"] / "sub-T0"
+    outputs = synth_folder_files(tmp_path, "tinyconv", "T0")
+    written = synthesize_subject(model_path, f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_mask.nii.gz",
+                                 outputs, ADC, "T0", device="cpu")
+    assert written == INPUT_B + TARGET_B and nib.load(outputs["dwi"]).shape[-1] == 5

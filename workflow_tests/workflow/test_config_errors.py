@@ -1,16 +1,12 @@
-"""Config and sample-sheet validation: defaults, and errors that name the file."""
+"""The workflow refuses a bad sample sheet before it runs anything, naming the file."""
 
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 import yaml
 
-from dwisynth.config import load_config, read_sample_sheet
-from dwisynth.errors import ConfigError, SampleSheetError
-
-from helpers import REPO
+from helpers import REPO, write_sheet as _sheet
 
 pytestmark = pytest.mark.workflow
 
