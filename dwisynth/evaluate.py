@@ -97,12 +97,16 @@ SUMMARY_GROUPINGS = {
 }
 SUMMARY_COLUMNS = ["analysis", "grouping", "task", "method", "reference", "cohort", "center", "organ", "b_value",
                    "seen", "metric", "n", "mean", "ci_low", "ci_high", "mean_difference", "p_ttest", "p_wilcoxon",
-                   "loa_low", "loa_high", "icc_type", "icc", "icc_ci_low", "icc_ci_high", "icc_label"]
+                   "tost_margin", "p_tost", "equivalent", "loa_low", "loa_high", "icc_type", "icc", "icc_ci_low",
+                   "icc_ci_high", "icc_label"]
 
 
-def summarize(metrics, adc, baseline: str = "cdwi"):
-    """summary.tsv: grouped means with 95% CI (units: subjects' volume scores), each method against the
-    baseline (paired over subject and b), and ADC agreement with the acquired ADC (paired over subjects)."""
+def summarize(metrics, adc, baseline: str = "cdwi", margin: float = 0.02):
+    """summary.tsv: grouped means with 95% CI (units: subjects' volume scores); each method against the
+    baseline with one value per subject (its mean over the b-values of that `seen` group), so n is the
+    number of subjects; ADC agreement with the acquired ADC per subject: pooled over organs the mean
+    difference, its tests and TOST equivalence within ±margin (x10^-3 mm²/s); per organ also
+    Bland-Altman limits and ICC (pooling organs with ADC 0.8 and 2 would inflate them)."""
     import pandas as pd
 
     from dwisynth.statistics import mean_ci, paired_agreement
@@ -115,14 +119,15 @@ def summarize(metrics, adc, baseline: str = "cdwi"):
             for metric in METRICS:
                 rows.append({"analysis": "image metrics", "grouping": grouping, **ids, "metric": metric,
                              **mean_ci(table[metric])})
-    pair_keys = ["task", "cohort", "subject", "b_value"]
-    for (task, method, seen), table in volumes.groupby(["task", "method", "seen"]):
+    subject_keys = ["task", "method", "seen", "cohort", "subject"]
+    per_subject = volumes.groupby(subject_keys)[["psnr", "ssim"]].mean().reset_index()
+    base = per_subject[per_subject["method"] == baseline].drop(columns="method")
+    for (task, method, seen), table in per_subject.groupby(["task", "method", "seen"]):
         if method == baseline:
             continue
-        base = volumes[(volumes["method"] == baseline) & (volumes["task"] == task) & (volumes["seen"] == seen)]
-        paired = table.merge(base, on=pair_keys, suffixes=("", "_baseline"))
+        paired = table.merge(base, on=["task", "seen", "cohort", "subject"], suffixes=("", "_baseline"))
         for metric in ("psnr", "ssim"):
-            result = paired_agreement(paired[metric], paired[f"{metric}_baseline"])
+            result = paired_agreement(paired[metric], paired[f"{metric}_baseline"], agreement=False)
             rows.append({"analysis": f"{metric} vs {baseline}", "grouping": "method", "task": task, "method": method,
                          "reference": baseline, "seen": seen, "metric": metric,
                          **{k: v for k, v in result.items() if not k.startswith("icc")}})
@@ -131,7 +136,8 @@ def summarize(metrics, adc, baseline: str = "cdwi"):
             for group, table in adc.groupby(keys):
                 ids = dict(zip(keys, group))
                 units = table["cohort"] + "/" + table["subject"]  # two cohorts may share a pseudonym
-                result = paired_agreement(table["adc_synthetic"], table["adc_acquired"], units)
+                result = paired_agreement(table["adc_synthetic"], table["adc_acquired"], units, margin=margin,
+                                          agreement=grouping == "method x organ")
                 rows.append({"analysis": "ADC agreement", "grouping": grouping, **ids, "reference": "acquired",
                              "metric": "adc", **result, "mean": float(table["adc_synthetic"].mean())})
     return pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)

@@ -3,7 +3,8 @@
 Conventions: confidence intervals are two-sided t-intervals over units (subjects or
 readers); ICC is Shrout & Fleiss ICC2 (two-way random, absolute agreement, single
 rater) unless stated, with Koo & Li's labels; Bland-Altman limits are mean
-difference ± 1.96 SD of the differences.
+difference ± 1.96 SD of the differences. A difference test's p > 0.05 is not evidence
+of agreement: equivalence is Schuirmann's TOST within a stated margin.
 """
 
 from __future__ import annotations
@@ -48,11 +49,28 @@ def icc(data: pd.DataFrame, targets: str, raters: str, ratings: str, kind: str =
             "icc_p": float(row["pval"]), "icc_label": koo_li(float(row["ICC"]))}
 
 
-def paired_agreement(candidate, reference, units=None) -> dict:
-    """Agreement of paired measurements (e.g. synthetic vs acquired ADC per subject).
+def equivalence_tost(candidate, reference, margin: float, alpha: float = 0.05) -> dict:
+    """Schuirmann's two one-sided paired t-tests (pingouin.tost): the two are equivalent when the mean
+    difference lies within ±margin, i.e. p_tost < alpha (the 90% CI of the difference inside the margin)."""
+    import pingouin as pg
 
-    Mean difference with its CI, paired t-test and Wilcoxon signed-rank p-values,
-    Bland-Altman limits and ICC2 (absolute agreement). Needs >= 3 pairs for the tests.
+    a, b = np.asarray(candidate, float), np.asarray(reference, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    row = {"tost_margin": float(margin), "p_tost": float("nan"), "equivalent": False}
+    if keep.sum() >= 3 and np.std(a[keep] - b[keep]) > 0:
+        row["p_tost"] = float(pg.tost(a[keep], b[keep], bound=margin, paired=True)["pval"].iloc[0])
+        row["equivalent"] = bool(row["p_tost"] < alpha)
+    return row
+
+
+def paired_agreement(candidate, reference, units=None, margin: float | None = None,
+                     agreement: bool = True) -> dict:
+    """Agreement of paired measurements, one pair per unit (e.g. synthetic vs acquired ADC per subject).
+
+    Mean difference with its CI, paired t-test and Wilcoxon signed-rank p-values, and with
+    `margin` the TOST equivalence test; with `agreement` also Bland-Altman limits and ICC2
+    (absolute agreement), which only mean something within one population (one organ).
+    Needs >= 3 pairs for the tests.
     """
     import pingouin as pg
 
@@ -65,13 +83,18 @@ def paired_agreement(candidate, reference, units=None) -> dict:
            "p_ttest": float("nan"), "p_wilcoxon": float("nan"), "loa_low": float("nan"), "loa_high": float("nan"),
            "icc_type": "ICC2", "icc": float("nan"), "icc_ci_low": float("nan"), "icc_ci_high": float("nan"),
            "icc_label": "n/a"}
+    if margin is not None:
+        row.update(equivalence_tost(a, b, margin))
     if diff.size < 3:
         return row
     sd = diff.std(ddof=1)
-    row["loa_low"], row["loa_high"] = ci["mean"] - 1.96 * sd, ci["mean"] + 1.96 * sd
     if sd > 0:
         row["p_ttest"] = float(pg.ttest(a, b, paired=True)["p_val"].iloc[0])
         row["p_wilcoxon"] = float(stats.wilcoxon(a, b).pvalue)
+    if not agreement:
+        row["icc_label"] = "per organ only"
+        return row
+    row["loa_low"], row["loa_high"] = ci["mean"] - 1.96 * sd, ci["mean"] + 1.96 * sd
     ids = np.asarray(units)[keep] if units is not None else np.arange(diff.size)
     long = pd.DataFrame({"unit": np.concatenate([ids, ids]), "source": ["candidate"] * a.size + ["reference"] * b.size,
                          "value": np.concatenate([a, b])})

@@ -7,6 +7,8 @@ rule summarize:
         adc=rules.evaluate_synthesis.output.adc,
     output:
         layout.SUMMARY,
+    params:
+        margin=config["adc"]["equivalence_margin"],
     log:
         "logs/summarize.log",
     conda:

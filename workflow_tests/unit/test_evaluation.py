@@ -122,9 +122,25 @@ def test_summary_groups_as_specified_and_compares_with_the_baseline():
     by_center = image[(image["grouping"] == "method x center x b") & (image["metric"] == "psnr")]
     assert set(by_center["center"]) == {"A", "B"} and (by_center["n"] == 2).all()
     versus = summary[(summary["analysis"] == "psnr vs cdwi") & (summary["method"] == "dc2anet")].iloc[0]
-    assert versus["mean_difference"] == pytest.approx(3.0) and versus["n"] == 8
+    # one value per subject (its mean over b): n is the number of subjects, not subjects x b-values
+    assert versus["mean_difference"] == pytest.approx(3.0) and versus["n"] == 4
     agreement = summary[(summary["analysis"] == "ADC agreement") & (summary["grouping"] == "method")].iloc[0]
     assert agreement["mean_difference"] == pytest.approx(0.005) and agreement["n"] == 4
+    assert agreement["tost_margin"] == 0.02 and np.isnan(agreement["icc"])  # no ICC across pooled organs
+    per_organ = summary[(summary["analysis"] == "ADC agreement") & (summary["grouping"] == "method x organ")]
+    assert per_organ["organ"].tolist() == ["brain"] and np.isfinite(per_organ["icc"]).all()
+
+
+def test_tost_finds_equivalence_within_the_margin_and_not_beyond_it():
+    from dwisynth.statistics import equivalence_tost
+
+    rng = np.random.default_rng(0)
+    acquired = rng.normal(1.0, 0.3, 30)  # ADC per subject, x10^-3 mm²/s
+    close = acquired + 0.005 + rng.normal(0, 0.005, 30)
+    far = acquired + 0.05 + rng.normal(0, 0.005, 30)
+    assert equivalence_tost(close, acquired, margin=0.02)["equivalent"]
+    assert not equivalence_tost(far, acquired, margin=0.02)["equivalent"]
+    assert equivalence_tost(far, acquired, margin=0.1)["equivalent"]
 
 
 def _reading_set(tmp_path):
