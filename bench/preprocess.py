@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from dwisynth.config import adc_settings
 from dwisynth.preprocess.qa import (adc_error_by_tissue, dice, protocol_truth_adc, registration_residual_mm,
                                     voxel_centres_lps)
 
@@ -43,6 +44,8 @@ def accuracy(run: Path):
     tissues = pd.read_csv(run / "data/demo/truth/dseg.tsv", sep="\t")
     names = dict(zip(tissues["index"], tissues["name"]))
     adc_rows, mask_rows, reg_rows = [], [], []
+    # the b-values the run fitted its ADC on (its resolved config, recorded in provenance)
+    adc_bvalues = adc_settings(json.loads((run / "results/provenance/provenance.json").read_text())["config"])["bvalues"]
     for adc_path in sorted((run / "results").glob("*/preproc/sub-*/sub-*_adc.nii.gz")):
         cohort, subject = adc_path.parts[-4], adc_path.parent.name[4:]
         truth = run / f"data/demo/truth/{cohort}/sub-{subject}/sub-{subject}"
@@ -57,7 +60,7 @@ def accuracy(run: Path):
         labels, purity = load(f"{truth}_dseg.nii.gz")[1], load(f"{truth}_desc-purity_probseg.nii.gz")[1]
         references = {
             "protocol": protocol_truth_adc(noise_free, np.loadtxt(f"{truth}_desc-noisefree_dwi.bval"),
-                                           meta["acquired_bvals"]),
+                                           meta["acquired_bvals"], use_b=adc_bvalues),
             "tissue_D": load(f"{truth}_desc-truth_adc.nii.gz")[1],
         }
         for reference, truth_adc in references.items():
@@ -78,6 +81,37 @@ def accuracy(run: Path):
     return pd.DataFrame(adc_rows), pd.DataFrame(mask_rows), pd.DataFrame(reg_rows)
 
 
+def noise_floor_effect(run: Path) -> pd.DataFrame:
+    """ADC error against the protocol truth per tissue with `adc.noise_floor` none and background, refitted
+    here from the run's normalized images on the run's ADC b-values (what the option changes on the demo)."""
+    from dwisynth.diffusion import adc_fit_bvalues, fit_adc
+    from dwisynth.preprocess.steps import noise_floor_sigma
+
+    tissues = pd.read_csv(run / "data/demo/truth/dseg.tsv", sep="\t")
+    names = dict(zip(tissues["index"], tissues["name"]))
+    allowed = adc_settings(json.loads((run / "results/provenance/provenance.json").read_text())["config"])["bvalues"]
+    rows = []
+    for dwi_path in sorted((run / "results").glob("*/preproc/sub-*/sub-*_desc-norm_dwi.nii.gz")):
+        cohort, subject = dwi_path.parts[-4], dwi_path.parent.name[4:]
+        truth = run / f"data/demo/truth/{cohort}/sub-{subject}/sub-{subject}"
+        meta = json.loads(Path(f"{truth}_truth.json").read_text())
+        _, dwi = load(dwi_path)
+        bvals = np.loadtxt(str(dwi_path).replace(".nii.gz", ".bval"), ndmin=1)
+        mask = load(str(dwi_path).replace("_desc-norm_dwi.nii.gz", "_desc-organ_mask.nii.gz"))[1] > 0
+        use_b = adc_fit_bvalues(allowed, bvals)
+        _, noise_free = load(f"{truth}_desc-noisefree_dwi.nii.gz")
+        reference = protocol_truth_adc(noise_free, np.loadtxt(f"{truth}_desc-noisefree_dwi.bval"),
+                                       meta["acquired_bvals"], use_b=allowed)
+        labels, purity = load(f"{truth}_dseg.nii.gz")[1], load(f"{truth}_desc-purity_probseg.nii.gz")[1]
+        for method in ("none", "background"):
+            sigma = noise_floor_sigma(dwi.astype(float), mask, method)
+            adc = fit_adc(dwi, bvals, mask=mask, use_b=use_b, sigma=sigma)
+            for row in adc_error_by_tissue(adc, reference, labels, purity, mask, names).to_dict("records"):
+                rows.append({"noise_floor": method, "organ": meta["organ"], "snr": meta["snr"],
+                             "subject": subject, **row})
+    return pd.DataFrame(rows)
+
+
 def main(run: Path) -> None:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
@@ -87,6 +121,8 @@ def main(run: Path) -> None:
     adc_table.to_csv(out / "preprocess_adc.tsv", sep="\t", index=False)
     mask_table.to_csv(out / "preprocess_masks.tsv", sep="\t", index=False)
     reg_table.to_csv(out / "preprocess_registration.tsv", sep="\t", index=False)
+    floor_table = noise_floor_effect(run)
+    floor_table.to_csv(out / "preprocess_noise_floor.tsv", sep="\t", index=False)
     pd.set_option("display.width", 160)
     print("== seconds per subject and peak memory, per step ==")
     print(time_table.round(2).to_string(index=False))
@@ -98,6 +134,9 @@ def main(run: Path) -> None:
     print("\n== masks: Dice against the phantom ==")
     print(mask_table.groupby(["organ", "method"])["dice_vs_phantom"].describe()[["count", "mean", "min"]]
           .round(3).to_string())
+    print("\n== adc.noise_floor: ADC median error per tissue against the protocol truth, median over subjects ==")
+    print(floor_table.pivot_table(index=["organ", "tissue"], columns="noise_floor", values="median_error",
+                                  aggfunc="median").round(3).to_string())
     if len(reg_table):
         print("\n== CT -> DWI registration (mm) ==")
         print(reg_table.round(2).to_string(index=False))

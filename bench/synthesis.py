@@ -1,12 +1,13 @@
-"""Synthesis benchmark on a finished demo run: quality per organ and b against cDWI and the noise floor,
+"""Synthesis benchmark on a finished demo run: quality per organ and b against cDWI and the noise-free reference,
 training throughput and inference time.
 
 Usage: .venv/bin/python bench/synthesis.py [RUN_DIR]   (RUN_DIR defaults to this checkout, after `make demo`)
 Reads results/tables/synthesis_metrics.tsv (volume rows) and the models; writes
 bench/results/synthesis_{quality,gap,speed}.tsv and prints the tables. It reports; it asserts nothing.
 
-Noise floor: the demo's noise-free truth scored against the noisy acquisition, the best
-score any method can expect; `gap_db` is a method's PSNR minus the floor's.
+Noise-free reference: the demo's noise-free truth scored against the noisy acquisition; a reference
+point, not a bound (under Rician noise the MSE-optimal prediction is the Rician mean); `gap_db` is a
+method's PSNR minus the reference's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def quality(run: Path) -> pd.DataFrame:
                  psnr_legacy=("psnr_legacy", "mean")).reset_index())
 
 
-def gap_to_floor(table: pd.DataFrame) -> pd.DataFrame:
+def gap_to_reference(table: pd.DataFrame) -> pd.DataFrame:
     wide = table.pivot_table(index=["organ", "b_value"], columns="method", values="psnr")
     out = pd.DataFrame(index=wide.index)
     for method in [m for m in wide.columns if m != "noisefree"]:
@@ -39,7 +40,7 @@ def gap_to_floor(table: pd.DataFrame) -> pd.DataFrame:
         if "noisefree" in wide:
             out[f"{method}_gap_db"] = wide[method] - wide["noisefree"]
     if "noisefree" in wide:
-        out["noise_floor_psnr"] = wide["noisefree"]
+        out["noisefree_psnr"] = wide["noisefree"]
     return out.reset_index()
 
 
@@ -74,13 +75,13 @@ def main(run: Path) -> None:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     table = quality(run)
-    gaps = gap_to_floor(table)
+    gaps = gap_to_reference(table)
     speeds = speed(run)
     table.to_csv(out / "synthesis_quality.tsv", sep="\t", index=False)
     gaps.to_csv(out / "synthesis_gap.tsv", sep="\t", index=False)
     speeds.to_csv(out / "synthesis_speed.tsv", sep="\t", index=False)
     pd.set_option("display.width", 200)
-    print("== PSNR (dB, data range 1 = reference robust max) per organ and b; gap = method - noise floor ==")
+    print("== PSNR (dB, data range 1 = reference robust max) per organ and b; gap = method - noise-free reference ==")
     print(gaps.round(2).to_string(index=False))
     print("\n== mean over organs, per b ==")
     print(gaps.drop(columns="organ").groupby("b_value").mean().round(2).to_string())

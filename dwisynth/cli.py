@@ -32,7 +32,7 @@ def _adc(args) -> None:
 
     dwi, bvals = load_dwi(args.dwi, args.bval)
     mask = load_mask(args.mask) if args.mask else None
-    adc = fit_adc(dwi, bvals, mask=mask, max_adc=args.max_adc, min_b=args.min_b, max_b=args.max_b)
+    adc = fit_adc(dwi, bvals, mask=mask, max_adc=args.max_adc, use_b=args.bvalues)
     save_like(adc, args.dwi, args.output)
     print(f"[adc] {args.output} (x10^-3 mm²/s)")
 
@@ -49,7 +49,7 @@ def _preprocess(args) -> None:
 def _synthesize(args) -> None:
     import torch
 
-    from dwisynth.config import load_config
+    from dwisynth.config import adc_settings, load_config
     from dwisynth.layout import synth_folder_files
     from dwisynth.preprocess.steps import preprocess_subject
     from dwisynth.synthesis import synthesize_subject
@@ -78,7 +78,7 @@ def _synthesize(args) -> None:
         norm_dwi, norm_bval, mask = files["dwi"], files["bval"], files["mask"]
     method = record.get("method", "model")
     outputs = synth_folder_files(out, method, args.subject)
-    written = synthesize_subject(args.model, norm_dwi, norm_bval, mask, outputs, config["adc"], args.subject,
+    written = synthesize_subject(args.model, norm_dwi, norm_bval, mask, outputs, adc_settings(config), args.subject,
                                  device=config["device"], target_b=args.b)
     print(f"[synthesize] sub-{args.subject}: b = {', '.join(f'{b:g}' for b in written)} -> {outputs['dwi']}")
 
@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bval", type=Path, required=True)
     p.add_argument("--mask", type=Path)
     p.add_argument("--max-adc", type=float, default=4.0, help="clip ADC to [0, max] x10^-3 mm²/s")
-    p.add_argument("--min-b", type=float, default=0.0, help="lowest b-value in the fit (s/mm²)")
-    p.add_argument("--max-b", type=float, default=1000.0, help="highest b-value in the fit (s/mm²), as adc.max_b")
+    p.add_argument("--bvalues", type=float, nargs="+",
+                   help="b-values to fit on (default: all); compare two ADC maps only when fitted on the same")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_adc)
 

@@ -172,6 +172,14 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
     return validate_sample_sheet(sheet, str(path))
 
 
+def adc_settings(config: dict) -> dict:
+    """The `adc` block with its b-set resolved: `adc.bvalues`, or by default the inputs and targets
+    (what every method's images hold, so acquired and synthetic ADC are fitted alike)."""
+    b = config["bvalues"]
+    chosen = config["adc"].get("bvalues") or [*b["inputs"], *b["targets"]]
+    return {**config["adc"], "bvalues": sorted({float(x) for x in chosen})}
+
+
 def bvalue_grid(config: dict) -> list[float]:
     """Every b-value the configuration knows: inputs, targets, held-out and other."""
     b = config["bvalues"]

@@ -22,22 +22,8 @@ def ivim_signal(s0, adc, bvals, perfusion_fraction=0.0, pseudo_diffusion=0.0) ->
     return s0 * (f * np.exp(-b * dstar) + (1.0 - f) * np.exp(-b * adc))
 
 
-def fit_mono_exponential(dwi, bvals, mask=None, weighted: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares fit of ln S = ln S0 - b ADC in every voxel.
-
-    weighted=True weights each log-signal by S² (the variance of ln S is about
-    sigma²/S²), which keeps noisy high-b voxels from dominating.
-    Returns (s0, adc) with adc in x10^-3 mm²/s; voxels outside mask are 0.
-    """
-    dwi = np.asarray(dwi, dtype=float)
-    b = np.asarray(bvals, dtype=float)
-    if dwi.shape[-1] != b.size:
-        raise ValueError(f"dwi has {dwi.shape[-1]} volumes but {b.size} b-values were given")
-    if np.unique(b).size < 2:
-        raise ValueError(f"an ADC fit needs at least two distinct b-values, got {sorted(set(b.tolist()))}")
-    signal = np.clip(dwi, 1e-6, None)
-    log_signal = np.log(signal)
-    w = signal**2 if weighted else np.ones_like(signal)
+def _log_linear_fit(log_signal, b, w):
+    """Weighted least squares of log_signal = intercept + slope * b per voxel."""
     sw = w.sum(-1)
     sb = (w * b).sum(-1)
     sbb = (w * b * b).sum(-1)
@@ -47,6 +33,33 @@ def fit_mono_exponential(dwi, bvals, mask=None, weighted: bool = True) -> tuple[
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where(det > 0, (sw * sby - sb * sy) / det, 0.0)
         intercept = np.where(sw > 0, (sy - slope * sb) / sw, 0.0)
+    return intercept, slope
+
+
+def fit_mono_exponential(dwi, bvals, mask=None, weighted: bool = True,
+                         iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares fit of ln S = ln S0 - b ADC in every voxel.
+
+    weighted=True: iteratively reweighted, each log-signal weighted by the square of the
+    signal the previous pass predicts (the variance of ln S is about sigma²/S²). Weights
+    from the observed S² alone favour the samples noise pushed up, biasing low-SNR fits;
+    they only start the iteration, because they are robust. Samples <= 0 (quantized to
+    zero, or negative after interpolation) have no logarithm and get no weight.
+    Returns (s0, adc) with adc in x10^-3 mm²/s; voxels outside mask are 0.
+    """
+    dwi = np.asarray(dwi, dtype=float)
+    b = np.asarray(bvals, dtype=float)
+    if dwi.shape[-1] != b.size:
+        raise ValueError(f"dwi has {dwi.shape[-1]} volumes but {b.size} b-values were given")
+    if np.unique(b).size < 2:
+        raise ValueError(f"an ADC fit needs at least two distinct b-values, got {sorted(set(b.tolist()))}")
+    valid = dwi > 0
+    log_signal = np.log(np.where(valid, dwi, 1.0))
+    start = np.where(valid, dwi, 0.0) ** 2 if weighted else valid.astype(float)
+    intercept, slope = _log_linear_fit(log_signal, b, start)
+    for _ in range(iterations if weighted else 0):
+        predicted = np.exp(np.clip(intercept[..., None] + slope[..., None] * b, -50, 50))
+        intercept, slope = _log_linear_fit(log_signal, b, predicted**2 * valid)
     adc = -slope / ADC_SCALE
     s0 = np.exp(intercept)
     if mask is not None:
@@ -56,17 +69,97 @@ def fit_mono_exponential(dwi, bvals, mask=None, weighted: bool = True) -> tuple[
     return s0, adc
 
 
-def fit_adc(dwi, bvals, mask=None, max_adc: float = 4.0, min_b: float = 0.0, max_b: float = float("inf")) -> np.ndarray:
-    """ADC map (x10^-3 mm²/s) from the b-values in [min_b, max_b], clipped to [0, max_adc].
+def fit_adc(dwi, bvals, mask=None, max_adc: float = 4.0, use_b=None, sigma=None) -> np.ndarray:
+    """ADC map (x10^-3 mm²/s) from the b-values in `use_b` (all when None), clipped to [0, max_adc].
 
-    The one ADC function for acquired and synthetic images alike.
+    sigma: the Rician noise (one value or one per volume) to fit the noise floor away; None ignores it.
+
+    The one ADC function for acquired and synthetic images alike: compare two ADC maps
+    only when they were fitted on the same b-values (`adc_fit_bvalues`).
     """
     b = np.asarray(bvals, dtype=float)
-    use = (b >= min_b) & (b <= max_b)
+    use = np.ones(b.size, bool) if use_b is None else np.isin(b, np.asarray(use_b, float))
     if np.unique(b[use]).size < 2:
-        raise ValueError(f"ADC needs two distinct b-values in [{min_b:g}, {max_b:g}], have {sorted(set(b.tolist()))}")
-    _, adc = fit_mono_exponential(np.asarray(dwi)[..., use], b[use], mask=mask)
+        wanted = "" if use_b is None else f" among {sorted(float(x) for x in use_b)}"
+        raise ValueError(f"ADC needs two distinct b-values{wanted}, the image has {sorted(set(b.tolist()))}")
+    s0, adc = fit_mono_exponential(np.asarray(dwi)[..., use], b[use], mask=mask)
+    if sigma is not None and np.any(np.asarray(sigma) > 0):
+        sigma = np.broadcast_to(np.asarray(sigma, dtype=float), b.shape)[use]
+        _, adc = fit_with_noise_floor(np.asarray(dwi)[..., use], b[use], sigma, s0, adc)
+        if mask is not None:
+            adc = np.where(np.asarray(mask, bool), adc, 0.0)
     return np.clip(adc, 0.0, max_adc)
+
+
+def fit_with_noise_floor(dwi, bvals, sigma, s0, adc, iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Refit (s0, adc) with the Rician noise floor removed from the log-signal the fit sees.
+
+    For a magnitude M of a signal S with noise sigma, M²/σ² is noncentral chi-square with two
+    degrees of freedom, so E[ln M] = ln S + E1(S²/2σ²)/2 (E1 the exponential integral). Each
+    pass subtracts that bias, evaluated at the signal the previous fit predicts, from ln M and
+    refits; starting from the floor-blind fit (s0, adc). It keeps the log-domain fit, so IVIM
+    tissue keeps the apparent ADC a noise-free scan gives. Subtracting 2σ² from M² sample by
+    sample instead over-corrects (high-b samples clip at zero, and the log's own bias is ignored).
+    sigma: one value or one per volume (0 leaves that volume as it is).
+    """
+    from scipy.special import exp1
+
+    b = np.asarray(bvals, dtype=float)
+    var = np.broadcast_to(np.asarray(sigma, dtype=float) ** 2, b.shape)
+    log_m = np.log(np.clip(np.asarray(dwi, dtype=float), 1e-6, None))
+    for _ in range(iterations):
+        predicted = np.asarray(s0)[..., None] * np.exp(-b * np.asarray(adc)[..., None] * ADC_SCALE)
+        with np.errstate(divide="ignore"):
+            ratio = np.where(var > 0, predicted**2 / (2.0 * np.where(var > 0, var, 1.0)), np.inf)
+        bias = 0.5 * exp1(np.clip(ratio, 1e-12, None))  # exp1(inf) = 0: no noise, no bias
+        s0, adc = fit_mono_exponential(np.exp(log_m - bias), b)
+    return s0, adc
+
+
+def noise_sigma_background(volume, mask, margin: int = 3) -> float:
+    """Noise sigma of a magnitude image from its background: voxels farther than `margin` voxels from the
+    mask and not zero-filled. There the magnitude is Rayleigh, whose median is sigma sqrt(2 ln 2) (the
+    median, not the mean, so that stray anatomy in the background barely moves it). 0 without background."""
+    from scipy import ndimage
+
+    volume = np.asarray(volume, dtype=float)
+    near = ndimage.binary_dilation(np.asarray(mask, bool), iterations=margin)
+    background = volume[~near & (volume > 0)]
+    return float(np.median(background) / np.sqrt(2 * np.log(2))) if background.size >= 50 else 0.0
+
+
+def noise_sigma_repeats(repeats, mask) -> float:
+    """Noise sigma from two or more repeated acquisitions of one volume (..., n_repeats): the SD across
+    repeats, pooled over the mask (magnitude noise is near Gaussian where tissue signal is high)."""
+    repeats = np.asarray(repeats, dtype=float)
+    if repeats.shape[-1] < 2:
+        raise ValueError("noise from repeats needs at least two repeated volumes at one b-value")
+    return float(np.sqrt(np.mean(repeats[np.asarray(mask, bool)].var(-1, ddof=1))))
+
+
+def adc_fit_bvalues(allowed, *acquired) -> list[float]:
+    """The b-values every compared ADC map is fitted on: the allowed set (config `adc.bvalues`, by default
+    the inputs and targets every method produces) that each of the images also holds."""
+    common = {float(b) for b in allowed}
+    for bvals in acquired:
+        common &= {float(b) for b in bvals}
+    return sorted(common)
+
+
+def trace_average(dwi, bvals, b0_max: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """One volume per b-value, sorted by b: the geometric mean of the volumes at each b > b0_max (the
+    trace-weighted image scanners form from diffusion directions: its ADC is the mean diffusivity,
+    trace(D)/3) and the arithmetic mean of repeated b0 volumes (no direction, only noise to average)."""
+    dwi, b = np.asarray(dwi, dtype=float), np.asarray(bvals, dtype=float)
+    unique = np.unique(b)
+    volumes = []
+    for value in unique:
+        stack = dwi[..., b == value]
+        if value <= b0_max or stack.shape[-1] == 1:
+            volumes.append(stack.mean(-1))
+        else:
+            volumes.append(np.exp(np.log(np.clip(stack, 1e-6, None)).mean(-1)))
+    return np.stack(volumes, axis=-1), unique
 
 
 def computed_dwi(dwi, bvals, input_bvals, target_bvals, mask=None) -> np.ndarray:

@@ -5,7 +5,8 @@ in the input's voxel grid, so they can be written with the acquired geometry:
 - `synthesize_volume`: a trained network, slice by slice along the third axis;
 - `cdwi_volume`: computed DWI from the input b-values only (the clinical baseline);
 - `noise_free_reference`: the demo's noise-free truth brought onto the normalized scale
-  of the acquisition (scored against the acquisition it gives the noise floor).
+  of the acquisition (the noise-free reference: scored against the acquisition it shows the room left;
+  not a bound, since under Rician noise the MSE-optimal prediction is the Rician mean).
 """
 
 from __future__ import annotations

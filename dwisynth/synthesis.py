@@ -48,19 +48,21 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
 
 
 def _write_synthetic(reference_img, inputs: np.ndarray, input_b, synthetic: np.ndarray, target_b,
-                     out: dict, mask_path, adc: dict) -> None:
-    """out: {dwi, bval, adc} paths; the ADC is fitted as the acquired ADC is (settings: the `adc` block)."""
+                     out: dict, mask_path, adc: dict, acquired_b, norm_record=None) -> None:
+    """out: {dwi, bval, adc} paths; the ADC is fitted as the acquired ADC is, on the b-values both hold
+    (adc: `dwisynth.config.adc_settings`; acquired_b: the acquisition's b-values)."""
     stack = np.concatenate([inputs, synthetic], axis=-1)
     save_nifti(stack, reference_img.affine, out["dwi"])
     write_bval(list(input_b) + list(target_b), out["bval"])
-    write_adc(out["dwi"], out["bval"], mask_path, out["adc"], adc["min_b"], adc["max_b"], adc["max_adc"])
+    write_adc(out["dwi"], out["bval"], mask_path, out["adc"], adc, reference_bvals=acquired_b, norm_record=norm_record)
 
 
 def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, adc: dict, subject: str = "?",
-                       device: str = "auto", target_b=None) -> list[float]:
+                       device: str = "auto", target_b=None, norm_record=None) -> list[float]:
     """Synthesize the model's target b-values for one normalized DWI, and their ADC in the organ mask.
 
-    out: {dwi, bval, adc} output paths (`dwisynth.layout.synth`); returns the b-values written.
+    out: {dwi, bval, adc} output paths (`dwisynth.layout.synth`); norm_record: the acquisition's normalization
+    record (for `adc.noise_floor: repeats`); returns the b-values written.
     """
     from dwisynth.inference import load_model, synthesize_volume
 
@@ -75,11 +77,11 @@ def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, ad
                           "other b-values need the b-value miner (stage 2)")
     pick = [model.target_b.index(b) for b in wanted]
     inputs = dwi[..., [list(map(float, bvals)).index(b) for b in model.input_b]]
-    _write_synthetic(img, inputs, model.input_b, synthetic[..., pick], wanted, out, mask_path, adc)
+    _write_synthetic(img, inputs, model.input_b, synthetic[..., pick], wanted, out, mask_path, adc, bvals, norm_record)
     return model.input_b + wanted
 
 
-def cdwi_subject(dwi_path, bval_path, mask_path, out: dict, adc: dict, input_b, target_b) -> None:
+def cdwi_subject(dwi_path, bval_path, mask_path, out: dict, adc: dict, input_b, target_b, norm_record=None) -> None:
     """Computed DWI at target_b from the input b-values only."""
     from dwisynth.inference import cdwi_volume
 
@@ -88,12 +90,12 @@ def cdwi_subject(dwi_path, bval_path, mask_path, out: dict, adc: dict, input_b, 
     input_b = [float(b) for b in input_b]
     cdwi = cdwi_volume(dwi, bvals, input_b, target_b, mask=load_mask(mask_path))
     inputs = dwi[..., [list(map(float, bvals)).index(b) for b in input_b]]
-    _write_synthetic(img, inputs, input_b, cdwi, [float(b) for b in target_b], out, mask_path, adc)
+    _write_synthetic(img, inputs, input_b, cdwi, [float(b) for b in target_b], out, mask_path, adc, bvals, norm_record)
 
 
 def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, mask_path, out: dict,
-                       adc: dict, input_b, target_b, b0_max: float = 10.0) -> None:
-    """The demo's noise-free truth at target_b on the acquisition's normalized scale (the noise floor's source)."""
+                       adc: dict, input_b, target_b, b0_max: float = 10.0, norm_record=None) -> None:
+    """The demo's noise-free truth at target_b on the acquisition's normalized scale (the noise-free reference)."""
     from dwisynth.inference import noise_free_reference
 
     img = nib.load(norm_dwi)
@@ -104,4 +106,5 @@ def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_
                                      norm[..., norm_b <= b0_max].mean(-1), target_b)
     input_b = [float(b) for b in input_b]
     inputs = norm[..., [list(map(float, norm_b)).index(b) for b in input_b]]
-    _write_synthetic(img, inputs, input_b, reference, [float(b) for b in target_b], out, mask_path, adc)
+    _write_synthetic(img, inputs, input_b, reference, [float(b) for b in target_b], out, mask_path, adc, norm_b,
+                     norm_record)

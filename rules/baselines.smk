@@ -8,12 +8,13 @@ rule cdwi:
         dwi=rules.normalize_dwi.output.dwi,
         bval=rules.normalize_dwi.output.bval,
         mask=rules.organ_mask.output.mask,
+        norm_record=rules.normalize_dwi.output.record,
     output:
         **layout.synth("cdwi", "{cohort}", "{subject}"),
     params:
         inputs=config["bvalues"]["inputs"],
         targets=config["bvalues"]["targets"],
-        adc=config["adc"],
+        adc=ADC,
     log:
         layout.log("cdwi", "{cohort}", "{subject}"),
     conda:
@@ -32,6 +33,7 @@ if config["demo"]["enabled"]:
             mask=rules.organ_mask.output.mask,
             dwi=rules.normalize_dwi.output.dwi,
             bval=rules.normalize_dwi.output.bval,
+            norm_record=rules.normalize_dwi.output.record,
         output:
             **layout.synth("noisefree", "{cohort}", "{subject}"),
         params:
@@ -39,7 +41,7 @@ if config["demo"]["enabled"]:
             inputs=config["bvalues"]["inputs"],
             targets=config["bvalues"]["targets"],
             b0_max=config["bvalues"]["b0_max"],
-            adc=config["adc"],
+            adc=ADC,
         log:
             layout.log("noise_free_reference", "{cohort}", "{subject}"),
         conda:

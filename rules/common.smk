@@ -1,7 +1,7 @@
 import pandas as pd
 
 from dwisynth import layout
-from dwisynth.config import bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
+from dwisynth.config import adc_settings, bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
 from dwisynth.dataset import subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
 from dwisynth.networks.base import code_digest, networks
@@ -27,6 +27,7 @@ SAMPLES = SAMPLES[SAMPLES["cohort"].isin(COHORTS) & SAMPLES["organ"].isin(config
 SAMPLES = SAMPLES.set_index(["cohort", "subject", "modality"], drop=False).sort_index()
 
 BVALUE_GRID = bvalue_grid(config)
+ADC = adc_settings(config)  # one b-set for every ADC fit, acquired and synthetic
 SUBJECTS = subject_table(SAMPLES.reset_index(drop=True))  # one row per DWI subject, with its task
 # Networks come from the registry (dwisynth.networks.base): a new one needs no rule here.
 NETWORKS = list(networks())
@@ -141,7 +142,7 @@ def synthesis_inputs(wildcards):
     organ = series_row(wildcards, "DWI")["organ"]
     pre = layout.preproc(wildcards.cohort, wildcards.subject)
     return {"model": layout.model(wildcards.method, organ), "dwi": pre["dwi"], "bval": pre["bval"],
-            "mask": pre["mask"]}
+            "mask": pre["mask"], "norm_record": pre["norm_record"]}
 
 
 # --- evaluation and report ---------------------------------------------------------------

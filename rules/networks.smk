@@ -38,7 +38,7 @@ rule synthesize:
         **layout.synth("{method}", "{cohort}", "{subject}"),
     params:
         device=config["device"],
-        adc=config["adc"],
+        adc=ADC,
     wildcard_constraints:
         method=NETWORK_PATTERN,
     resources:

@@ -94,10 +94,11 @@ rule adc_acquired:
         dwi=rules.normalize_dwi.output.dwi,
         bval=rules.normalize_dwi.output.bval,
         mask=rules.organ_mask.output.mask,
+        record=rules.normalize_dwi.output.record,
     output:
         PRE["adc"],
     params:
-        adc=config["adc"],
+        adc=ADC,
     log:
         layout.log("adc_acquired", "{cohort}", "{subject}"),
     benchmark:

@@ -7,4 +7,4 @@ from dwisynth.preprocess.steps import adc
 
 redirect_to_log(snakemake)  # noqa: F821
 i, p = snakemake.input, snakemake.params  # noqa: F821
-adc(i.dwi, i.bval, i.mask, snakemake.output[0], p.adc["min_b"], p.adc["max_b"], p.adc["max_adc"])  # noqa: F821
+adc(i.dwi, i.bval, i.mask, snakemake.output[0], p.adc, norm_record=i.record)  # noqa: F821

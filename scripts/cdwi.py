@@ -7,4 +7,4 @@ from dwisynth.synthesis import cdwi_subject
 
 redirect_to_log(snakemake)  # noqa: F821
 i, o, p = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
-cdwi_subject(i.dwi, i.bval, i.mask, dict(o.items()), p.adc, p.inputs, p.targets)
+cdwi_subject(i.dwi, i.bval, i.mask, dict(o.items()), p.adc, p.inputs, p.targets, norm_record=i.norm_record)

@@ -34,12 +34,6 @@ def snap_bvalues(bvals, grid, tolerance: float, subject: str) -> np.ndarray:
     return np.asarray(snapped)
 
 
-def average_repeats(dwi: np.ndarray, bvals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One volume per b-value (the mean of repeats), sorted by b."""
-    unique = np.unique(bvals)
-    return np.stack([dwi[..., bvals == b].mean(-1) for b in unique], axis=-1), unique
-
-
 def check_finite(array: np.ndarray, subject: str, what: str) -> None:
     bad = ~np.isfinite(array)
     if bad.any():

@@ -28,18 +28,19 @@ def adc_error_by_tissue(adc: np.ndarray, truth_adc: np.ndarray, labels: np.ndarr
     return pd.DataFrame(rows)
 
 
-def protocol_truth_adc(noise_free: np.ndarray, truth_bvals, acquired_bvals, min_b: float = 0.0,
-                       max_b: float = float("inf")) -> np.ndarray:
-    """The ADC a noise-free acquisition with the same b-values would give (x10^-3 mm²/s).
+def protocol_truth_adc(noise_free: np.ndarray, truth_bvals, acquired_bvals, use_b=None) -> np.ndarray:
+    """The ADC a noise-free acquisition with the same b-values would give (x10^-3 mm²/s), fitted on the
+    acquired b-values in `use_b` (the resolved `adc.bvalues`, as the acquired ADC is).
 
     Differs from the tissue D by the IVIM perfusion bias of low b-values; the
     difference between this and the acquired ADC is what the pipeline itself costs.
     """
-    from dwisynth.diffusion import fit_adc
+    from dwisynth.diffusion import adc_fit_bvalues, fit_adc
 
     truth_bvals = [float(b) for b in truth_bvals]
     pick = [truth_bvals.index(float(b)) for b in acquired_bvals]
-    return fit_adc(noise_free[..., pick], np.asarray(acquired_bvals, float), min_b=min_b, max_b=max_b, max_adc=np.inf)
+    use_b = adc_fit_bvalues(use_b if use_b is not None else acquired_bvals, acquired_bvals)
+    return fit_adc(noise_free[..., pick], np.asarray(acquired_bvals, float), use_b=use_b, max_adc=np.inf)
 
 
 def registration_residual_mm(fixed_to_moving: np.ndarray, truth_moving_to_fixed: np.ndarray,

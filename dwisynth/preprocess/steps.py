@@ -12,11 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dwisynth.diffusion import fit_adc
+from dwisynth.diffusion import adc_fit_bvalues, fit_adc, noise_sigma_background, noise_sigma_repeats, trace_average
 from dwisynth.errors import DwisynthError
 from dwisynth.io import save_nifti, write_bval
 from dwisynth.preprocess.masking import BRAIN_METHODS, body_mask, check_mask, hd_bet_v1_mask, hd_bet_v2_mask
-from dwisynth.preprocess.normalize import average_repeats, check_finite, normalize_dwi, snap_bvalues
+from dwisynth.preprocess.normalize import check_finite, normalize_dwi, snap_bvalues
 from dwisynth.preprocess.registration import apply_transforms, register, transform_matrix_lps
 
 
@@ -126,19 +126,57 @@ def normalize(dwi_path, bval_path, mask_path, out_dwi, out_bval, out_json, subje
     img, dwi = _load(dwi_path)
     mask = np.asarray(nib.load(mask_path).dataobj) > 0
     bvals = snap_bvalues(np.loadtxt(bval_path, ndmin=1), grid, tolerance, subject)
-    dwi, bvals = average_repeats(dwi, bvals)
+    b0_repeats = dwi[..., bvals <= b0_max]
+    sigma_raw = noise_sigma_repeats(b0_repeats, mask) if b0_repeats.shape[-1] >= 2 else None
+    dwi, bvals = trace_average(dwi, bvals, b0_max)
     normalized, record = normalize_dwi(dwi, bvals, mask, img.affine, subject, n4=n4, b0_max=b0_max)
     record["bvals"] = [float(b) for b in bvals]
+    # noise of one b0 volume on the normalized scale, for adc.noise_floor: repeats
+    record["noise_sigma_repeats"] = None if sigma_raw is None else sigma_raw / record["b0_median_in_mask"]
     save_nifti(normalized, img.affine, out_dwi)
     write_bval(bvals, out_bval)
     _write_json(record, out_json)
 
 
-def adc(dwi_path, bval_path, mask_path, out_adc, min_b: float, max_b: float, max_adc: float) -> None:
+def noise_floor_sigma(dwi: np.ndarray, mask: np.ndarray, method: str, norm_record=None, source="") -> np.ndarray | None:
+    """Per-volume noise sigma for the Rician-floor correction (`adc.noise_floor`), or None for `none`.
+
+    background: each volume's own background (a noise-free synthetic volume gets 0: nothing to remove);
+    repeats: the acquisition's repeated-b0 sigma from its normalization record, for every volume.
+    """
+    if method == "none":
+        return None
+    if method == "background":
+        return np.array([noise_sigma_background(dwi[..., v], mask) for v in range(dwi.shape[-1])])
+    sigma = json.loads(Path(norm_record).read_text()).get("noise_sigma_repeats") if norm_record else None
+    if sigma is None:
+        raise DwisynthError(f"{source}: adc.noise_floor is 'repeats' but the acquisition has no repeated b0 "
+                            f"volumes ({norm_record}); use adc.noise_floor: background or none")
+    return np.full(dwi.shape[-1], float(sigma))
+
+
+def adc(dwi_path, bval_path, mask_path, out_adc, settings: dict, reference_bvals=None,
+        norm_record=None) -> list[float]:
+    """ADC map of a DWI inside the mask, fitted on the b-values of `adc_fit_bvalues(settings['bvalues'], ...)`.
+
+    settings: the resolved `adc` block (`dwisynth.config.adc_settings`); reference_bvals: the acquisition's
+    b-values when `dwi_path` is a synthesis of it, so both ADC maps use the same b-values; norm_record:
+    the acquisition's normalization record (its repeated-b0 noise, for `noise_floor: repeats`).
+    Returns the b-values fitted on.
+    """
     img, dwi = _load(dwi_path)
+    if dwi.ndim == 3:
+        dwi = dwi[..., None]
     bvals = np.loadtxt(bval_path, ndmin=1)
     mask = np.asarray(nib.load(mask_path).dataobj) > 0
-    save_nifti(fit_adc(dwi, bvals, mask=mask, max_adc=max_adc, min_b=min_b, max_b=max_b), img.affine, out_adc)
+    sigma = noise_floor_sigma(dwi, mask, settings.get("noise_floor", "none"), norm_record, dwi_path)
+    use_b = adc_fit_bvalues(settings["bvalues"], bvals, *([reference_bvals] if reference_bvals is not None else []))
+    try:
+        adc_map = fit_adc(dwi, bvals, mask=mask, max_adc=settings["max_adc"], use_b=use_b, sigma=sigma)
+    except ValueError as exc:
+        raise DwisynthError(f"{dwi_path}: {exc}; set adc.bvalues to b-values this image holds") from exc
+    save_nifti(adc_map, img.affine, out_adc)
+    return use_b
 
 
 def register_ct(ct_path, dwi_path, bval_path, out_ct, out_json, subject: str, transform: str, seed: int,
@@ -184,8 +222,10 @@ def preprocess_subject(dwi_path, bval_path, subject: str, organ: str, config: di
     log(f"[preprocess] sub-{subject}: normalization and ADC")
     normalize(files["reg_dwi"], files["reg_bval"], files["mask"], files["dwi"], files["bval"], files["norm_record"],
               subject, bvalue_grid(config), b["tolerance"], config["normalization"]["n4"], b["b0_max"])
-    a = config["adc"]
-    adc(files["dwi"], files["bval"], files["mask"], files["adc"], a["min_b"], a["max_b"], a["max_adc"])
+    from dwisynth.config import adc_settings
+
+    adc(files["dwi"], files["bval"], files["mask"], files["adc"], adc_settings(config),
+        norm_record=files["norm_record"])
     written = {k: v for k, v in files.items() if not k.startswith("ct")}
     if ct_path:
         register_ct(ct_path, files["reg_dwi"], files["reg_bval"], files["ct"], files["ct_xfm"], subject,

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -79,3 +78,10 @@ def test_schemas_ship_inside_the_package():
 
     assert dwisynth.config.CONFIG_SCHEMA.is_file()
     assert dwisynth.config.CONFIG_SCHEMA.parent == Path(dwisynth.config.__file__).parent / "schemas"
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/examples/multicenter_tcga.yaml",
+                                  "workflow_tests/config/config.yaml"])
+def test_every_shipped_config_validates_under_the_strict_schema(path):
+    config = load_config(REPO / path)
+    assert config["methods"] and all(config[m]["steps"] >= 1 for m in config["methods"] if m != "cdwi")

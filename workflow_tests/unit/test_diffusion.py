@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from dwisynth.diffusion import fit_mono_exponential, ivim_signal
+from dwisynth.diffusion import (adc_fit_bvalues, fit_adc, fit_mono_exponential, ivim_signal, noise_sigma_background,
+                                noise_sigma_repeats, trace_average)
 
 
 def test_adc_recovers_truth_on_noise_free_phantom():
@@ -49,3 +50,96 @@ def test_mask_zeroes_outside():
     mask = np.array([[1, 0], [0, 1]], bool)
     _, adc = fit_mono_exponential(dwi, bvals, mask=mask)
     assert adc[0, 1] == 0 and adc[0, 0] == pytest.approx(1.0)
+
+
+def test_adc_of_an_anisotropic_tensor_on_30_directions_is_the_mean_diffusivity():
+    n = 30  # directions on a Fibonacci sphere, the tensor in a random orientation
+    i = np.arange(n) + 0.5
+    z, phi = 1 - 2 * i / n, np.pi * (1 + 5**0.5) * i
+    g = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], 1)
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    tensor = rotation @ np.diag([1.7, 0.4, 0.3]) @ rotation.T  # x10^-3 mm²/s, white-matter-like
+    bvals = np.r_[0.0, np.full(n, 1000.0)]
+    signal = np.r_[1.0, np.exp(-1000 * 1e-3 * np.einsum("ni,ij,nj->n", g, tensor, g))]
+    trace, b = trace_average(signal[None], bvals)
+    assert fit_adc(trace, b)[0] == pytest.approx(np.trace(tensor) / 3, rel=0.01)
+    # the arithmetic mean of the directions (the old averaging) reads about 9% low
+    assert fit_adc(np.r_[1.0, signal[1:].mean()][None], [0, 1000])[0] < 0.93 * np.trace(tensor) / 3
+
+
+def test_weights_from_the_predicted_signal_beat_weights_from_the_observed_signal_at_low_snr():
+    rng = np.random.default_rng(1)
+    bvals = np.array([0, 100, 400, 600, 800, 1000.0])
+    clean = ivim_signal(np.full(20000, 100.0), 1.3, bvals)
+    noisy = clean + rng.normal(0, 6, clean.shape)
+    _, reweighted = fit_mono_exponential(noisy, bvals)
+    # the observed-S² weighting, written out: it favours exactly the samples noise pushed up
+    y, w = np.log(np.clip(noisy, 1e-6, None)), np.clip(noisy, 1e-6, None) ** 2
+    sw, sb, sbb = w.sum(-1), (w * bvals).sum(-1), (w * bvals**2).sum(-1)
+    slope = (sw * (w * bvals * y).sum(-1) - sb * (w * y).sum(-1)) / (sw * sbb - sb**2)
+    observed = -slope / 1e-3
+    assert abs(np.median(reweighted) - 1.3) < 0.5 * abs(np.median(observed) - 1.3)
+
+
+def test_compared_adc_maps_use_the_b_values_all_of_them_hold():
+    allowed = [0, 100, 400, 600, 800, 1000]
+    acquired = [0, 75, 100, 600, 850, 1000]  # a held-out subject: 75 and 850 are in no method's images
+    synthetic = [0, 100, 400, 600, 800, 1000]
+    assert adc_fit_bvalues(allowed, acquired) == [0, 100, 600, 1000]
+    assert adc_fit_bvalues(allowed, synthetic, acquired) == [0, 100, 600, 1000]
+    with pytest.raises(ValueError, match=r"two distinct b-values among \[1000.0\]"):
+        fit_adc(np.ones((2, 2)), [0, 1000], use_b=[1000])
+
+
+def _rician(clean, sigma, rng):
+    return np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
+
+
+def test_the_log_bias_of_a_rician_magnitude_matches_its_closed_form():
+    from scipy.special import exp1
+
+    rng = np.random.default_rng(5)
+    for signal in (0.1, 1.0, 2.0):  # in units of sigma
+        m = np.abs(signal + rng.normal(0, 1, 1_000_000) + 1j * rng.normal(0, 1, 1_000_000))
+        assert np.mean(np.log(m)) - np.log(signal) == pytest.approx(0.5 * exp1(signal**2 / 2), abs=3e-3)
+
+
+@pytest.mark.parametrize("truth, ivim_f", [(1.0, 0.0), (2.0, 0.0), (2.5, 0.0), (1.0, 0.25)])
+def test_noise_floor_fit_at_snr_10_reduces_the_adc_bias_and_never_overcorrects(truth, ivim_f):
+    rng = np.random.default_rng(2)
+    bvals = np.array([0, 100, 400, 600, 800, 1000.0])
+    clean = ivim_signal(np.full(20000, 1.0), truth, bvals, ivim_f, 50.0)
+    target = fit_adc(clean[:1], bvals, max_adc=np.inf)[0]  # what a noise-free scan gives (liver: IVIM-inflated)
+    noisy = _rician(clean, 0.1, rng)  # SNR 10 at b0
+    uncorrected = np.median(fit_adc(noisy, bvals, max_adc=np.inf)) - target
+    corrected = np.median(fit_adc(noisy, bvals, max_adc=np.inf, sigma=0.1)) - target
+    assert uncorrected < 0 and uncorrected <= corrected <= 0.005  # the floor biases ADC low; no overshoot
+    if truth == 2.5:  # b 1000 near the floor (S = 0.8 sigma): the bias drops below a third
+        assert abs(corrected) < abs(uncorrected) / 3
+
+
+def test_noise_floor_fit_leaves_noise_free_volumes_alone():
+    bvals = np.array([0, 100, 400, 600, 800, 1000.0])
+    clean = ivim_signal(np.full(100, 1.0), 1.5, bvals)
+    # per-volume sigma as `noise_floor: background` gives a synthesis with noisy inputs and clean targets
+    assert np.allclose(fit_adc(clean, bvals, sigma=[0.1, 0.1, 0, 0, 0, 0]), 1.5, atol=0.02)
+    assert np.allclose(fit_adc(clean, bvals, sigma=0.0), 1.5, atol=1e-6)
+
+
+def test_noise_sigma_from_the_background_and_from_repeats():
+    rng = np.random.default_rng(3)
+    clean = np.zeros((40, 40, 6))
+    clean[10:30, 10:30] = 1.0
+    mask = clean > 0
+    assert noise_sigma_background(_rician(clean, 0.05, rng), mask) == pytest.approx(0.05, rel=0.05)
+    repeats = np.stack([_rician(clean, 0.05, rng) for _ in range(3)], -1)
+    assert noise_sigma_repeats(repeats, mask) == pytest.approx(0.05, rel=0.05)
+    assert noise_sigma_background(clean, mask) == 0.0  # a noise-free image has no floor to remove
+
+
+def test_samples_quantized_to_zero_get_no_weight():
+    # an integer DICOM at low scale stores faint high-b signal as 0: ln 0 must not drag the fit
+    bvals = np.array([0, 100, 400, 600, 800, 1000.0])
+    signal = ivim_signal(np.full(50, 1.0), 1.0, bvals)
+    signal[:, -2:] = np.where(np.arange(50)[:, None] % 2 == 0, 0.0, signal[:, -2:])
+    assert np.allclose(fit_adc(signal, bvals), 1.0, atol=1e-6)

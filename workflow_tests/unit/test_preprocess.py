@@ -2,7 +2,6 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,11 +9,10 @@ import pytest
 from dwisynth.dataset import make_split, slice_shard
 from dwisynth.loader import SliceDataset
 from dwisynth.demo.cohort import plan_demo_cohort, rigid_matrix, simulate_subject
-from dwisynth.diffusion import computed_dwi, ivim_signal
+from dwisynth.diffusion import computed_dwi, ivim_signal, trace_average
 from dwisynth.preprocess.masking import MaskError, body_mask, check_mask
-from dwisynth.preprocess.normalize import NormalizationError, average_repeats, normalize_dwi, snap_bvalues
-from dwisynth.preprocess.qa import (adc_error_by_tissue, dice, protocol_truth_adc, registration_residual_mm,
-                                    voxel_centres_lps)
+from dwisynth.preprocess.normalize import NormalizationError, normalize_dwi, snap_bvalues
+from dwisynth.preprocess.qa import dice, registration_residual_mm, voxel_centres_lps
 from dwisynth.preprocess.registration import register, transform_matrix_lps
 
 
@@ -29,10 +27,11 @@ def test_unknown_bvalue_names_the_subject():
         snap_bvalues([0, 1500], [0, 800, 1000], 15, "P042")
 
 
-def test_repeats_are_averaged_per_b():
-    dwi = np.stack([np.full((2, 2, 2), v) for v in (10.0, 4.0, 6.0)], -1)
-    out, b = average_repeats(dwi, np.array([0.0, 1000.0, 1000.0]))
-    assert b.tolist() == [0, 1000] and np.allclose(out[..., 1], 5.0)
+def test_b0_repeats_are_averaged_and_directions_combined_as_the_trace():
+    dwi = np.stack([np.full((2, 2, 2), v) for v in (10.0, 12.0, 4.0, 6.0)], -1)
+    out, b = trace_average(dwi, np.array([0.0, 0.0, 1000.0, 1000.0]))
+    assert b.tolist() == [0, 1000] and np.allclose(out[..., 0], 11.0)  # b0 repeats: arithmetic mean
+    assert np.allclose(out[..., 1], np.sqrt(24.0))  # directions: geometric mean, as scanners form the trace
 
 
 def test_nan_volume_names_the_subject():

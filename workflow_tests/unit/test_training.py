@@ -29,7 +29,7 @@ TARGET_B = [400.0, 800.0, 1000.0]
 ACQUIRED_B = [0.0, 100.0, 400.0, 800.0, 1000.0]
 # (S0, ADC x10^-3 mm²/s, IVIM f): tissues told apart by S0 as on real b0 images
 TISSUES = [(0.0, 0.0, 0.0), (1.0, 0.7, 0.02), (1.6, 1.3, 0.15), (2.5, 3.0, 0.0), (0.8, 1.9, 0.2)]
-ADC = {"min_b": 0, "max_b": 1000, "max_adc": 4.0}
+ADC = {"bvalues": ACQUIRED_B, "max_adc": 4.0, "equivalence_margin": 0.02}
 TINY = {
     "dc2anet": {"ngf": 8, "ndf": 8, "n_residual": 1, "pool_size": 4, "norm": "none", "weights": {}},
     "pix2pix": {"ngf": 8, "ndf": 8, "levels": 3, "l1_weight": 100.0, "norm": "none"},

@@ -176,7 +176,7 @@ def test_synthesis_metrics_table_scores_every_method_on_the_same_images(demo_run
     assert len({frozenset(v) for v in per_method}) == 1  # same subjects and b-values for every method
     assert set(abdomen["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
     floor = volumes[volumes["method"] == "noisefree"]["psnr"].mean()
-    assert floor > volumes[volumes["method"] == "cdwi"]["psnr"].mean()  # the noise floor is the best score
+    assert floor > volumes[volumes["method"] == "cdwi"]["psnr"].mean()  # the noise-free reference beats the physics baseline
 
 
 # --- tables, reading set, provenance, report -------------------------------------------------
