@@ -78,8 +78,9 @@ def _synthesize(args) -> None:
         norm_dwi, norm_bval, mask = files["dwi"], files["bval"], files["mask"]
     method = record.get("method", "model")
     outputs = synth_folder_files(out, method, args.subject)
+    # the ADC of what was synthesized: all its b-values in adc.bvalues, not only those the patient has
     written = synthesize_subject(args.model, norm_dwi, norm_bval, mask, outputs, adc_settings(config), args.subject,
-                                 device=config["device"], target_b=args.b)
+                                 device=config["device"], target_b=args.b, adc_as_acquired=False)
     print(f"[synthesize] sub-{args.subject}: b = {', '.join(f'{b:g}' for b in written)} -> {outputs['dwi']}")
 
 

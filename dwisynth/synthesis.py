@@ -58,11 +58,14 @@ def _write_synthetic(reference_img, inputs: np.ndarray, input_b, synthetic: np.n
 
 
 def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, adc: dict, subject: str = "?",
-                       device: str = "auto", target_b=None, norm_record=None) -> list[float]:
+                       device: str = "auto", target_b=None, norm_record=None,
+                       adc_as_acquired: bool = True) -> list[float]:
     """Synthesize the model's target b-values for one normalized DWI, and their ADC in the organ mask.
 
     out: {dwi, bval, adc} output paths (`dwisynth.layout.synth`); norm_record: the acquisition's normalization
-    record (for `adc.noise_floor: repeats`); returns the b-values written.
+    record (for `adc.noise_floor: repeats`); adc_as_acquired: fit the synthetic ADC only on b-values the
+    acquisition also holds (to compare the two; off for a patient whose high b is what was synthesized).
+    Returns the b-values written.
     """
     from dwisynth.inference import load_model, synthesize_volume
 
@@ -77,7 +80,8 @@ def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, ad
                           "other b-values need the b-value miner (stage 2)")
     pick = [model.target_b.index(b) for b in wanted]
     inputs = dwi[..., [list(map(float, bvals)).index(b) for b in model.input_b]]
-    _write_synthetic(img, inputs, model.input_b, synthetic[..., pick], wanted, out, mask_path, adc, bvals, norm_record)
+    _write_synthetic(img, inputs, model.input_b, synthetic[..., pick], wanted, out, mask_path, adc,
+                     bvals if adc_as_acquired else None, norm_record)
     return model.input_b + wanted
 
 

@@ -344,3 +344,23 @@ def test_a_network_registered_outside_dwisynth_trains_and_synthesizes(cohort, tm
     written = synthesize_subject(model_path, f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_mask.nii.gz",
                                  outputs, ADC, "T0", device="cpu")
     assert written == INPUT_B + TARGET_B and nib.load(outputs["dwi"]).shape[-1] == 5
+
+
+def test_synthetic_adc_uses_the_acquired_b_values_for_scoring_and_all_of_them_for_a_patient(cohort, tmp_path):
+    from dwisynth.diffusion import fit_adc
+
+    model_path = tmp_path / "m"
+    tiny_trainer(cohort, "pix2pix", model_path, steps=2).fit()
+    stem = cohort["root"] / "sub-T0"
+    dwi, mask = nib.load(f"{stem}_dwi.nii.gz"), nib.load(f"{stem}_mask.nii.gz").get_fdata() > 0
+    save_nifti(dwi.get_fdata()[..., :2], dwi.affine, tmp_path / "low.nii.gz")  # a patient with b 0 and 100 only
+    write_bval(INPUT_B, tmp_path / "low.bval")
+    maps = {}
+    for as_acquired in (True, False):
+        out = synth_folder_files(tmp_path / str(as_acquired), "pix2pix", "T0")
+        synthesize_subject(model_path / "model.pt", tmp_path / "low.nii.gz", tmp_path / "low.bval",
+                           f"{stem}_mask.nii.gz", out, ADC, "T0", device="cpu", adc_as_acquired=as_acquired)
+        maps[as_acquired] = nib.load(out["adc"]).get_fdata()
+        synthetic, bvals = nib.load(out["dwi"]).get_fdata(), np.loadtxt(out["bval"])
+    assert np.allclose(maps[True][mask], fit_adc(synthetic, bvals, use_b=INPUT_B)[mask], atol=1e-5)
+    assert np.allclose(maps[False][mask], fit_adc(synthetic, bvals, use_b=ACQUIRED_B)[mask], atol=1e-5)
