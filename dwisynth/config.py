@@ -69,7 +69,8 @@ def _schema_for(names: tuple[str, ...]) -> dict:
     for name, cls in networks().items():
         schema["properties"][name] = {**block_schema(cls.Config), "description": f"{cls.label} ({cls.task} task)"}
     methods = schema["properties"]["methods"]
-    methods["items"]["enum"] = [*networks(), *[b for b in BASELINES if b != "noisefree"]]
+    # `methods` lists the multi-b task's methods: a CT -> DWI network is not one of them
+    methods["items"]["enum"] = [*networks("multib"), *[b for b in BASELINES if b != "noisefree"]]
     methods["default"] = [*networks("multib"), "cdwi"]
     return schema
 

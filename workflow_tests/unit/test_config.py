@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dwisynth.config import load_config, read_sample_sheet
+from dwisynth.config import load_config, read_sample_sheet, validate_config
 from dwisynth.errors import ConfigError, SampleSheetError
 
 from helpers import REPO, write_sheet as _sheet
@@ -85,3 +85,17 @@ def test_schemas_ship_inside_the_package():
 def test_every_shipped_config_validates_under_the_strict_schema(path):
     config = load_config(REPO / path)
     assert config["methods"] and all(config[m]["steps"] >= 1 for m in config["methods"] if m != "cdwi")
+
+
+def test_methods_admit_only_multi_b_networks():
+    from dwisynth.networks.base import Network, _REGISTRY
+
+    class CtOnly(Network):  # registers itself as a CT -> DWI network for the length of this test
+        name, label, task = "ctonly", "CT only", "ct2dwi"
+
+    try:
+        with pytest.raises(ConfigError, match="methods.0: 'ctonly' is not one of"):
+            validate_config({"bvalues": {}, "methods": ["ctonly"]})
+        assert "ctonly" not in validate_config({"bvalues": {}})["methods"]
+    finally:
+        _REGISTRY.pop("ctonly")
