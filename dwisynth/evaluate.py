@@ -59,7 +59,7 @@ def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=pr
     """Score every method's synthetic images and ADC for every test subject of the multi-b task.
 
     subjects: dicts with cohort, center, organ, subject, `acquired` (normalized dwi, bval),
-    `mask`, `adc` (acquired ADC), optional `truth_adc` (the demo's tissue ADC), and
+    `mask`, `adc` (acquired ADC), optional `truth_adc` (the demo's apparent ADC: its noise-free signal fitted on the ADC b-values), and
     `synth` {method: (dwi, bval, adc)}; a method without files for a subject is skipped.
     Returns (synthesis_metrics, adc_agreement) data frames.
     """

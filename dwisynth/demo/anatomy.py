@@ -4,6 +4,11 @@ Each phantom maps world coordinates (LPS, mm) to tissue fractions, so the same
 subject can be sampled on the DWI grid and, misaligned, on the CT grid.
 Tissue parameters are literature values (REFERENCE.md section 3); ADC and D* in
 x10^-3 mm²/s, S0 relative to grey matter on a fat-suppressed b0, CT in HU.
+
+The literature ADC is an *apparent* ADC: what a mono-exponential fit over a clinical
+b-set reads, perfusion included. Each tissue's IVIM D is therefore calibrated per
+b-set so the fit of its noise-free signal returns the table value, and a mixed voxel's
+signal is the sum of its compartments' signals (not one exponential of averaged ADCs).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from scipy import ndimage
 class Tissue:
     label: int
     s0: float
-    adc: float
+    adc: float  # apparent ADC over a clinical b-set (the literature value), not IVIM D
     perfusion_fraction: float = 0.0
     pseudo_diffusion: float = 30.0
-    hu: float = 40.0
+    hu: float | None = 40.0  # None: the HU of the tissue it replaces, plus hu_offset
+    hu_offset: float = 0.0
 
 
 TISSUES: dict[str, Tissue] = {
@@ -32,7 +38,8 @@ TISSUES: dict[str, Tissue] = {
     "wm": Tissue(3, 0.80, 0.70, 0.03, 10.0, hu=25),
     "csf": Tissue(4, 2.00, 3.20, 0.0, 10.0, hu=8),
     "brain_tumour": Tissue(5, 1.30, 0.80, 0.06, 10.0, hu=35),
-    "acute_infarct": Tissue(6, 1.05, 0.60, 0.02, 10.0, hu=36),
+    # early infarct on CT: 2-5 HU below the parenchyma it replaces (why CT misses it)
+    "acute_infarct": Tissue(6, 1.05, 0.60, 0.02, 10.0, hu=None, hu_offset=-4.0),
     # breast (fat suppressed, so fat has little signal)
     "fat": Tissue(10, 0.10, 0.20, 0.0, 30.0, hu=-100),
     "fibroglandular": Tissue(11, 1.00, 1.92, 0.08, 30.0, hu=30),
@@ -65,7 +72,8 @@ class Phantom:
 
     organ_tissues: tuple[str, ...] = ()
 
-    def fractions(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+    def fractions(self, coords: np.ndarray, lesion: bool = True) -> dict[str, np.ndarray]:
+        """Tissue fractions at coords; lesion=False gives the healthy anatomy the lesion replaced."""
         raise NotImplementedError
 
     def organ_mask(self, fractions: dict[str, np.ndarray]) -> np.ndarray:
@@ -143,7 +151,7 @@ class BrainPhantom(Phantom):
         hom = np.concatenate([ras, np.ones((1, *ras.shape[1:]))])
         return np.tensordot(self.mni_inv_affine, hom, axes=1)[:3], ras
 
-    def fractions(self, coords):
+    def fractions(self, coords, lesion: bool = True):
         vox, ras = self._mni_coordinates(coords)
         sample = lambda m: ndimage.map_coordinates(self.maps[m], vox, order=1, mode="constant")  # noqa: E731
         gm, wm, brain = sample("gm"), sample("wm"), sample("brain")
@@ -153,17 +161,18 @@ class BrainPhantom(Phantom):
         csf = np.clip(brain - gm - wm, 0, 1)
         # deep grey matter: GM near the centre (basal ganglia, thalami)
         deep = _soft_ellipsoid(ras, self.centre_ras + [0, 0, -12], [28, 30, 18], edge_mm=4)
-        lesion = np.zeros_like(gm)
-        if self.lesion:
-            lesion = _soft_ellipsoid(ras, self.lesion_centre, self.lesion_radii, 2.0)
+        with_lesion = bool(self.lesion) and lesion
+        lesion_fraction = np.zeros_like(gm)
+        if with_lesion:
+            lesion_fraction = _soft_ellipsoid(ras, self.lesion_centre, self.lesion_radii, 2.0)
         out = {
-            "deep_gm": gm * deep * (1 - lesion),
-            "cortical_gm": gm * (1 - deep) * (1 - lesion),
-            "wm": wm * (1 - lesion),
+            "deep_gm": gm * deep * (1 - lesion_fraction),
+            "cortical_gm": gm * (1 - deep) * (1 - lesion_fraction),
+            "wm": wm * (1 - lesion_fraction),
             "csf": csf,
         }
-        if self.lesion:
-            out[self.lesion] = lesion * (gm + wm)  # the lesion replaces parenchyma, not CSF
+        if with_lesion:
+            out[self.lesion] = lesion_fraction * (gm + wm)  # the lesion replaces parenchyma, not CSF
         return out
 
 
@@ -185,7 +194,16 @@ class BodyPhantom(Phantom):
         }[organ]
         self.lesion_offset = rng.uniform(-1, 1, size=3)
 
-    def fractions(self, coords):
+    def fractions(self, coords, lesion: bool = True):
+        layers = self._layers(coords)
+        if not lesion:  # the lesion is the front layer: without it, the tissues behind take its place
+            layers = [(name, frac) for name, frac in layers if name not in LESION_TISSUES]
+        out = _exclusive(layers)
+        out.pop("air", None)
+        return out
+
+    def _layers(self, coords) -> list[tuple[str, np.ndarray]]:
+        """Tissues front to back (see _exclusive); each organ's lesion comes first."""
         j, o = self.j, self.offsets
         E = _soft_ellipsoid
         body_depth = 200
@@ -199,8 +217,8 @@ class BodyPhantom(Phantom):
             lesion = "breast_malignant" if self.rng_flag(0) else "breast_benign"
             les = E(coords, [side * 60 * j[0] + 8 * self.lesion_offset[0], -50 + 6 * self.lesion_offset[1],
                              10 * self.lesion_offset[2]], [8 * j[10], 7 * j[11], 7], edge_mm=1.0)
-            return _exclusive([(lesion, les), ("fibroglandular", np.maximum(fg_l, fg_r)), ("muscle", chest),
-                               ("fat", np.maximum(left, right))])
+            return [(lesion, les), ("fibroglandular", np.maximum(fg_l, fg_r)), ("muscle", chest),
+                    ("fat", np.maximum(left, right))]
         if self.organ == "abdomen":
             body = E(coords, [0, 0, 0], [150 * j[0], 105 * j[1], body_depth])
             liver = E(coords, [-55 + o[0, 0], -10 + o[0, 1], o[0, 2]], [70 * j[2], 60 * j[3], 80], rotation_deg=15)
@@ -211,9 +229,8 @@ class BodyPhantom(Phantom):
             muscle = E(coords, [0, 75, 0], [70, 22, body_depth])
             met = E(coords, [-60 + 20 * self.lesion_offset[0], -15 + 20 * self.lesion_offset[1], 10 * self.lesion_offset[2]],
                     [11 * j[9], 10 * j[10], 10], edge_mm=1.0) * liver
-            return _exclusive([("liver_metastasis", met), ("liver", liver), ("spleen", spleen),
-                               ("kidney", np.maximum(kid_l, kid_r)), ("pancreas", pancreas), ("muscle", muscle),
-                               ("fat", body)])
+            return [("liver_metastasis", met), ("liver", liver), ("spleen", spleen),
+                    ("kidney", np.maximum(kid_l, kid_r)), ("pancreas", pancreas), ("muscle", muscle), ("fat", body)]
         if self.organ == "neck":
             neck = E(coords, [0, 0, 0], [60 * j[0], 55 * j[1], body_depth])
             airway = E(coords, [0, -25 + o[0, 1], 0], [9, 7, body_depth])
@@ -222,11 +239,8 @@ class BodyPhantom(Phantom):
             side = 1 if self.lesion_choice else -1
             node = E(coords, [side * 35 + o[2, 0], -5 + o[2, 1], o[2, 2]], [9 * j[4], 8 * j[5], 10], edge_mm=1.0)
             scc = E(coords, [-side * 15 + o[3, 0], -30 + o[3, 1], o[3, 2]], [11 * j[6], 9 * j[7], 10], edge_mm=1.0)
-            layers = [("neck_scc", scc), ("lymphoma_node", node), ("air", airway), ("spinal_cord", cord),
-                      ("muscle", muscle), ("fat", neck)]
-            out = _exclusive(layers)
-            out.pop("air")
-            return out
+            return [("neck_scc", scc), ("lymphoma_node", node), ("air", airway), ("spinal_cord", cord),
+                    ("muscle", muscle), ("fat", neck)]
         if self.organ == "pelvis":
             body = E(coords, [0, 0, 0], [160 * j[0], 110 * j[1], body_depth])
             bladder = E(coords, [0, -40 + o[0, 1], 30], [40 * j[2], 35 * j[3], 30])
@@ -236,8 +250,8 @@ class BodyPhantom(Phantom):
             side = 1 if self.lesion_choice else -1
             tumour = E(coords, [side * 10 + o[1, 0] * 0.5, 18 + o[1, 1] * 0.5, -10 + 5 * self.lesion_offset[2]],
                        [6 * j[8], 5 * j[9], 6], edge_mm=1.0) * prostate
-            return _exclusive([("prostate_tumour", tumour), ("prostate_tz", tz * prostate), ("prostate_pz", prostate),
-                               ("urine", bladder), ("muscle", muscle), ("fat", body)])
+            return [("prostate_tumour", tumour), ("prostate_tz", tz * prostate), ("prostate_pz", prostate),
+                    ("urine", bladder), ("muscle", muscle), ("fat", body)]
         raise ValueError(f"unknown organ {self.organ!r}")
 
     def rng_flag(self, index: int) -> bool:
@@ -254,15 +268,55 @@ def make_phantom(organ: str, rng: np.random.Generator, lesion: str | None = None
     return BodyPhantom(organ, rng)
 
 
-def tissue_maps(fractions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-voxel S0, ADC (D), f, D*, HU and the dominant label from tissue fractions.
+@functools.lru_cache(maxsize=None)
+def calibrated_diffusivity(tissue: str, fit_bvals: tuple[float, ...]) -> float:
+    """The IVIM D (x10^-3 mm²/s) whose noise-free signal, fitted mono-exponentially on fit_bvals
+    with the workflow's own ADC fit, reads the tissue's literature (apparent) ADC.
 
-    Mixed voxels get S0-weighted means of ADC, f and D* (the initial-slope ADC of
-    the mixture) and fraction-weighted HU.
+    Perfusion raises the apparent ADC above D, most when the b-set holds low b-values.
+    """
+    from scipy.optimize import brentq
+
+    from dwisynth.diffusion import fit_adc, ivim_signal
+
+    t = TISSUES[tissue]
+    b = np.asarray(fit_bvals, float)
+
+    def apparent(d):
+        signal = ivim_signal(1.0, d, b, t.perfusion_fraction, t.pseudo_diffusion)[None]
+        return float(fit_adc(signal, b, max_adc=np.inf)[0])
+
+    return float(brentq(lambda d: apparent(d) - t.adc, 1e-4, 2.0 * t.adc + 1.0, xtol=1e-7))
+
+
+def mixture_signal(fractions: dict[str, np.ndarray], bvals, fit_bvals) -> np.ndarray:
+    """Noise-free S(b) of each voxel, relative S0 units: the sum over its tissues of
+    fraction x S0 x [f exp(-b D*) + (1 - f) exp(-b D)], with D calibrated on fit_bvals.
+    Returns (*shape, n_b)."""
+    from dwisynth.diffusion import ivim_signal
+
+    key = tuple(float(b) for b in sorted(fit_bvals))
+    shape = next(iter(fractions.values())).shape
+    signal = np.zeros((*shape, len(bvals)))
+    for name, frac in fractions.items():
+        t = TISSUES[name]
+        compartment = ivim_signal(t.s0, calibrated_diffusivity(name, key), bvals, t.perfusion_fraction,
+                                  t.pseudo_diffusion)
+        signal += np.asarray(frac)[..., None] * compartment
+    return signal
+
+
+def tissue_maps(fractions: dict[str, np.ndarray], fit_bvals) -> dict[str, np.ndarray]:
+    """Per-voxel S0, the IVIM parameters (D, f, D*), HU and the dominant label from tissue fractions.
+
+    D, f and D* of a mixed voxel are S0-weighted means, a description only: its signal is
+    the sum of compartments (`mixture_signal`), and its apparent ADC is fitted from that.
+    HU is fraction-weighted; a tissue without its own HU (hu=None) is left to `ct_hu`.
     """
     shape = next(iter(fractions.values())).shape
+    key = tuple(float(b) for b in sorted(fit_bvals))
     s0 = np.zeros(shape)
-    adc = np.zeros(shape)
+    d = np.zeros(shape)
     f = np.zeros(shape)
     dstar = np.zeros(shape)
     hu = np.zeros(shape)
@@ -273,17 +327,33 @@ def tissue_maps(fractions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t = TISSUES[name]
         w = frac * t.s0
         s0 += w
-        adc += w * t.adc
+        d += w * calibrated_diffusivity(name, key)
         f += w * t.perfusion_fraction
         dstar += w * t.pseudo_diffusion
-        hu += frac * t.hu
+        if t.hu is not None:
+            hu += frac * t.hu
         total += frac
         better = frac > best
         label[better & (frac > 0.5)] = t.label
         best = np.maximum(best, frac)
     with np.errstate(invalid="ignore", divide="ignore"):
-        for arr in (adc, f, dstar):
+        for arr in (d, f, dstar):
             arr /= np.where(s0 > 0, s0, 1)
             arr[total < 1e-3] = 0.0  # background has no tissue parameters
-    return {"s0": s0, "adc": adc, "f": f, "dstar": dstar, "hu": hu, "tissue_fraction": total,
+    return {"s0": s0, "d": d, "f": f, "dstar": dstar, "hu": hu, "tissue_fraction": total,
             "purity": best, "label": label}
+
+
+def ct_hu(phantom: Phantom, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction-weighted HU of the tissue at coords, and the tissue fraction.
+
+    A lesion without its own HU (the early infarct) reads the HU of the parenchyma it
+    replaced, shifted by its hu_offset: 4 HU below GM in GM, 4 HU below WM in WM.
+    """
+    lesioned = phantom.fractions(coords)
+    healthy = phantom.fractions(coords, lesion=False)
+    hu = sum(frac * TISSUES[name].hu for name, frac in healthy.items())
+    for name, frac in lesioned.items():
+        if TISSUES[name].hu is None:
+            hu = hu + frac * TISSUES[name].hu_offset
+    return hu, sum(lesioned.values())

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from dwisynth.demo.anatomy import LESION_TISSUES, TISSUES, BrainPhantom, make_phantom, tissue_maps
-from dwisynth.diffusion import ivim_signal
+from dwisynth.config import adc_settings
+from dwisynth.demo.anatomy import (LESION_TISSUES, TISSUES, BrainPhantom, ct_hu, make_phantom, mixture_signal,
+                                   tissue_maps)
+from dwisynth.diffusion import adc_fit_bvalues, fit_adc
 from dwisynth.dicom import PatientInfo, series_uids, write_ct_series, write_dwi_series
 from dwisynth.geometry import Grid
 from dwisynth.io import save_nifti, write_bval
@@ -157,7 +159,8 @@ class SimulatedSubject:
     acquired: np.ndarray  # (n_b, nx, ny, nz) uint16, what the DICOM holds
     noise_free: np.ndarray  # (nx, ny, nz, n_truth_b) float
     truth_bvals: list[float]
-    maps: dict[str, np.ndarray]
+    maps: dict[str, np.ndarray]  # s0, d, f, dstar (IVIM) and adc (apparent, on fit_bvals), ...
+    fit_bvals: list[float]
     organ_mask: np.ndarray
     lesion_mask: np.ndarray
     sigma: float
@@ -176,19 +179,23 @@ def simulate_subject(plan: SubjectPlan, config: dict) -> SimulatedSubject:
     phantom = make_phantom(plan.organ, rng, lesion=lesion)
     coords = grid.world_coordinates_lps()
     fractions = phantom.fractions(coords)
-    maps = tissue_maps(fractions)
+    # the b-values the workflow fits this subject's ADC on: each tissue's apparent ADC over them is the table's
+    fit_bvals = adc_fit_bvalues(adc_settings(config)["bvalues"], plan.bvals)
+    maps = tissue_maps(fractions, fit_bvals)
     gain = gain_field(grid, rng, demo["gain_amplitude"]) * rng.uniform(0.9, 1.1)
-    s0 = plan.scale * maps["s0"] * gain
-    maps["s0"] = s0
+    maps["s0"] = plan.scale * maps["s0"] * gain
     b_config = {float(b) for key in ("inputs", "targets", "heldout") for b in config["bvalues"][key]}
     truth_bvals = sorted(set(plan.bvals) | b_config)
-    noise_free = ivim_signal(s0, maps["adc"], truth_bvals, maps["f"], maps["dstar"])
+    noise_free = (plan.scale * gain)[..., None] * mixture_signal(fractions, truth_bvals, fit_bvals)
+    tissue = maps["tissue_fraction"] >= 1e-3
+    maps["adc"] = np.zeros(grid.shape)
+    maps["adc"][tissue] = fit_adc(noise_free[tissue], truth_bvals, use_b=fit_bvals, max_adc=np.inf)
     sigma = plan.scale / plan.snr
     acquired_idx = [truth_bvals.index(b) for b in plan.bvals]
     noisy = rician(noise_free[..., acquired_idx], sigma, rng)
     acquired = np.clip(np.round(np.moveaxis(noisy, -1, 0)), 0, 65535).astype(np.uint16)
     lesion_mask = sum((fractions[t] for t in fractions if t in LESION_TISSUES), np.zeros(grid.shape)) >= 0.5
-    subject = SimulatedSubject(plan, grid, acquired, noise_free, truth_bvals, maps,
+    subject = SimulatedSubject(plan, grid, acquired, noise_free, truth_bvals, maps, fit_bvals,
                                phantom.organ_mask(fractions), lesion_mask, sigma,
                                planted_identity(rng, plan.center))
     if plan.stroke:
@@ -210,10 +217,7 @@ def _simulate_ct(subject: SimulatedSubject, phantom: BrainPhantom, stroke_cfg: d
     coords = grid.world_coordinates_lps()
     flat = coords.reshape(3, -1)
     moved = (ct_to_dwi[:3, :3] @ flat + ct_to_dwi[:3, 3:4]).reshape(coords.shape)
-    fractions = phantom.fractions(moved)
-    maps = tissue_maps(fractions)
-    hu = maps["hu"] - 4.0 * fractions.get("acute_infarct", 0)  # infarct: a few HU below its tissue
-    brain = maps["tissue_fraction"]
+    hu, brain = ct_hu(phantom, moved)
     # Skull and scalp as shells around the brain, from the distance to its surface.
     outside = ndimage.distance_transform_edt(brain < 0.5, sampling=grid.spacing)
     skull = (outside > 2) & (outside <= 8)
@@ -248,7 +252,8 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
     truth.mkdir(parents=True, exist_ok=True)
     stem = truth / f"sub-{plan.subject}"
     _save(sim.maps["s0"], sim.grid, Path(f"{stem}_desc-truth_s0.nii.gz"))
-    _save(sim.maps["adc"], sim.grid, Path(f"{stem}_desc-truth_adc.nii.gz"))
+    _save(sim.maps["adc"], sim.grid, Path(f"{stem}_desc-truth_adc.nii.gz"))  # apparent, on fit_bvals
+    _save(sim.maps["d"], sim.grid, Path(f"{stem}_desc-truth_ivimd.nii.gz"))
     _save(sim.maps["f"], sim.grid, Path(f"{stem}_desc-truth_ivimf.nii.gz"))
     _save(sim.maps["dstar"], sim.grid, Path(f"{stem}_desc-truth_ivimdstar.nii.gz"))
     _save(sim.maps["purity"], sim.grid, Path(f"{stem}_desc-purity_probseg.nii.gz"))
@@ -260,7 +265,7 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
     meta = {
         "cohort": plan.cohort, "center": plan.center, "organ": plan.organ, "vendor": plan.vendor,
         "acquired_bvals": plan.bvals, "noise_sigma": sim.sigma, "snr": plan.snr, "scale": plan.scale,
-        "split": plan.split, "adc_units": "1e-3 mm2/s",
+        "split": plan.split, "adc_units": "1e-3 mm2/s", "adc_fit_bvals": sim.fit_bvals,
     }
     if plan.stroke:
         _save(sim.ct_noise_free, sim.grid, Path(f"{stem}_desc-truth_ct.nii.gz"))
@@ -270,7 +275,8 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
 
 def write_tissue_table(root: Path) -> None:
     rows = [{"index": t.label, "name": name, "s0": t.s0, "adc": t.adc, "ivim_f": t.perfusion_fraction,
-             "ivim_dstar": t.pseudo_diffusion, "hu": t.hu} for name, t in TISSUES.items()]
+             "ivim_dstar": t.pseudo_diffusion, "hu": t.hu if t.hu is not None else f"parenchyma{t.hu_offset:+g}"}
+            for name, t in TISSUES.items()]
     pd.DataFrame(rows).to_csv(root / "dseg.tsv", sep="\t", index=False)
 
 

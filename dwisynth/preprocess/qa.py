@@ -14,33 +14,31 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def adc_error_by_tissue(adc: np.ndarray, truth_adc: np.ndarray, labels: np.ndarray, purity: np.ndarray,
                         mask: np.ndarray, tissue_names: dict[int, str], min_purity: float = 0.95,
-                        min_voxels: int = 20) -> pd.DataFrame:
-    """Median absolute ADC error (x10^-3 mm²/s) per tissue, over nearly pure voxels inside the mask."""
+                        min_voxels: int = 20, b0_snr: np.ndarray | None = None,
+                        high_b_snr: np.ndarray | None = None) -> pd.DataFrame:
+    """Median absolute ADC error (x10^-3 mm²/s) per tissue, over nearly pure voxels inside the mask.
+
+    truth_adc: the demo's apparent ADC (its noise-free signal fitted on the same b-values), so the
+    error is what acquisition noise and the pipeline cost. `median_error` is the tissue's bias (what
+    an ROI reading sees), `median_abs_error` the typical voxel's error (mostly noise). b0_snr and
+    high_b_snr (noise-free signal / sigma at b0 and at the highest fitted b) add the tissue's median
+    as columns `snr` and `snr_high_b`: below about 3 at high b the magnitude sits on the Rician floor.
+    """
     rows = []
     for label, name in sorted(tissue_names.items()):
         voxels = (labels == label) & (purity >= min_purity) & np.asarray(mask, bool)
         if voxels.sum() < min_voxels:
             continue
         err = adc[voxels] - truth_adc[voxels]
-        rows.append({"tissue": name, "voxels": int(voxels.sum()), "truth_adc": float(np.median(truth_adc[voxels])),
-                     "median_adc": float(np.median(adc[voxels])), "median_abs_error": float(np.median(np.abs(err))),
-                     "median_error": float(np.median(err))})
+        row = {"tissue": name, "voxels": int(voxels.sum()), "truth_adc": float(np.median(truth_adc[voxels])),
+               "median_adc": float(np.median(adc[voxels])), "median_abs_error": float(np.median(np.abs(err))),
+               "median_error": float(np.median(err))}
+        if b0_snr is not None:
+            row["snr"] = float(np.median(b0_snr[voxels]))
+        if high_b_snr is not None:
+            row["snr_high_b"] = float(np.median(high_b_snr[voxels]))
+        rows.append(row)
     return pd.DataFrame(rows)
-
-
-def protocol_truth_adc(noise_free: np.ndarray, truth_bvals, acquired_bvals, use_b=None) -> np.ndarray:
-    """The ADC a noise-free acquisition with the same b-values would give (x10^-3 mm²/s), fitted on the
-    acquired b-values in `use_b` (the resolved `adc.bvalues`, as the acquired ADC is).
-
-    Differs from the tissue D by the IVIM perfusion bias of low b-values; the
-    difference between this and the acquired ADC is what the pipeline itself costs.
-    """
-    from dwisynth.diffusion import adc_fit_bvalues, fit_adc
-
-    truth_bvals = [float(b) for b in truth_bvals]
-    pick = [truth_bvals.index(float(b)) for b in acquired_bvals]
-    use_b = adc_fit_bvalues(use_b if use_b is not None else acquired_bvals, acquired_bvals)
-    return fit_adc(noise_free[..., pick], np.asarray(acquired_bvals, float), use_b=use_b, max_adc=np.inf)
 
 
 def registration_residual_mm(fixed_to_moving: np.ndarray, truth_moving_to_fixed: np.ndarray,

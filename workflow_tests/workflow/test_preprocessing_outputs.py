@@ -6,12 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dwisynth.preprocess.qa import (adc_error_by_tissue, dice, protocol_truth_adc, registration_residual_mm,
-                                    voxel_centres_lps)
+from dwisynth.preprocess.qa import adc_error_by_tissue, dice, registration_residual_mm, voxel_centres_lps
 
 from helpers import TINY_CONFIG, canonical, preproc_stem, snakemake, truth_stem
-
-ADC_BVALUES = [0, 100, 400, 600, 800, 1000]  # the tiny config's inputs + targets: adc.bvalues by default
 
 pytestmark = pytest.mark.workflow
 
@@ -43,35 +40,35 @@ def test_hd_bet_brain_mask_matches_the_phantom(demo_run):
         assert dice(mask > 0, truth > 0) >= 0.9
 
 
-def test_acquired_adc_matches_the_protocol_truth_per_tissue(demo_run):
-    """Against the ADC a noise-free scan with the same b-values would give (so IVIM bias is not counted).
-
-    Target (issue 3): median absolute error < 0.05 x10^-3 mm²/s per tissue at the demo SNR. It holds in
-    the multi-b brain; low-SNR body tissues at high b carry the Rician noise floor (ADC biased low),
-    so elsewhere only a bound on the bias is asserted and the numbers go to bench/.
-    """
+def test_acquired_adc_matches_the_demo_truth_in_every_tissue_with_snr_25(demo_run):
+    """Against the demo's apparent ADC (its noise-free signal fitted on the same b-values), so what is
+    left is what noise and the pipeline cost: the tissue's median ADC within 0.05 x10^-3 mm²/s of the
+    truth in every tissue whose b0 SNR is at least 25, unless its signal at the highest fitted b sits on
+    the Rician floor (< 3 sigma: CSF at b 1000 in the two-point stroke protocol), where a magnitude fit
+    without a noise model is biased low by design. Elsewhere only a bound; the numbers go to bench/."""
     tissues = pd.read_csv(demo_run / "data/demo/truth/dseg.tsv", sep="\t")
     names = dict(zip(tissues["index"], tissues["name"]))
-    brain_checked = 0
+    checked = 0
     for adc_path in (demo_run / "results").glob("*/preproc/sub-*/sub-*_adc.nii.gz"):
         cohort, subject = adc_path.parts[-4], adc_path.parent.name[4:]
         t = truth_stem(demo_run, cohort, subject)
         meta = json.loads(t.with_name(f"sub-{subject}_truth.json").read_text())
         _, adc = canonical(adc_path)
+        _, truth = canonical(f"{t}_desc-truth_adc.nii.gz")
         _, noise_free = canonical(f"{t}_desc-noisefree_dwi.nii.gz")
-        truth = protocol_truth_adc(noise_free, np.loadtxt(f"{t}_desc-noisefree_dwi.bval"), meta["acquired_bvals"],
-                                   use_b=ADC_BVALUES)
+        truth_b = list(np.loadtxt(f"{t}_desc-noisefree_dwi.bval"))
+        b0, high_b = (noise_free[..., truth_b.index(b)] for b in (0.0, max(meta["adc_fit_bvals"])))
         _, mask = canonical(f"{preproc_stem(demo_run, cohort, subject)}_desc-organ_mask.nii.gz")
         table = adc_error_by_tissue(adc, truth, canonical(f"{t}_dseg.nii.gz")[1],
                                     canonical(f"{t}_desc-purity_probseg.nii.gz")[1], mask > 0, names,
-                                    min_voxels=100)
-        tissue = table[~table["tissue"].isin(["fat", "csf", "urine"])]  # little signal at high b, or at the clip
-        assert (tissue["median_error"].abs() < 0.1).all(), (subject, table)
-        if meta["organ"] == "brain" and len(meta["acquired_bvals"]) >= 3:
-            parenchyma = tissue[tissue["tissue"].isin(["cortical_gm", "deep_gm", "wm"])]
-            assert (parenchyma["median_abs_error"] < 0.05).all(), (subject, table)
-            brain_checked += len(parenchyma)
-    assert brain_checked >= 2
+                                    min_voxels=50, b0_snr=b0 / meta["noise_sigma"],
+                                    high_b_snr=high_b / meta["noise_sigma"])
+        high_snr = (table["snr"] >= 25) & (table["snr_high_b"] >= 3)
+        assert (table.loc[high_snr, "median_error"].abs() < 0.05).all(), (subject, table)
+        others = ~high_snr & ~table["tissue"].isin(["fat", "csf", "urine"])  # fat: suppressed; fluid: floor
+        assert (table.loc[others, "median_error"].abs() < 0.1).all(), (subject, table)
+        checked += int(high_snr.sum())
+    assert checked >= 6  # tiny run: brain (GM, WM) and abdomen tissues of several centers
 
 
 def test_workflow_split_manifest_keeps_heldout_subjects_in_test(demo_run):
