@@ -64,6 +64,21 @@ class SliceDataset(torch.utils.data.Dataset):
         """The (cohort, subject) pairs the slices come from, sorted."""
         return sorted(set(self.subjects))
 
+    def split_subjects(self, held_out: list[tuple[str, str]]) -> tuple["SliceDataset", "SliceDataset"]:
+        """(the slices of every other subject, the slices of `held_out`): the trainer's validation split."""
+        held = {tuple(s) for s in held_out}
+        keep = np.array([tuple(s) not in held for s in self.subjects], bool)
+        return self._subset(keep), self._subset(~keep)
+
+    def _subset(self, rows: np.ndarray) -> "SliceDataset":
+        part = object.__new__(SliceDataset)
+        torch.utils.data.Dataset.__init__(part)
+        part.input_b, part.target_b, part.skipped = self.input_b, self.target_b, self.skipped
+        part.subjects = [s for s, keep in zip(self.subjects, rows) if keep]
+        for name in ("inputs", "targets", "present", "masks"):
+            setattr(part, name, getattr(self, name)[rows])
+        return part
+
     def digest(self) -> str:
         """Content digest of every array the trainer reads (a changed voxel changes it)."""
         h = hashlib.sha256(json.dumps([self.input_b, self.target_b, self.subjects]).encode())

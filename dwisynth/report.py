@@ -120,20 +120,43 @@ def bland_altman_figure(adc: pd.DataFrame):
 
 
 def training_curves_figure(logs: dict[tuple[str, str], pd.DataFrame]):
+    """Per method: the voxel L1 of the batches (top) and the validation PSNR (bottom, the exported step ringed)."""
     plt = _plt()
     methods = sorted({m for m, _ in logs})
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.2), squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    fig, axes = plt.subplots(2, len(methods), figsize=(4.5 * len(methods), 6.0), squeeze=False)
+    for column, method in enumerate(methods):
+        loss_ax, val_ax = axes[0][column], axes[1][column]
         for (m, organ), log in sorted(logs.items()):
-            if m == method and "voxel_l1" in log:
-                ax.plot(log["step"], log["voxel_l1"], label=organ)
-        ax.set_title(f"{METHOD_LABEL.get(method, method)}: voxel L1 (network scale)", fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+            if m != method:
+                continue
+            if "voxel_l1" in log:
+                rows = log.dropna(subset=["voxel_l1"])
+                loss_ax.plot(rows["step"], rows["voxel_l1"], label=organ)
+            if "val_psnr" in log:
+                rows = log.dropna(subset=["val_psnr"])
+                line, = val_ax.plot(rows["step"], rows["val_psnr"], label=organ)
+                best = rows.loc[rows["val_psnr"].idxmax()]
+                val_ax.plot(best["step"], best["val_psnr"], "o", mfc="none", color=line.get_color())
+        loss_ax.set_title(f"{METHOD_LABEL.get(method, method)}: voxel L1 (network scale)", fontsize=9)
+        loss_ax.set_yscale("log")
+        val_ax.set_title("validation PSNR (dB, held-out train subject); o = exported", fontsize=9)
+        val_ax.set_xlabel("step")
+        for ax in (loss_ax, val_ax):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def stopped_runs_note(logs: dict[tuple[str, str], pd.DataFrame]) -> str:
+    """The runs the trainer stopped for divergence, from their logs' `stopped` rows."""
+    stopped = [f"<li>{html.escape(METHOD_LABEL.get(m, m))} {html.escape(organ)}: {html.escape(str(reason))}</li>"
+               for (m, organ), log in sorted(logs.items()) if "stopped" in log
+               for reason in log["stopped"].dropna()]
+    if not stopped:
+        return ""
+    return ("<p><b>Stopped early</b> (divergence; the best validated weights were exported):</p><ul>"
+            + "".join(stopped) + "</ul>")
 
 
 def _embed(fig, name: str, figures_dir: Path) -> str:
@@ -279,7 +302,8 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
         agreement = _embed(bland_altman_figure(adc), "bland_altman", figures_dir) + agreement
     sections.append(("ADC agreement with the acquired ADC", agreement))
     if training_logs:
-        sections.append(("Training curves", _embed(training_curves_figure(training_logs), "training", figures_dir)))
+        sections.append(("Training curves", _embed(training_curves_figure(training_logs), "training", figures_dir)
+                         + stopped_runs_note(training_logs)))
     if reader_scores_path and Path(reader_scores_path).exists():
         scores = pd.read_csv(reader_scores_path, sep="\t")
         sections.append(("Reader study", scores.to_html(classes="table", border=0, index=False,

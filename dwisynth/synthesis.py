@@ -40,7 +40,11 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
                            betas=tuple(c.betas), decay_start=c.decay_start,
                            checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],
                            intensity_max=training.get("intensity_max"), seed=seed, device=device,
-                           threads=training.get("threads"), progress=progress)
+                           threads=training.get("threads"), progress=progress,
+                           validation_subjects=training.get("validation_subjects", 1),
+                           validate_every=training.get("validate_every", 50),
+                           warmup_steps=training.get("warmup_steps", 0), grad_clip=training.get("grad_clip"),
+                           collapse_db=training.get("collapse_db", 6.0))
     meta = {"method": method, "task": model.task, "organ": organ, "input_b": [float(b) for b in inputs],
             "target_b": [float(b) for b in targets], "heldout_b": [float(b) for b in bvalues.get("heldout", ())],
             "train_subjects": [[cohort, subject] for cohort, subject in subjects], "seed": seed}

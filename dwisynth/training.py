@@ -10,6 +10,13 @@ image pool) comes from a generator seeded by (seed, k), so a run resumed from a
 checkpoint at step k continues exactly as an uninterrupted one. On CPU torch runs
 with deterministic algorithms.
 
+Validation: whole train-split subjects (never test) are held out of the batches; every
+`validate_every` steps the inference network predicts their slices and the masked PSNR per
+target b is logged. model.pt holds the weights of the best validation step, so a long run
+never exports worse weights than it passed through. Divergence (a non-finite or exploding
+loss, or validation PSNR falling `collapse_db` below its best twice in a row) stops the run
+with a message; the best validated weights are exported and model.pt says why it stopped.
+
 Honest resume: a checkpoint carries the fingerprint of everything that shaped it (the
 network's config block, the trainer settings, the b-values and model metadata, the
 training data's content and the training code). A checkpoint with another
@@ -31,10 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dwisynth.errors import ConfigError
+from dwisynth.errors import ConfigError, DwisynthError
 from dwisynth.inference import MODEL_FORMAT, resolve_device
 from dwisynth.networks.base import code_digest
-from dwisynth.networks.blocks import pad_to_multiple, to_network
+from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -58,6 +65,16 @@ class TrainerConfig:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+    validation_subjects: int = 1  # train-split subjects held out to pick the exported step; 0: last step
+    validate_every: int = 50
+    warmup_steps: int = 0  # lr rises linearly from 0 over these steps (Adam's early steps are the largest)
+    grad_clip: float | None = None  # max global gradient norm per optimizer step; None: no clipping
+    collapse_db: float = 6.0  # validation PSNR this far below its best, twice in a row, stops the run
+    loss_limit: float = 1e4  # a loss above this (or NaN/inf) is a blow-up
+
+
+class TrainingDiverged(DwisynthError):
+    """Training blew up before any validated weights existed."""
 
 
 @dataclass
@@ -75,11 +92,30 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def lr_factor(step: int, steps: int, decay_start: int) -> float:
-    """Constant, then linear decay to zero (CycleGAN's schedule)."""
+def lr_factor(step: int, steps: int, decay_start: int, warmup: int = 0) -> float:
+    """Linear warm-up over `warmup` steps, constant, then linear decay to zero (CycleGAN's schedule)."""
+    if step < warmup:
+        return (step + 1) / warmup
     if step < decay_start:
         return 1.0
     return max(0.0, (steps - step) / max(1, steps - decay_start))
+
+
+def validation_subjects(subjects: list[tuple[str, str]], n: int, seed: int) -> list[tuple[str, str]]:
+    """n of the training subjects, drawn with the seed; none when fewer than two would be left to train on."""
+    if n <= 0 or len(subjects) - n < 2:
+        return []
+    rng = np.random.default_rng([seed, 7919])  # its own stream: the batch order is unaffected
+    return sorted(subjects[i] for i in rng.choice(len(subjects), size=n, replace=False))
+
+
+def masked_psnr(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR (dB) inside the mask on metrics.py's scale: both divided by the reference's robust maximum."""
+    from dwisynth.metrics import robust_max
+
+    scale = robust_max(reference, mask)
+    mse = float(np.mean(((prediction[mask] - reference[mask]) / scale) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
 def intensity_range(data, percentile: float = 99.9, margin: float = 1.1) -> float:
@@ -111,7 +147,18 @@ class Trainer:
         if len(data) == 0:
             raise ConfigError(f"no training slices for {meta.get('method')} {meta.get('organ', '')}: check the "
                               "split (train subjects) and that their shards hold the input b-values")
-        self.model, self.data, self.config, self.meta = model, data, config, meta
+        self.model, self.config = model, config
+        self.data_digest = data.digest()  # every slice, the held-out validation subjects included
+        self.validation_keys = validation_subjects(data.subject_keys(), config.validation_subjects, config.seed)
+        if config.validation_subjects and not self.validation_keys:
+            print(f"[train] {len(data.subject_keys())} training subjects: too few to hold {config.validation_subjects} "
+                  "out for validation; the last step is exported", file=sys.stderr)
+        if self.validation_keys:
+            data, self.validation = data.split_subjects(self.validation_keys)
+            meta = {**meta, "validation_subjects": [list(k) for k in self.validation_keys]}
+        else:
+            self.validation = None
+        self.data, self.meta = data, meta
         self.out_dir = Path(out_dir)
         self.device = resolve_device(config.device)
         if config.threads:
@@ -124,13 +171,25 @@ class Trainer:
                            for name, params in model.parameter_groups().items()}
         decay_start = config.decay_start if config.decay_start is not None else config.steps // 2
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s, n=config.steps, d=decay_start: lr_factor(s, n, d)) for name, opt in self.optimizers.items()}
+            opt, lambda s, n=config.steps, d=decay_start, w=config.warmup_steps: lr_factor(s, n, d, w))
+            for name, opt in self.optimizers.items()}
+        if config.grad_clip:
+            # the networks call optimizer.step() themselves: clip in a pre-step hook, the same for every network
+            for opt in self.optimizers.values():
+                opt.register_step_pre_hook(self._clip_gradients)
         self.pad_multiple = model.inference_spec()["pad_multiple"]
         self.intensity_max = config.intensity_max or intensity_range(data)
         self.step = 0
         self.log_rows: list[dict] = []
+        self.best: dict | None = None  # {"step", "val_psnr", "state_dict"} of the best validation so far
+        self.collapses = 0  # consecutive validations collapse_db below the best
+        self.stopped: str | None = None
         self.fingerprint_sources = self._fingerprint_sources()
         self.fingerprint = hashlib.sha256(json.dumps(self.fingerprint_sources, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _clip_gradients(self, optimizer, args, kwargs) -> None:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"] if p.grad is not None],
+                                       self.config.grad_clip)
 
     def _fingerprint_sources(self) -> dict:
         """Everything that shapes the trained weights; a checkpoint must share all of it to be resumed."""
@@ -138,7 +197,7 @@ class Trainer:
         network = asdict(self.model.config)
         return json.loads(json.dumps({
             "network": network, "trainer": trainer, "meta": self.meta, "intensity_max": self.intensity_max,
-            "spec": self.model.inference_spec(), "data": self.data.digest(),
+            "spec": self.model.inference_spec(), "data": self.data_digest,
             "code": code_digest(self.model.name)}, sort_keys=True, default=str))
 
     # --- data ------------------------------------------------------------------------------
@@ -203,6 +262,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "torch_rng": torch.get_rng_state(), "log_rows": self.log_rows,
+            "best": self.best, "collapses": self.collapses,
         }, self.out_dir / CHECKPOINT)
 
     def try_resume(self) -> bool:
@@ -226,18 +286,86 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.log_rows = [row for row in state["log_rows"] if row["step"] <= self.step]
+        self.best, self.collapses = state.get("best"), state.get("collapses", 0)
         print(f"[train] resumed from {path} at step {self.step}", file=sys.stderr)
         return True
 
     def export(self) -> Path:
         """model.pt: the inference network's weights (CPU tensors) and what it needs to run."""
         network = self.model.inference_network()
+        weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+        selection = {"selected_step": self.step}
+        if self.best is not None:
+            weights = self.best["state_dict"]
+            selection = {"selected_step": self.best["step"], "validation_psnr": self.best["val_psnr"]}
         record = {"format": MODEL_FORMAT, **self.meta, **self.model.inference_spec(),
                   "intensity_max": self.intensity_max, "trained_steps": self.step, "fingerprint": self.fingerprint,
-                  "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+                  **selection, "stopped_early": self.stopped or "", "state_dict": weights}
         path = self.out_dir / MODEL
         self._atomic_save(record, path)
         return path
+
+    # --- validation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Masked PSNR per target b of the inference network on the validation subjects' slices."""
+        network = self.model.inference_network()
+        was_training = network.training
+        network.eval()
+        v, imax, predictions = self.validation, self.intensity_max, []
+        for start in range(0, len(v), 16):
+            x = to_network(torch.from_numpy(v.inputs[start:start + 16]), imax)
+            x, (h, w) = pad_to_multiple(x, self.pad_multiple, -1.0)
+            y = network(x.to(self.device)).float().cpu()[..., :h, :w]
+            predictions.append(from_network(y, imax).numpy())
+        network.train(was_training)
+        prediction = np.concatenate(predictions)
+        scores = {}
+        for j, b in enumerate(v.target_b):
+            rows = v.present[:, j]
+            mask = v.masks[rows]
+            if mask.any():
+                scores[f"val_psnr_b{b:g}"] = masked_psnr(prediction[rows, j], v.targets[rows, j], mask)
+        scores["val_psnr"] = float(np.mean(list(scores.values()))) if scores else float("nan")
+        return scores
+
+    def _judge_validation(self, scores: dict[str, float]) -> None:
+        """Keep the best weights; stop on a collapse (twice collapse_db below the best) or a NaN score."""
+        value = scores["val_psnr"]
+        if not np.isfinite(value):
+            self.stopped = f"validation PSNR is {value} at step {self.step}"
+            return
+        if self.best is None or value > self.best["val_psnr"]:
+            weights = self.model.inference_network().state_dict()
+            self.best = {"step": self.step, "val_psnr": value,
+                         "state_dict": {k: t.detach().cpu().clone() for k, t in weights.items()}}
+            self.collapses = 0
+        elif value < self.best["val_psnr"] - self.config.collapse_db:
+            self.collapses += 1
+            if self.collapses >= 2:
+                self.stopped = (f"validation PSNR collapsed to {value:.1f} dB at step {self.step} from "
+                                f"{self.best['val_psnr']:.1f} dB at step {self.best['step']}")
+        else:
+            self.collapses = 0
+
+    def _check_losses(self, losses: dict[str, float]) -> None:
+        bad = {k: v for k, v in losses.items() if not np.isfinite(v) or abs(v) > self.config.loss_limit}
+        if bad:
+            self.stopped = f"loss blew up at step {self.step}: " + ", ".join(f"{k}={v:.3g}" for k, v in bad.items())
+
+    def _stop(self) -> Path:
+        """Stop a diverged run: export the best validated weights, or fail when there are none."""
+        advice = (f"lower the lr ({self.config.lr:g}), add training.warmup_steps or training.grad_clip, "
+                  "or train fewer steps")
+        self.log_rows.append({"step": self.step, "stopped": self.stopped})
+        self._write_log()
+        name = f"{self.meta.get('method')} {self.meta.get('organ', '')}".strip()
+        if self.best is None:
+            raise TrainingDiverged(f"{name}: {self.stopped}, before any validated weights; {advice}")
+        self.save_checkpoint()
+        print(f"[train] {name}: {self.stopped}; stopped and exported the weights of step {self.best['step']} "
+              f"(validation PSNR {self.best['val_psnr']:.2f} dB). To go further: {advice}", file=sys.stderr)
+        return self.export()
 
     # --- the loop --------------------------------------------------------------------------
     def _write_log(self) -> None:
@@ -287,15 +415,26 @@ class Trainer:
             images += len(batch.inputs)
             for k, v in losses.items():
                 window.setdefault(k, []).append(v)
+            self._check_losses(losses)
+            validated = {}
+            if self.validation is not None and not self.stopped and (
+                    self.step % cfg.validate_every == 0 or self.step == cfg.steps):
+                validated = self.validate()
+                self._judge_validation(validated)
+            if self.stopped:
+                if bar is not None:
+                    bar.close()
+                return self._stop()
             if bar is not None:
                 bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps or validated:
                 elapsed = time.perf_counter() - started
                 row = {"step": self.step, "phase": phase,
                        "epoch": round(self.step * cfg.batch_size / len(self.data), 3),
                        "lr": next(iter(self.optimizers.values())).param_groups[0]["lr"],
                        "images_per_s": round(images / elapsed, 2) if elapsed > 0 else "",
-                       **{k: round(float(np.mean(v)), 6) for k, v in window.items()}}
+                       **{k: round(float(np.mean(v)), 6) for k, v in window.items()},
+                       **{k: round(v, 3) for k, v in validated.items()}}
                 self.log_rows.append(row)
                 self._write_log()
                 if bar is not None:

@@ -364,3 +364,69 @@ def test_synthetic_adc_uses_the_acquired_b_values_for_scoring_and_all_of_them_fo
         synthetic, bvals = nib.load(out["dwi"]).get_fdata(), np.loadtxt(out["bval"])
     assert np.allclose(maps[True][mask], fit_adc(synthetic, bvals, use_b=INPUT_B)[mask], atol=1e-5)
     assert np.allclose(maps[False][mask], fit_adc(synthetic, bvals, use_b=ACQUIRED_B)[mask], atol=1e-5)
+
+
+def sabotaged_trainer(cohort, out, sabotage="noise", sabotage_step=30, steps=60, **kw):
+    from plugins.sabotaged_tiny_conv import SabotagedTinyConv  # noqa: F401 (registers the network)
+
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+    model = build_network("sabotagedtinyconv", {"steps": steps, "sabotage": sabotage,
+                                                "sabotage_step": sabotage_step}, 2, 3, seed=3)
+    config = TrainerConfig(steps=steps, batch_size=4, crop=24, lr=3e-3, checkpoint_every=10, log_every=10,
+                           seed=3, device="cpu", progress=False, validate_every=5, **kw)
+    return Trainer(model, data, config, out, {"method": "sabotagedtinyconv", "input_b": INPUT_B,
+                                              "target_b": TARGET_B})
+
+
+def test_validation_holds_out_a_training_subject_and_exports_the_best_step_when_training_collapses(
+        cohort, tmp_path, capsys):
+    from dwisynth.inference import synthesize_slices
+    from dwisynth.training import masked_psnr
+
+    trainer = sabotaged_trainer(cohort, tmp_path)
+    held_out = trainer.validation.subject_keys()
+    assert len(held_out) == 1 and held_out[0] not in trainer.data.subject_keys()
+    assert held_out[0] in SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B).subject_keys()  # train, never test
+    model_path = trainer.fit()
+    record = torch.load(model_path, weights_only=True)
+    assert "collapsed" in record["stopped_early"] and "collapsed" in capsys.readouterr().err
+    assert record["selected_step"] < 30 <= record["trained_steps"] < 60  # stopped soon after the wreck
+    assert record["validation_subjects"] == [list(held_out[0])]
+    log = pd.read_csv(tmp_path / "training_log.csv")
+    validated = log.dropna(subset=["val_psnr"])
+    assert validated["step"].tolist()[:5] == [5, 10, 15, 20, 25]
+    assert validated["val_psnr"].iloc[-1] < validated["val_psnr"].max() - 6
+    assert validated["val_psnr"].iloc[:5].is_monotonic_increasing or validated["val_psnr"].iloc[4] > validated[
+        "val_psnr"].iloc[0]  # it learned before the wreck
+    # model.pt holds the weights of the best validation, not the wrecked last ones
+    model = load_model(model_path, "cpu")
+    v = trainer.validation
+    prediction = synthesize_slices(model, v.inputs)
+    rows = [v.present[:, j] for j in range(len(TARGET_B))]
+    scores = [masked_psnr(prediction[r, j], v.targets[r, j], v.masks[r]) for j, r in enumerate(rows) if r.any()]
+    assert np.mean(scores) == pytest.approx(validated["val_psnr"].max(), abs=1e-3)
+    assert record["selected_step"] == validated.loc[validated["val_psnr"].idxmax(), "step"]
+
+
+def test_a_loss_that_blows_up_before_any_validation_stops_with_advice(cohort, tmp_path):
+    from dwisynth.training import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"loss blew up at step 3.*lower the lr"):
+        sabotaged_trainer(cohort, tmp_path, sabotage="nan", sabotage_step=3).fit()
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_warm_up_ramps_the_lr_and_clipping_bounds_the_gradient_norm(cohort, tmp_path):
+    trainer = tiny_trainer(cohort, "pix2pix", tmp_path, steps=20, warmup_steps=4, grad_clip=0.01)
+    lrs = []
+    for step in range(5):
+        lrs.append(next(iter(trainer.optimizers.values())).param_groups[0]["lr"])
+        batch = trainer.batch(step, torch.Generator().manual_seed(step))
+        trainer.model.training_step(batch, trainer.optimizers, torch.Generator().manual_seed(step), step)
+        for sched in trainer.schedulers.values():
+            sched.step()
+        for name, opt in trainer.optimizers.items():
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for g in opt.param_groups
+                                                         for p in g["params"] if p.grad is not None]))
+            assert norm <= 0.01 * (1 + 1e-4), name  # the pre-step hook clipped it
+    assert lrs == pytest.approx([2e-4 * k / 4 for k in (1, 2, 3, 4)] + [2e-4])
