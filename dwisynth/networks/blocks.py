@@ -62,16 +62,31 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+UPSAMPLING = ("resize", "transposed")
+
+
+def upsample_layer(in_channels: int, out_channels: int, mode: str = "resize") -> nn.Module:
+    """x2 upsampling. resize: nearest-neighbour resize, then a reflect-padded 3x3 conv (Odena et al. 2016:
+    every output pixel sees the same kernel taps, so no checkerboard). transposed: a stride-2 transposed conv,
+    whose uneven kernel overlap leaves the checkerboard the DC²Anet report showed."""
+    if mode == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                             nn.Conv2d(in_channels, out_channels, 3))
+    if mode == "transposed":
+        return nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+    raise ValueError(f"upsampling must be one of {UPSAMPLING}, not {mode!r}")
+
+
 class ResnetGenerator(nn.Module):
     """Image-to-image ResNet generator (Johnson et al.; the DC²Anet generator).
 
     7x7 conv ngf -> two stride-2 convs (2ngf, 4ngf) -> n_blocks residual blocks ->
-    two transposed convs -> 7x7 conv -> tanh. (N, in_channels, H, W) ->
+    two x2 upsamplings (`upsample_layer`) -> 7x7 conv -> tanh. (N, in_channels, H, W) ->
     (N, out_channels, H, W); H and W must be multiples of 4.
     """
 
     def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 6,
-                 norm: str = "instance"):
+                 norm: str = "instance", upsample: str = "resize"):
         super().__init__()
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm_layer(norm, ngf), nn.ReLU(True)]
         for mult in (1, 2):
@@ -79,8 +94,8 @@ class ResnetGenerator(nn.Module):
                        norm_layer(norm, ngf * mult * 2), nn.ReLU(True)]
         layers += [ResidualBlock(ngf * 4, norm) for _ in range(n_blocks)]
         for mult in (4, 2):
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
-                       norm_layer(norm, ngf * mult // 2), nn.ReLU(True)]
+            layers += [upsample_layer(ngf * mult, ngf * mult // 2, upsample), norm_layer(norm, ngf * mult // 2),
+                       nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 

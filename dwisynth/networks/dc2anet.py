@@ -47,6 +47,8 @@ class DC2AnetConfig(NetworkConfig):
     pool_size: int = field(default=50, metadata={"minimum": 0, "description": "image pool per discriminator"})
     norm: Literal["none", "instance"] = field(default="none", metadata={
         "description": "generator normalization; instance (the published design) discards the absolute S/S0 level"})
+    upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
+        "description": "generator upsampling: resize (nearest + 3x3 conv, no checkerboard) or transposed (published)"})
     weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights)
     perceptual_weights: str | None = field(default=None, metadata={
         "description": "torchvision vgg16 state dict (.pth) for the perceptual loss"})
@@ -80,8 +82,8 @@ class DC2Anet(Network):
     def __init__(self, config: DC2AnetConfig, n_inputs: int, n_targets: int):
         super().__init__(config, n_inputs, n_targets)
         c = config
-        self.G = ResnetGenerator(n_inputs, n_targets, c.ngf, c.n_residual, c.norm)
-        self.F = ResnetGenerator(n_targets, n_inputs, c.ngf, c.n_residual, c.norm)
+        self.G = ResnetGenerator(n_inputs, n_targets, c.ngf, c.n_residual, c.norm, c.upsample)
+        self.F = ResnetGenerator(n_targets, n_inputs, c.ngf, c.n_residual, c.norm, c.upsample)
         self.D_high = HybridDiscriminator(n_inputs, n_targets, c.ndf)
         self.D_low = patch_discriminator(n_inputs, 1, c.ndf)
         self.pools = {name: ImagePool(c.pool_size) for name in ("unsupervised", "supervised", "low")}
@@ -100,7 +102,7 @@ class DC2Anet(Network):
     def inference_spec(self) -> dict:
         c = self.config
         return {"kwargs": {"in_channels": self.n_inputs, "out_channels": self.n_targets, "ngf": c.ngf,
-                           "n_blocks": c.n_residual, "norm": c.norm}, "pad_multiple": 4}
+                           "n_blocks": c.n_residual, "norm": c.norm, "upsample": c.upsample}, "pad_multiple": 4}
 
     @classmethod
     def build_inference_network(cls, **kwargs) -> nn.Module:
