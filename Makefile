@@ -29,6 +29,8 @@ system-deps:
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/synthesis.py
+	$(BIN)/python bench/quality.py --organ abdomen --long & pid=$$!; $(BIN)/python bench/quality.py --organ brain --long && wait $$pid
+	$(BIN)/python bench/quality.py --summary
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -1,0 +1,190 @@
+"""Equal wall-clock comparison of the learned methods, and long-training stability, on a finished demo run.
+
+Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 150] [--long]
+       (RUN_DIR defaults to this checkout, after `make demo`; run one organ per process to use two cores)
+
+Equal wall-clock: each network trains on the run's train-split shards of one organ for the same CPU
+seconds (one thread): a short timed calibration gives its seconds per step, and it then trains for
+budget / (seconds per step) steps with the run's config block and trainer settings (lr schedule fitted to
+those steps, validation on a held-out train subject). Test subjects are scored like the workflow scores
+them (`dwisynth.evaluate.score_synthesis`, volume PSNR in the organ mask), beside cDWI and the noise-free
+reference from the run's own `synthesis_metrics.tsv`. Nothing here reads the test split before scoring.
+
+--long: each network also trains for its demo step count and ten times that; both end points' validation
+and test PSNR go to long_training.tsv and the validation curves to long_training_curves.tsv.
+
+Writes bench/results/quality_<organ>.tsv (and long_training_<organ>.tsv, long_training_curves_<organ>.tsv);
+`--summary` merges them into quality.tsv / long_training.tsv and prints the tables. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dwisynth import layout
+from dwisynth.dataset import task_members
+from dwisynth.evaluate import score_synthesis
+from dwisynth.inference import load_model, synthesize_volume
+from dwisynth.io import load_dwi, load_mask
+from dwisynth.loader import SliceDataset
+from dwisynth.networks.base import build_network
+from dwisynth.training import Trainer, TrainerConfig
+
+METHODS = ("dc2anet", "pix2pix")
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def run_config(run: Path) -> dict:
+    return json.loads((run / "results/provenance/provenance.json").read_text())["config"]
+
+
+def trainer_config(config: dict, block: dict, steps: int) -> TrainerConfig:
+    t = config["training"]
+    return TrainerConfig(steps=steps, batch_size=t["batch_size"], crop=t["crop"], lr=block["lr"],
+                         betas=tuple(block["betas"]), checkpoint_every=max(steps, 1), log_every=t["log_every"],
+                         intensity_max=t.get("intensity_max"), seed=config["seed"], device="cpu", threads=1,
+                         progress=False, validation_subjects=t["validation_subjects"],
+                         validate_every=max(t["validate_every"], steps // 20), warmup_steps=t["warmup_steps"],
+                         grad_clip=t["grad_clip"], collapse_db=t["collapse_db"])
+
+
+def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict, n: int = 12) -> float:
+    """Median wall time of one training step (after two warm-up steps), one thread."""
+    b = config["bvalues"]
+    model = build_network(method, block, len(b["inputs"]), len(b["targets"]), config["seed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, data, trainer_config(config, block, n + 2), tmp, {"method": method})
+        times = []
+        for step in range(n + 2):
+            generator = torch.Generator().manual_seed(step)
+            start = time.perf_counter()
+            model.training_step(trainer.batch(step, generator), trainer.optimizers, generator, step)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times[2:]))
+
+
+def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int, out: Path) -> tuple[Path, float]:
+    b = config["bvalues"]
+    block = {**block, "steps": steps, "decay_start": None}
+    model = build_network(method, block, len(b["inputs"]), len(b["targets"]), config["seed"])
+    meta = {"method": method, "input_b": [float(x) for x in b["inputs"]], "target_b": [float(x) for x in b["targets"]]}
+    start = time.perf_counter()
+    path = Trainer(model, data, trainer_config(config, block, steps), out, meta).fit()
+    return path, time.perf_counter() - start
+
+
+def test_psnr(run: Path, model_path: Path, tests: list[dict], config: dict) -> dict[float, float]:
+    """Mean volume PSNR per target b over the organ's test subjects, scored as the workflow scores."""
+    model = load_model(model_path, "cpu")
+    per_b: dict[float, list[float]] = {}
+    for s in tests:
+        files = {k: run / v for k, v in layout.preproc(s["cohort"], s["subject"]).items()}
+        dwi, bvals = load_dwi(files["dwi"], files["bval"])
+        synthetic = synthesize_volume(model, dwi, bvals, s["subject"])
+        _, volumes = score_synthesis(synthetic, model.target_b, dwi, bvals, load_mask(files["mask"]) > 0,
+                                     model.target_b, config["bvalues"]["heldout"])
+        for row in volumes:
+            per_b.setdefault(row["b_value"], []).append(row["psnr"])
+    return {b: float(np.mean(v)) for b, v in sorted(per_b.items())}
+
+
+def references(run: Path, organ: str) -> pd.DataFrame:
+    """cDWI and the noise-free reference on the same test subjects, from the run's own scores."""
+    table = pd.read_csv(run / "results/tables/synthesis_metrics.tsv", sep="\t", dtype={"slice": str})
+    rows = table[(table["slice"] == "volume") & (table["organ"] == organ) & table["method"].isin(["cdwi", "noisefree"])]
+    return rows.groupby(["method", "b_value"])["psnr"].mean().reset_index()
+
+
+def bench_organ(run: Path, organ: str, seconds: float, long: bool) -> None:
+    config = run_config(run)
+    split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
+    train_shards = [run / layout.shard(s["cohort"], s["subject"]) for s in task_members(split, "multib", "train", organ)]
+    tests = task_members(split, "multib", "test", organ)
+    b = config["bvalues"]
+    data = SliceDataset(train_shards, b["inputs"], b["targets"], b["heldout"], zero_shot=True)
+    torch.set_num_threads(1)
+    rows, long_rows, curves = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in METHODS:
+            block = config[method]
+            per_step = seconds_per_step(method, block, data, config)
+            steps = max(10, int(seconds / per_step))
+            print(f"[quality] {organ} {method}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s",
+                  flush=True)
+            model_path, wall = train(method, block, data, config, steps, Path(tmp) / f"{method}_budget")
+            record = torch.load(model_path, weights_only=True)
+            for b_value, psnr in test_psnr(run, model_path, tests, config).items():
+                rows.append({"organ": organ, "method": method, "budget_s": seconds, "steps": steps,
+                             "ms_per_step": per_step * 1000, "wall_s": wall, "selected_step": record["selected_step"],
+                             "b_value": b_value, "psnr": psnr})
+            if long:
+                for factor in (1, 10):
+                    steps = int(block["steps"]) * factor
+                    out = Path(tmp) / f"{method}_x{factor}"
+                    model_path, wall = train(method, block, data, config, steps, out)
+                    record = torch.load(model_path, weights_only=True)
+                    psnr = test_psnr(run, model_path, tests, config)
+                    long_rows.append({"organ": organ, "method": method, "factor": factor, "steps": steps,
+                                      "wall_s": wall, "selected_step": record["selected_step"],
+                                      "stopped_early": record["stopped_early"],
+                                      "val_psnr": record.get("validation_psnr", np.nan),
+                                      **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
+                                      "test_psnr_mean": float(np.mean(list(psnr.values())))})
+                    log = pd.read_csv(out / "training_log.csv")
+                    if "val_psnr" in log:
+                        for r in log.dropna(subset=["val_psnr"]).to_dict("records"):
+                            curves.append({"organ": organ, "method": method, "factor": factor, "step": r["step"],
+                                           "val_psnr": r["val_psnr"]})
+    for r in references(run, organ).to_dict("records"):
+        rows.append({"organ": organ, "method": r["method"], "b_value": r["b_value"], "psnr": r["psnr"]})
+    OUT.mkdir(exist_ok=True)
+    pd.DataFrame(rows).to_csv(OUT / f"quality_{organ}.tsv", sep="\t", index=False)
+    if long:
+        pd.DataFrame(long_rows).to_csv(OUT / f"long_training_{organ}.tsv", sep="\t", index=False)
+        pd.DataFrame(curves).to_csv(OUT / f"long_training_curves_{organ}.tsv", sep="\t", index=False)
+
+
+def summary() -> None:
+    pd.set_option("display.width", 200)
+    table = pd.concat([pd.read_csv(p, sep="\t") for p in sorted(OUT.glob("quality_*.tsv"))])
+    table.to_csv(OUT / "quality.tsv", sep="\t", index=False)
+    wide = table.pivot_table(index=["organ", "b_value"], columns="method", values="psnr")
+    for method in [m for m in METHODS if m in wide]:
+        wide[f"{method}_gap"] = wide[method] - wide["noisefree"]
+    budget = table.dropna(subset=["steps"]).groupby(["organ", "method"])[["budget_s", "steps", "ms_per_step", "wall_s"]].first()
+    print("== equal wall-clock: test PSNR (dB, workflow scoring); gap = method - noise-free reference ==")
+    print(wide.round(2).to_string())
+    print("\n== budget per method (one CPU thread) ==")
+    print(budget.round(1).to_string())
+    long_files = sorted(OUT.glob("long_training_[!c]*.tsv"))
+    if long_files:
+        long = pd.concat([pd.read_csv(p, sep="\t") for p in long_files])
+        long.to_csv(OUT / "long_training.tsv", sep="\t", index=False)
+        print("\n== demo steps vs 10x: validation PSNR of the exported step and test PSNR ==")
+        print(long.round(2).to_string(index=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", default=str(Path(__file__).resolve().parents[1]))
+    parser.add_argument("--organ", action="append", help="organ(s) to bench (default abdomen and brain)")
+    parser.add_argument("--seconds", type=float, default=150.0, help="training budget per method (one thread)")
+    parser.add_argument("--long", action="store_true", help="also train demo steps and 10x demo steps")
+    parser.add_argument("--summary", action="store_true", help="merge the per-organ files and print the tables")
+    args = parser.parse_args()
+    if not args.summary:
+        for organ in args.organ or ["abdomen", "brain"]:
+            bench_organ(Path(args.run), organ, args.seconds, args.long)
+    summary()
+
+
+if __name__ == "__main__":
+    main()
