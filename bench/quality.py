@@ -113,9 +113,10 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool) -> None:
     torch.set_num_threads(1)
     rows, long_rows, curves = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
+        # time every method's step first, back to back, so all calibrations see the same machine load
+        per_steps = {method: seconds_per_step(method, config[method], data, config) for method in METHODS}
         for method in METHODS:
-            block = config[method]
-            per_step = seconds_per_step(method, block, data, config)
+            block, per_step = config[method], per_steps[method]
             steps = max(10, int(seconds / per_step))
             print(f"[quality] {organ} {method}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s",
                   flush=True)
