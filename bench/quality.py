@@ -1,6 +1,7 @@
 """Equal wall-clock comparison of the learned methods, and long-training stability, on a finished demo run.
 
 Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 150] [--long]
+                                          [--device cuda] [--size config/examples/multicenter_tcga.yaml]
        (RUN_DIR defaults to this checkout, after `make demo`; run one organ per process to use two cores)
 
 Equal wall-clock: each network trains on the run's train-split shards of one organ for the same CPU
@@ -12,6 +13,9 @@ reference from the run's own `synthesis_metrics.tsv`. Nothing here reads the tes
 
 --long: each network also trains for its demo step count and ten times that; both end points' validation
 and test PSNR go to long_training.tsv and the validation curves to long_training_curves.tsv.
+--size CONFIG: the networks take their widths (ngf, ndf, n_residual), lr and betas from CONFIG, and the trainer
+its stability settings (validation subjects, warm-up, gradient clipping): the full-size check on a GPU.
+--seconds 0 skips the equal wall-clock comparison. A warm-up never exceeds a tenth of the run's steps.
 
 Writes bench/results/quality_<organ>.tsv (and long_training_<organ>.tsv, long_training_curves_<organ>.tsv);
 `--summary` merges them into quality.tsv / long_training.tsv and prints the tables. It asserts nothing.
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from dwisynth import layout
 from dwisynth.dataset import task_members
@@ -40,19 +45,33 @@ from dwisynth.training import Trainer, TrainerConfig
 
 METHODS = ("dc2anet", "pix2pix")
 OUT = Path(__file__).resolve().parent / "results"
+FULL_SIZE_KEYS = ("ngf", "ndf", "n_residual", "lr", "betas")  # not pix2pix levels: those follow the crop
+FULL_SIZE_TRAINING = ("validation_subjects", "warmup_steps", "grad_clip")
+DEVICE = "cpu"
 
 
 def run_config(run: Path) -> dict:
     return json.loads((run / "results/provenance/provenance.json").read_text())["config"]
 
 
+def with_full_size(config: dict, path: Path) -> dict:
+    """The run's config with network widths, lr and trainer stability settings taken from a full-size config."""
+    full = yaml.safe_load(path.read_text())
+    out = {**config, "training": {**config["training"],
+                                  **{k: full["training"][k] for k in FULL_SIZE_TRAINING if k in full.get("training", {})}}}
+    for method in METHODS:
+        out[method] = {**config[method], **{k: v for k, v in full.get(method, {}).items() if k in FULL_SIZE_KEYS}}
+    return out
+
+
 def trainer_config(config: dict, block: dict, steps: int) -> TrainerConfig:
     t = config["training"]
     return TrainerConfig(steps=steps, batch_size=t["batch_size"], crop=t["crop"], lr=block["lr"],
                          betas=tuple(block["betas"]), checkpoint_every=max(steps, 1), log_every=t["log_every"],
-                         intensity_max=t.get("intensity_max"), seed=config["seed"], device="cpu", threads=1,
+                         intensity_max=t.get("intensity_max"), seed=config["seed"], device=DEVICE, threads=1,
                          progress=False, validation_subjects=t["validation_subjects"],
-                         validate_every=max(t["validate_every"], steps // 20), warmup_steps=t["warmup_steps"],
+                         validate_every=max(t["validate_every"], steps // 20),
+                         warmup_steps=min(t["warmup_steps"], steps // 10),
                          grad_clip=t["grad_clip"], collapse_db=t["collapse_db"])
 
 
@@ -83,7 +102,7 @@ def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int
 
 def test_psnr(run: Path, model_path: Path, tests: list[dict], config: dict) -> dict[float, float]:
     """Mean volume PSNR per target b over the organ's test subjects, scored as the workflow scores."""
-    model = load_model(model_path, "cpu")
+    model = load_model(model_path, DEVICE)
     per_b: dict[float, list[float]] = {}
     for s in tests:
         files = {k: run / v for k, v in layout.preproc(s["cohort"], s["subject"]).items()}
@@ -103,8 +122,10 @@ def references(run: Path, organ: str) -> pd.DataFrame:
     return rows.groupby(["method", "b_value"])["psnr"].mean().reset_index()
 
 
-def bench_organ(run: Path, organ: str, seconds: float, long: bool) -> None:
+def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | None) -> None:
     config = run_config(run)
+    if size is not None:
+        config = with_full_size(config, size)
     split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
     train_shards = [run / layout.shard(s["cohort"], s["subject"]) for s in task_members(split, "multib", "train", organ)]
     tests = task_members(split, "multib", "test", organ)
@@ -117,15 +138,18 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool) -> None:
         per_steps = {method: seconds_per_step(method, config[method], data, config) for method in METHODS}
         for method in METHODS:
             block, per_step = config[method], per_steps[method]
-            steps = max(10, int(seconds / per_step))
-            print(f"[quality] {organ} {method}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s",
-                  flush=True)
-            model_path, wall = train(method, block, data, config, steps, Path(tmp) / f"{method}_budget")
-            record = torch.load(model_path, weights_only=True)
-            for b_value, psnr in test_psnr(run, model_path, tests, config).items():
-                rows.append({"organ": organ, "method": method, "budget_s": seconds, "steps": steps,
-                             "ms_per_step": per_step * 1000, "wall_s": wall, "selected_step": record["selected_step"],
-                             "b_value": b_value, "psnr": psnr})
+            if seconds <= 0:
+                print(f"[quality] {organ} {method}: {per_step * 1000:.1f} ms/step on {DEVICE}", flush=True)
+            else:
+                steps = max(10, int(seconds / per_step))
+                print(f"[quality] {organ} {method}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s",
+                      flush=True)
+                model_path, wall = train(method, block, data, config, steps, Path(tmp) / f"{method}_budget")
+                record = torch.load(model_path, weights_only=True)
+                for b_value, psnr in test_psnr(run, model_path, tests, config).items():
+                    rows.append({"organ": organ, "method": method, "budget_s": seconds, "steps": steps,
+                                 "ms_per_step": per_step * 1000, "wall_s": wall,
+                                 "selected_step": record["selected_step"], "b_value": b_value, "psnr": psnr})
             if long:
                 for factor in (1, 10):
                     steps = int(block["steps"]) * factor
@@ -133,8 +157,9 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool) -> None:
                     model_path, wall = train(method, block, data, config, steps, out)
                     record = torch.load(model_path, weights_only=True)
                     psnr = test_psnr(run, model_path, tests, config)
-                    long_rows.append({"organ": organ, "method": method, "factor": factor, "steps": steps,
-                                      "wall_s": wall, "selected_step": record["selected_step"],
+                    long_rows.append({"organ": organ, "method": method, "device": DEVICE,
+                                      "size": "full" if size else "demo", "factor": factor, "steps": steps,
+                                      "ms_per_step": per_step * 1000, "wall_s": wall, "selected_step": record["selected_step"],
                                       "stopped_early": record["stopped_early"],
                                       "val_psnr": record.get("validation_psnr", np.nan),
                                       **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
@@ -142,29 +167,35 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool) -> None:
                     log = pd.read_csv(out / "training_log.csv")
                     if "val_psnr" in log:
                         for r in log.dropna(subset=["val_psnr"]).to_dict("records"):
-                            curves.append({"organ": organ, "method": method, "factor": factor, "step": r["step"],
-                                           "val_psnr": r["val_psnr"]})
+                            curves.append({"organ": organ, "method": method, "device": DEVICE,
+                                           "size": "full" if size else "demo", "factor": factor,
+                                           "step": r["step"], "val_psnr": r["val_psnr"]})
     for r in references(run, organ).to_dict("records"):
         rows.append({"organ": organ, "method": r["method"], "b_value": r["b_value"], "psnr": r["psnr"]})
     OUT.mkdir(exist_ok=True)
-    pd.DataFrame(rows).to_csv(OUT / f"quality_{organ}.tsv", sep="\t", index=False)
+    if seconds > 0:
+        pd.DataFrame(rows).to_csv(OUT / f"quality_{organ}.tsv", sep="\t", index=False)
     if long:
-        pd.DataFrame(long_rows).to_csv(OUT / f"long_training_{organ}.tsv", sep="\t", index=False)
-        pd.DataFrame(curves).to_csv(OUT / f"long_training_curves_{organ}.tsv", sep="\t", index=False)
+        tag = "" if DEVICE == "cpu" and size is None else f"_{DEVICE}" + ("_full" if size else "")
+        pd.DataFrame(long_rows).to_csv(OUT / f"long_training_{organ}{tag}.tsv", sep="\t", index=False)
+        pd.DataFrame(curves).to_csv(OUT / f"long_training_curves_{organ}{tag}.tsv", sep="\t", index=False)
 
 
 def summary() -> None:
     pd.set_option("display.width", 200)
-    table = pd.concat([pd.read_csv(p, sep="\t") for p in sorted(OUT.glob("quality_*.tsv"))])
-    table.to_csv(OUT / "quality.tsv", sep="\t", index=False)
-    wide = table.pivot_table(index=["organ", "b_value"], columns="method", values="psnr")
-    for method in [m for m in METHODS if m in wide]:
-        wide[f"{method}_gap"] = wide[method] - wide["noisefree"]
-    budget = table.dropna(subset=["steps"]).groupby(["organ", "method"])[["budget_s", "steps", "ms_per_step", "wall_s"]].first()
-    print("== equal wall-clock: test PSNR (dB, workflow scoring); gap = method - noise-free reference ==")
-    print(wide.round(2).to_string())
-    print("\n== budget per method (one CPU thread) ==")
-    print(budget.round(1).to_string())
+    quality_files = sorted(OUT.glob("quality_*.tsv"))
+    if quality_files:
+        table = pd.concat([pd.read_csv(p, sep="\t") for p in quality_files])
+        table.to_csv(OUT / "quality.tsv", sep="\t", index=False)
+        wide = table.pivot_table(index=["organ", "b_value"], columns="method", values="psnr")
+        for method in [m for m in METHODS if m in wide]:
+            wide[f"{method}_gap"] = wide[method] - wide["noisefree"]
+        budget = table.dropna(subset=["steps"]).groupby(["organ", "method"])[
+            ["budget_s", "steps", "ms_per_step", "wall_s"]].first()
+        print("== equal wall-clock: test PSNR (dB, workflow scoring); gap = method - noise-free reference ==")
+        print(wide.round(2).to_string())
+        print("\n== budget per method (one CPU thread) ==")
+        print(budget.round(1).to_string())
     long_files = sorted(OUT.glob("long_training_[!c]*.tsv"))
     if long_files:
         long = pd.concat([pd.read_csv(p, sep="\t") for p in long_files])
@@ -180,10 +211,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=150.0, help="training budget per method (one thread)")
     parser.add_argument("--long", action="store_true", help="also train demo steps and 10x demo steps")
     parser.add_argument("--summary", action="store_true", help="merge the per-organ files and print the tables")
+    parser.add_argument("--device", default="cpu", help="cpu (one thread) or cuda (bf16 autocast)")
+    parser.add_argument("--size", type=Path, help="config whose network widths, lr and trainer stability settings to use")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if not args.summary:
         for organ in args.organ or ["abdomen", "brain"]:
-            bench_organ(Path(args.run), organ, args.seconds, args.long)
+            bench_organ(Path(args.run), organ, args.seconds, args.long, args.size)
     summary()
 
 
