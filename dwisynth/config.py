@@ -67,7 +67,8 @@ def _schema_for(names: tuple[str, ...]) -> dict:
 
     schema = yaml.safe_load(CONFIG_SCHEMA.read_text())
     for name, cls in networks().items():
-        schema["properties"][name] = {**block_schema(cls.Config), "description": f"{cls.label} ({cls.task} task)"}
+        if cls.config_block is None:  # variants read the block of the network they vary
+            schema["properties"][name] = {**block_schema(cls.Config), "description": f"{cls.label} ({cls.task} task)"}
     methods = schema["properties"]["methods"]
     # `methods` lists the multi-b task's methods: a CT -> DWI network is not one of them
     methods["items"]["enum"] = [*networks("multib"), *[b for b in BASELINES if b != "noisefree"]]

@@ -50,7 +50,31 @@ class SynthesisModel:
 
     @property
     def target_b(self) -> list[float]:
-        return [float(b) for b in self.record["target_b"]]
+        """The b-values synthesized by default (a b-conditioned model: its trained and held-out targets)."""
+        return [float(b) for b in self.record.get("synthesize_b", self.record["target_b"])]
+
+    @property
+    def b_conditioned(self) -> bool:
+        """True for a model that takes any b in `b_range` (stage 2), False for fixed target b-values."""
+        return bool(self.record.get("b_conditioned", False))
+
+    def check_b(self, wanted, source: str = "model") -> list[float]:
+        """The requested b-values if this model can synthesize them, else a ConfigError that says what can."""
+        wanted = [float(b) for b in wanted]
+        if self.b_conditioned:
+            lo, hi = self.record["b_range"]
+            outside = [b for b in wanted if not lo <= b <= hi]
+            if outside:
+                raise ConfigError(f"{source} synthesizes b in [{lo:g}, {hi:g}] (minegan.b_range), not "
+                                  f"{', '.join(f'{b:g}' for b in outside)}")
+        else:
+            unknown = [b for b in wanted if b not in self.target_b]
+            if unknown:
+                raise ConfigError(f"{source} ({self.record['method']}) synthesizes b = "
+                                  f"{', '.join(f'{b:g}' for b in self.target_b)} only, not "
+                                  f"{', '.join(f'{b:g}' for b in unknown)}; any other b needs a MineGAN model "
+                                  "(results/models/minegan/<organ>/model.pt)")
+        return wanted
 
 
 def load_model(path: str | Path, device: str = "auto") -> SynthesisModel:
@@ -76,17 +100,26 @@ def load_model(path: str | Path, device: str = "auto") -> SynthesisModel:
 
 
 @torch.no_grad()
-def synthesize_slices(model: SynthesisModel, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """(n, n_inputs, H, W) S/S0 slices -> (n, n_targets, H, W) synthetic S/S0 slices."""
+def synthesize_slices(model: SynthesisModel, inputs: np.ndarray, b=None, batch_size: int = 16) -> np.ndarray:
+    """(n, n_inputs, H, W) S/S0 slices -> (n, len(b), H, W) synthetic S/S0 slices.
+
+    b: the b-values to synthesize (default: the model's targets); a model with fixed targets returns those
+    among its targets, a b-conditioned model (stage 2) any b in its range.
+    """
+    wanted = model.check_b(model.target_b if b is None else b)
     imax = float(model.record["intensity_max"])
     multiple = int(model.record["pad_multiple"])
     out = []
     for start in range(0, len(inputs), batch_size):
         x = to_network(torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size], np.float32)), imax)
         x, (h, w) = pad_to_multiple(x, multiple, -1.0)
-        y = model.network(x.to(model.device)).float().cpu()[..., :h, :w]
-        out.append(from_network(y, imax).numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.target_b), *inputs.shape[2:]), np.float32)
+        x = x.to(model.device)
+        if model.b_conditioned:
+            y = torch.cat([model.network(x, torch.full((len(x),), value, device=model.device)) for value in wanted], 1)
+        else:
+            y = model.network(x)[:, [model.target_b.index(value) for value in wanted]]
+        out.append(from_network(y.float().cpu()[..., :h, :w], imax).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(wanted), *inputs.shape[2:]), np.float32)
 
 
 def _volumes_at(dwi: np.ndarray, bvals, wanted, subject: str) -> np.ndarray:
@@ -98,11 +131,12 @@ def _volumes_at(dwi: np.ndarray, bvals, wanted, subject: str) -> np.ndarray:
     return dwi[..., [bvals.index(b) for b in wanted]]
 
 
-def synthesize_volume(model: SynthesisModel, dwi: np.ndarray, bvals, subject: str = "?") -> np.ndarray:
-    """Normalized 4D DWI (X, Y, Z, B) -> synthetic (X, Y, Z, n_targets), slice by slice along Z."""
+def synthesize_volume(model: SynthesisModel, dwi: np.ndarray, bvals, subject: str = "?", b=None) -> np.ndarray:
+    """Normalized 4D DWI (X, Y, Z, B) -> synthetic (X, Y, Z, len(b)), slice by slice along Z (b: as
+    `synthesize_slices`)."""
     inputs = _volumes_at(dwi, bvals, model.input_b, subject)  # (X, Y, Z, n_in)
     slices = np.transpose(inputs, (2, 3, 0, 1))  # (Z, n_in, X, Y): the slice shards' layout
-    return np.transpose(synthesize_slices(model, slices), (2, 3, 0, 1)).astype(np.float32)
+    return np.transpose(synthesize_slices(model, slices, b), (2, 3, 0, 1)).astype(np.float32)
 
 
 def cdwi_volume(dwi: np.ndarray, bvals, input_b, target_b, mask=None) -> np.ndarray:

@@ -27,8 +27,11 @@ class SliceDataset(torch.utils.data.Dataset):
         super().__init__()
         self.input_b = [float(b) for b in input_b]
         self.target_b = [float(b) for b in target_b]
-        heldout = {float(b) for b in heldout_b}
+        self.heldout_b = [float(b) for b in heldout_b]
+        self.shards = [str(p) for p in shards]
+        heldout = set(self.heldout_b)
         inputs, targets, present, masks, self.subjects, self.skipped = [], [], [], [], [], []
+        self.slice_index: list[int] = []  # each slice's index in its subject's shard
         for path in shards:
             with np.load(path) as shard:
                 grid = [float(b) for b in shard["bvals"]]
@@ -50,6 +53,7 @@ class SliceDataset(torch.utils.data.Dataset):
             present.append(np.repeat(flags[None], images.shape[0], 0))
             masks.append(mask.astype(bool))
             self.subjects += [subject] * images.shape[0]
+            self.slice_index += list(range(images.shape[0]))
         shapes = {a.shape[2:] for a in inputs}
         if len(shapes) > 1:
             raise ValueError(f"slice shards differ in in-plane size {sorted(shapes)}; one model needs one size "
@@ -74,9 +78,33 @@ class SliceDataset(torch.utils.data.Dataset):
         part = object.__new__(SliceDataset)
         torch.utils.data.Dataset.__init__(part)
         part.input_b, part.target_b, part.skipped = self.input_b, self.target_b, self.skipped
+        part.heldout_b, part.shards = self.heldout_b, self.shards
         part.subjects = [s for s, keep in zip(self.subjects, rows) if keep]
+        part.slice_index = [i for i, keep in zip(self.slice_index, rows) if keep]
         for name in ("inputs", "targets", "present", "masks"):
             setattr(part, name, getattr(self, name)[rows])
+        return part
+
+    def with_extra(self, source: "SliceDataset", picked: dict[float, np.ndarray], share: float) -> "SliceDataset":
+        """These slices plus rows of `source` (same b-values) showing only their picked held-out b:
+        {b: source rows}. The picked rows are repeated until they are about `share` of the result,
+        so a handful of few-shot images reach the batches."""
+        rows = [(b, int(i)) for b, chosen in picked.items() for i in chosen]
+        if not rows:
+            return self
+        repeat = max(1, int(round(share * len(self) / ((1 - share) * len(rows)))))
+        part = self._subset(np.ones(len(self), bool))
+        extra_present = np.zeros((len(rows), len(self.target_b)), bool)
+        for r, (b, _) in enumerate(rows):
+            extra_present[r, self.target_b.index(b)] = True
+        index = [i for _, i in rows]
+        extra_targets = np.where(extra_present[:, :, None, None], source.targets[index], 0).astype(np.float32)
+        part.inputs = np.concatenate([part.inputs] + [source.inputs[index]] * repeat)
+        part.targets = np.concatenate([part.targets] + [extra_targets] * repeat)
+        part.present = np.concatenate([part.present] + [extra_present] * repeat)
+        part.masks = np.concatenate([part.masks] + [source.masks[index]] * repeat)
+        part.subjects = part.subjects + [source.subjects[i] for i in index] * repeat
+        part.slice_index = part.slice_index + [source.slice_index[i] for i in index] * repeat
         return part
 
     def digest(self) -> str:

@@ -18,36 +18,52 @@ from dwisynth.preprocess.steps import adc as write_adc
 
 
 def train_model(method: str, organ: str, shards, out_dir, block: dict, training: dict, bvalues: dict, seed: int,
-                device: str = "auto", progress: bool = True) -> Path:
+                device: str = "auto", progress: bool = True, upstream: dict | None = None) -> Path:
     """Train one network for one organ on the given (train-split) shards; returns model.pt's path.
 
-    block: the network's config block; training: the `training` block; bvalues: the `bvalues` block.
+    block: the network's config block; training: the `training` block; bvalues: the `bvalues` block;
+    upstream: {role: model.pt path} of the models this network is built from (`Network.upstream`).
     """
+    from dwisynth.inference import load_model
     from dwisynth.loader import SliceDataset
-    from dwisynth.networks.base import build_network
-    from dwisynth.training import Trainer, TrainerConfig
+    from dwisynth.networks.base import build_network, network_class
+    from dwisynth.training import Trainer, TrainerConfig, validation_subjects
 
-    inputs, targets = bvalues["inputs"], bvalues["targets"]
+    cls = network_class(method)
+    inputs, targets = cls.dataset_bvalues(bvalues)
+    missing = sorted(set(cls.upstream) - set(upstream or {}))
+    if missing:
+        raise ConfigError(f"{method} is built from the {organ} models {', '.join(cls.upstream[r] for r in missing)}; "
+                          "train those first (the workflow does it)")
+    records = {role: load_model(path, "cpu").record for role, path in (upstream or {}).items()}
     data = SliceDataset(shards, inputs, targets, bvalues.get("heldout", ()), zero_shot=True)
     if data.skipped:
         print(f"[train] skipped (no input b-values {inputs}): {', '.join(Path(s).name for s in data.skipped)}")
     subjects = data.subject_keys()
-    print(f"[train] {method} {organ}: {len(data)} slices from {len(subjects)} subjects; "
-          f"target b acquired in {np.round(100 * data.present.mean(0), 1).tolist() if len(data) else []} % of slices")
     model = build_network(method, block, len(inputs), len(targets), seed)
+    model.prepare(records, bvalues, seed)
+    n_validation = training.get("validation_subjects", 1)
+    data = model.training_data(data, seed, validation_subjects(subjects, n_validation, seed))
+    print(f"[train] {method} {organ}: {len(data)} slices from {len(subjects)} subjects; "
+          f"target b {targets} acquired in {np.round(100 * data.present.mean(0), 1).tolist() if len(data) else []} "
+          "% of slices")
     c = model.config
-    config = TrainerConfig(steps=c.steps, batch_size=training["batch_size"], crop=training["crop"], lr=c.lr,
-                           betas=tuple(c.betas), decay_start=c.decay_start,
+    intensity_max = training.get("intensity_max")
+    if "stage1" in records or "zeroshot" in records:  # the stack mixes inputs and stage-1 images: one scale
+        intensity_max = float(next(iter(records.values()))["intensity_max"])
+    config = TrainerConfig(steps=model.training_steps(), batch_size=training["batch_size"], crop=training["crop"],
+                           lr=c.lr, betas=tuple(c.betas), decay_start=c.decay_start,
                            checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],
-                           intensity_max=training.get("intensity_max"), seed=seed, device=device,
+                           intensity_max=intensity_max, seed=seed, device=device,
                            threads=training.get("threads"), progress=progress,
-                           validation_subjects=training.get("validation_subjects", 1),
+                           validation_subjects=n_validation,
                            validate_every=training.get("validate_every", 50),
                            warmup_steps=training.get("warmup_steps", 0), grad_clip=training.get("grad_clip"),
                            collapse_db=training.get("collapse_db", 6.0))
     meta = {"method": method, "task": model.task, "organ": organ, "input_b": [float(b) for b in inputs],
             "target_b": [float(b) for b in targets], "heldout_b": [float(b) for b in bvalues.get("heldout", ())],
-            "train_subjects": [[cohort, subject] for cohort, subject in subjects], "seed": seed}
+            "train_subjects": [[cohort, subject] for cohort, subject in subjects], "seed": seed,
+            "upstream": {role: r["fingerprint"] for role, r in records.items()}, **model.describe()}
     return Trainer(model, data, config, out_dir, meta).fit()
 
 
@@ -74,17 +90,12 @@ def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, ad
     from dwisynth.inference import load_model, synthesize_volume
 
     model = load_model(model_path, device)
+    wanted = model.check_b(model.target_b if target_b is None else target_b, str(model_path))
     img = nib.load(dwi_path)
     dwi, bvals = load_dwi(dwi_path, bval_path)
-    synthetic = synthesize_volume(model, dwi, bvals, subject)
-    wanted = model.target_b if target_b is None else [float(b) for b in target_b]
-    unknown = [b for b in wanted if b not in model.target_b]
-    if unknown:
-        raise ConfigError(f"{model_path} synthesizes b = {model.target_b}, not {unknown}; "
-                          "other b-values need the b-value miner (stage 2)")
-    pick = [model.target_b.index(b) for b in wanted]
+    synthetic = synthesize_volume(model, dwi, bvals, subject, wanted)
     inputs = dwi[..., [list(map(float, bvals)).index(b) for b in model.input_b]]
-    _write_synthetic(img, inputs, model.input_b, synthetic[..., pick], wanted, out, mask_path, adc,
+    _write_synthetic(img, inputs, model.input_b, synthetic, wanted, out, mask_path, adc,
                      bvals if adc_as_acquired else None, norm_record)
     return model.input_b + wanted
 

@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -316,7 +317,7 @@ class Trainer:
         for start in range(0, len(v), 16):
             x = to_network(torch.from_numpy(v.inputs[start:start + 16]), imax)
             x, (h, w) = pad_to_multiple(x, self.pad_multiple, -1.0)
-            y = network(x.to(self.device)).float().cpu()[..., :h, :w]
+            y = self.model.predict(network, x.to(self.device), v.target_b).float().cpu()[..., :h, :w]
             predictions.append(from_network(y, imax).numpy())
         network.train(was_training)
         prediction = np.concatenate(predictions)
@@ -409,8 +410,10 @@ class Trainer:
             batch = self.batch(self.step, generator)
             with autocast:
                 losses = self.model.training_step(batch, self.optimizers, generator, self.step)
-            for sched in self.schedulers.values():
-                sched.step()
+            with warnings.catch_warnings():  # phases leave some optimizers idle; their schedule still advances
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                for sched in self.schedulers.values():
+                    sched.step()
             self.step += 1
             images += len(batch.inputs)
             for k, v in losses.items():

@@ -41,7 +41,8 @@ from dwisynth.errors import ConfigError
 
 TASKS = ("multib", "ct2dwi")
 # Image sources scored beside the networks; they are rules of their own, not trained.
-BASELINES = {"cdwi": "cDWI (physics)", "noisefree": "noise-free reference"}
+BASELINES = {"cdwi": "cDWI (physics)", "dc2anetinterp": "DC²Anet + log-linear interpolation",
+             "noisefree": "noise-free reference"}
 PLUGINS_VARIABLE = "DWISYNTH_PLUGINS"
 _SHARED_MODULES = ("base", "blocks", "losses")
 
@@ -67,6 +68,11 @@ class Network(nn.Module, ABC):
     label: ClassVar[str]  # how reports name it
     task: ClassVar[str] = "multib"
     Config: ClassVar[type[NetworkConfig]] = NetworkConfig
+    # Variants of one network (MineGAN's few-shot and ablation) share its config block: name it here.
+    config_block: ClassVar[str | None] = None
+    # Models of the same organ this one is built from: {role: method}; their model.pt files are inputs
+    # of its training job and `prepare` gets their records.
+    upstream: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -81,7 +87,33 @@ class Network(nn.Module, ABC):
         super().__init__()
         self.config, self.n_inputs, self.n_targets = config, n_inputs, n_targets
 
+    # --- hooks the training job calls before the trainer -------------------------------------
+    @classmethod
+    def dataset_bvalues(cls, bvalues: dict) -> tuple[list[float], list[float]]:
+        """(input b-values, target b-values) of the training slices, from the `bvalues` block."""
+        return [float(b) for b in bvalues["inputs"]], [float(b) for b in bvalues["targets"]]
+
+    def training_data(self, data, seed: int, validation: list[tuple[str, str]]):
+        """The `SliceDataset` to train on, given the zero-shot one (held-out b never present) and the
+        subjects the trainer will hold out for validation. Few-shot networks add images here."""
+        return data
+
+    def prepare(self, upstream: dict[str, dict], bvalues: dict, seed: int) -> None:
+        """Build what depends on upstream models (their model.pt records, by role) or the b-values."""
+
+    def training_steps(self) -> int:
+        """Total optimisation steps (networks trained in phases sum them)."""
+        return self.config.steps
+
+    def describe(self) -> dict:
+        """What model.pt records about this network's training besides the trainer's metadata."""
+        return {}
+
     # --- hooks the trainer calls -----------------------------------------------------------
+    def predict(self, network: nn.Module, inputs: torch.Tensor, target_b: list[float]) -> torch.Tensor:
+        """The inference network's prediction at target_b (N, len(target_b), H, W), for validation."""
+        return network(inputs)
+
     @abstractmethod
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """{name: parameters}: the trainer makes one Adam optimizer (and lr schedule) per group."""
@@ -171,6 +203,11 @@ def network_class(method: str) -> type[Network]:
 def method_labels() -> dict[str, str]:
     """Every method a table may hold (networks, then baselines) -> its name in reports."""
     return {**{name: cls.label for name, cls in networks().items()}, **BASELINES}
+
+
+def config_block_name(method: str) -> str:
+    """The config block a network reads (its own name, or the network it is a variant of)."""
+    return network_class(method).config_block or method
 
 
 def build_network(method: str, block: dict, n_inputs: int, n_targets: int, seed: int) -> Network:

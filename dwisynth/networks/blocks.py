@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -186,3 +188,93 @@ class ImagePool:
 
     def load_state_dict(self, state: dict) -> None:
         self.size, self.images, self.labels = state["size"], list(state["images"]), list(state["labels"])
+
+
+# --- continuous b-value conditioning (stage 2) ---------------------------------------------------
+def fourier_features(b: torch.Tensor, n_frequencies: int, b_scale: float = 1000.0) -> torch.Tensor:
+    """b (N,) -> (N, 1 + 2 n_frequencies): b/b_scale and sin, cos of 2^k pi b/b_scale.
+
+    A continuous code: nearby b-values get nearby codes, so a network can be asked for a b it never
+    saw (a one-hot code has no entry for b = 75 or 850).
+    """
+    t = (b.float() / b_scale)[:, None]
+    angles = math.pi * t * (2.0 ** torch.arange(n_frequencies, device=b.device, dtype=torch.float32))
+    return torch.cat([t, torch.sin(angles), torch.cos(angles)], 1)
+
+
+class FiLMCode(nn.Module):
+    """An MLP from a code to FiLM parameters (scale, shift) for `n_blocks` blocks of `channels` channels:
+    (N, code) -> (N, n_blocks, 2, channels). The last layer starts at zero, so a fresh one is the identity
+    (scale 1 + 0, shift 0) and a miner added on top starts from the pretrained conditioning."""
+
+    def __init__(self, in_features: int, width: int, n_blocks: int, channels: int):
+        super().__init__()
+        self.n_blocks, self.channels = n_blocks, channels
+        self.net = nn.Sequential(nn.Linear(in_features, width), nn.ReLU(True), nn.Linear(width, n_blocks * 2 * channels))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.net(code).view(-1, self.n_blocks, 2, self.channels)
+
+
+class FiLMResidualBlock(ResidualBlock):
+    """A residual block whose residual branch is scaled and shifted per sample: x + (1 + g) body(x) + s."""
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        scale, shift = film[:, 0, :, None, None], film[:, 1, :, None, None]
+        return x + (1 + scale) * self.body(x) + shift
+
+
+class FiLMResnetGenerator(nn.Module):
+    """`ResnetGenerator` with every residual block modulated by FiLM parameters (N, n_blocks, 2, 4 ngf)."""
+
+    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 6,
+                 norm: str = "none", upsample: str = "resize"):
+        super().__init__()
+        self.channels = ngf * 4
+        down = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm_layer(norm, ngf), nn.ReLU(True)]
+        for mult in (1, 2):
+            down += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), norm_layer(norm, ngf * mult * 2),
+                     nn.ReLU(True)]
+        self.down = nn.Sequential(*down)
+        self.blocks = nn.ModuleList(FiLMResidualBlock(self.channels, norm) for _ in range(n_blocks))
+        up = []
+        for mult in (4, 2):
+            up += [upsample_layer(ngf * mult, ngf * mult // 2, upsample), norm_layer(norm, ngf * mult // 2),
+                   nn.ReLU(True)]
+        up += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
+        self.up = nn.Sequential(*up)
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        h = self.down(x)
+        for i, block in enumerate(self.blocks):
+            h = block(h, film[:, i])
+        return self.up(h)
+
+
+class ProjectionDiscriminator(nn.Module):
+    """Conditional PatchGAN judging an image at a continuous b (Miyato & Koyama's projection):
+    logits = w^T h + <embed(b), h> per patch, h the PatchGAN features of [condition, image].
+
+    A discriminator with one output per trained b (`per_b_logits`) has nothing to say at b = 75 or 850;
+    the projection's embedding of b is continuous, so it can.
+    """
+
+    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, n_frequencies: int = 8):
+        super().__init__()
+        layers, channels = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)], ndf
+        for i in range(1, n_layers + 1):
+            out = ndf * min(2 ** i, 8)
+            layers += [nn.Conv2d(channels, out, 4, stride=2 if i < n_layers else 1, padding=1),
+                       nn.InstanceNorm2d(out), nn.LeakyReLU(0.2, True)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.logit = nn.Conv2d(channels, 1, 1)
+        self.n_frequencies = n_frequencies
+        self.embed = nn.Linear(1 + 2 * n_frequencies, channels)
+
+    def forward(self, image: torch.Tensor, b: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        h = self.features(torch.cat([condition, image], 1))
+        projection = (h * self.embed(fourier_features(b, self.n_frequencies))[:, :, None, None]).sum(1, keepdim=True)
+        return self.logit(h) + projection

@@ -1,0 +1,388 @@
+"""Stage 2: a b-conditioned generator and a MineGAN-style miner that synthesize any b in a range.
+
+The abstract (seed 000) names MineGAN (Wang et al., CVPR 2020) and judges it at b = 75 and 850, never
+trained on; architecture, losses and schedule are ours:
+
+- Input: what a test subject has, the acquired `bvalues.inputs` plus stage 1's (DC²Anet's) images at
+  `bvalues.targets`, from that organ's stage-1 model.pt, which the inference network embeds (one file
+  synthesizes from the acquired inputs). The same stack in training (stage 1 run on the training slices).
+- b enters continuously: Fourier features of b/1000 -> FiLM (scale, shift) per residual block. A stack
+  channel at the requested b is blanked (set to the network's zero), in training and at inference, so the
+  generator learns to interpolate between neighbours, not to copy.
+- The miner M(z, b), a 2-layer MLP, adds to the FiLM parameters of the pretrained generator (its last layer
+  starts at zero, so mining starts from the pretrained conditioning). z = 0 at inference.
+- Phases: pretrain (G and its b-embedding, with D), mine (M and D; G frozen), finetune (M, G, D). In the
+  mining phases the generator is also judged, unpaired, at b drawn uniformly from `b_range`: the projection
+  discriminator's b-embedding is continuous, so it has an opinion at b it holds no image of.
+- Losses (`networks/losses.py`): LSGAN, L1 (100), -log SSIM (0.05) at acquired b.
+
+Variants (sharing the `minegan` config block): `mineganfewshot` starts from the organ's zero-shot model and
+mines and fine-tunes again with `fewshot.k` slices per held-out b from train-split subjects; `bcond` (the
+ablation) is the same generator and b-embedding trained for the same total steps with no miner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from dwisynth.errors import ConfigError
+from dwisynth.networks.base import Network, NetworkConfig, build_inference_network
+from dwisynth.networks.blocks import FiLMCode, FiLMResnetGenerator, ProjectionDiscriminator, fourier_features
+from dwisynth.networks.losses import lsgan, masked_l1, ssim_loss
+
+BLANK = -1.0  # a blanked stack channel: the network-scale zero intensity
+
+
+def _weight(default: float, description: str) -> float:
+    return field(default=default, metadata={"minimum": 0, "description": description})
+
+
+@dataclass
+class MineGANWeights:
+    adversarial: float = _weight(1.0, "LSGAN at acquired b")
+    voxel: float = _weight(100.0, "L1 at acquired b")
+    ssim: float = _weight(0.05, "-log SSIM at acquired b")
+    unseen: float = _weight(1.0, "LSGAN at b drawn from b_range (mining phases; no image needed)")
+
+
+@dataclass
+class FewShotConfig:
+    k: int = field(default=4, metadata={"minimum": 1, "description": "slices per held-out b (mineganfewshot)"})
+    subjects: list[str] = field(default_factory=list, metadata={
+        "description": "cohort/subject keys to draw them from (train split); [] = every train subject that "
+                       "acquired the b"})
+    mine_steps: int = field(default=500, metadata={"minimum": 0, "description": "mining steps on the few shots"})
+    finetune_steps: int = field(default=500, metadata={"minimum": 0, "description": "fine-tuning steps on them"})
+    share: float = field(default=0.25, metadata={
+        "exclusiveMinimum": 0, "maximum": 0.9,
+        "description": "share of training slices that are few-shot images (repeated to reach it)"})
+
+
+@dataclass
+class MineGANConfig(NetworkConfig):
+    steps: int | None = field(default=None, metadata={
+        "description": "leave unset: pretrain_steps + mine_steps + finetune_steps set the length"})
+    pretrain_steps: int = field(default=20000, metadata={"minimum": 1, "description": "phase A: G on seen b"})
+    mine_steps: int = field(default=5000, metadata={"minimum": 0, "description": "phase B: miner and D, G frozen"})
+    finetune_steps: int = field(default=5000, metadata={"minimum": 0, "description": "phase C: miner, G and D"})
+    ngf: int = field(default=64, metadata={"minimum": 4, "description": "generator base channels"})
+    ndf: int = field(default=64, metadata={"minimum": 4, "description": "discriminator base channels"})
+    n_residual: int = field(default=6, metadata={"minimum": 1, "description": "FiLM residual blocks"})
+    norm: str = field(default="none", metadata={"enum": ["none", "instance"], "description": "generator norm"})
+    upsample: str = field(default="resize", metadata={"enum": ["resize", "transposed"]})
+    n_frequencies: int = field(default=6, metadata={"minimum": 1, "description": "Fourier features of b/1000"})
+    embed_width: int = field(default=64, metadata={"minimum": 4, "description": "b-embedding MLP width"})
+    z_dim: int = field(default=8, metadata={"minimum": 1, "description": "miner noise (0 at inference)"})
+    miner_width: int = field(default=64, metadata={"minimum": 4, "description": "miner MLP width"})
+    b_range: tuple[float, float] = field(default=(0.0, 1000.0), metadata={
+        "description": "b-values (s/mm²) the model may be asked for"})
+    stage1: str = field(default="dc2anet", metadata={"description": "stage-1 network whose images feed the stack"})
+    weights: MineGANWeights = field(default_factory=MineGANWeights)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+
+    def __post_init__(self):
+        if self.steps is not None:
+            raise ConfigError("minegan.steps: the phases set the length; set pretrain_steps, mine_steps and "
+                              "finetune_steps instead")
+        lo, hi = self.b_range
+        if not 0 <= lo < hi:
+            raise ConfigError(f"minegan.b_range must be [low, high] with 0 <= low < high, not {list(self.b_range)}")
+
+
+class BValueSynthesizer(nn.Module):
+    """The inference network: acquired inputs (N, n_in, H, W) and b (N,) -> the image at b (N, 1, H, W).
+
+    Holds the frozen stage-1 generator, the FiLM generator, its b-embedding and (mined models) the miner.
+    """
+
+    def __init__(self, stage1: dict, stack_b: list[float], ngf: int, n_residual: int, norm: str, upsample: str,
+                 n_frequencies: int, embed_width: int, z_dim: int, miner_width: int, mined: bool):
+        super().__init__()
+        self.stage1 = build_inference_network(stage1).requires_grad_(False)
+        self.n_frequencies, self.z_dim = n_frequencies, z_dim
+        self.register_buffer("stack_b", torch.tensor(stack_b, dtype=torch.float32), persistent=False)
+        self.G = FiLMResnetGenerator(len(stack_b), 1, ngf, n_residual, norm, upsample)
+        code = 1 + 2 * n_frequencies
+        self.embed = FiLMCode(code, embed_width, n_residual, self.G.channels)
+        self.miner = FiLMCode(code + z_dim, miner_width, n_residual, self.G.channels) if mined else None
+
+    def stack(self, x: torch.Tensor) -> torch.Tensor:
+        """[acquired inputs, stage-1 images]: the stack a test subject has."""
+        with torch.no_grad():
+            self.stage1.eval()
+            return torch.cat([x, self.stage1(x).to(x.dtype)], 1)
+
+    def film(self, b: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        code = fourier_features(b, self.n_frequencies)
+        film = self.embed(code)
+        if self.miner is not None:
+            z = torch.zeros(len(b), self.z_dim, device=b.device) if z is None else z
+            film = film + self.miner(torch.cat([code, z], 1))
+        return film
+
+    def generate(self, stack: torch.Tensor, b: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        blank = (self.stack_b[None, :] - b[:, None]).abs() < 0.5  # (N, channels): the channel at b itself
+        stack = torch.where(blank[:, :, None, None], torch.full_like(stack, BLANK), stack)
+        return self.G(stack, self.film(b, z))
+
+    def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.generate(self.stack(x), b)
+
+
+def bvalue_stack_inputs(record: dict, inputs: list[float]) -> list[float]:
+    """The stack's b-values from a stage-1 record, checking that it reads the inputs this model gets."""
+    stage1_inputs = [float(b) for b in record["input_b"]]
+    if stage1_inputs != [float(b) for b in inputs]:
+        raise ConfigError(f"stage-1 model ({record['method']}, {record.get('organ')}) reads b = {stage1_inputs}, "
+                          f"but bvalues.inputs is {list(inputs)}; retrain stage 1 with the same inputs")
+    return stage1_inputs + [float(b) for b in record["target_b"]]
+
+
+class MineGAN(Network):
+    """Zero-shot MineGAN: every phase on the seen b-values; held-out b are never shown."""
+
+    name = "minegan"
+    label = "MineGAN"
+    task = "multib"
+    Config = MineGANConfig
+    upstream: ClassVar[dict[str, str]] = {"stage1": "dc2anet"}
+    mined: ClassVar[bool] = True
+
+    @classmethod
+    def dataset_bvalues(cls, bvalues: dict) -> tuple[list[float], list[float]]:
+        # every acquired b above b0 is a training target (b 100 too: it teaches the low end, where 75 lies)
+        inputs = [float(b) for b in bvalues["inputs"]]
+        b0_max = float(bvalues.get("b0_max", 10))
+        wanted = {b for b in inputs if b > b0_max} | {float(b) for b in bvalues["targets"]}
+        wanted |= {float(b) for b in bvalues.get("heldout", ())}
+        return inputs, sorted(wanted)
+
+    def prepare(self, upstream: dict[str, dict], bvalues: dict, seed: int) -> None:
+        record = upstream["stage1"]
+        if record["method"] != self.config.stage1:
+            raise ConfigError(f"{self.name}: stage-1 model is {record['method']}, config says {self.config.stage1}")
+        self.input_b, self.target_b = self.dataset_bvalues(bvalues)
+        self.heldout_b = [float(b) for b in bvalues.get("heldout", ())]
+        self.stack_b = bvalue_stack_inputs(record, self.input_b)
+        self.stage1_fingerprint = record["fingerprint"]
+        c = self.config
+        torch.manual_seed(seed)
+        self.synthesizer = BValueSynthesizer({"method": record["method"], "kwargs": record["kwargs"]}, self.stack_b,
+                                             c.ngf, c.n_residual, c.norm, c.upsample, c.n_frequencies,
+                                             c.embed_width, c.z_dim, c.miner_width, self.mined)
+        self.synthesizer.stage1.load_state_dict(record["state_dict"])
+        self.D = ProjectionDiscriminator(self.n_inputs + 1, c.ndf, n_frequencies=c.n_frequencies)
+        self.stage1_intensity_max = float(record["intensity_max"])
+        self.stage1_spec = {"method": record["method"], "kwargs": record["kwargs"]}
+
+    # --- phases ------------------------------------------------------------------------------
+    def phase_plan(self) -> list[tuple[str, int]]:
+        c = self.config
+        return [("pretrain", c.pretrain_steps), ("mine", c.mine_steps), ("finetune", c.finetune_steps)]
+
+    def training_steps(self) -> int:
+        return sum(n for _, n in self.phase_plan())
+
+    def phase(self, step: int) -> str:
+        end = 0
+        for name, n in self.phase_plan():
+            end += n
+            if step < end:
+                return name
+        return self.phase_plan()[-1][0]
+
+    def start_phase(self, phase: str, optimizers: dict) -> None:
+        s = self.synthesizer
+        generator_trains = phase in ("pretrain", "finetune", "fewshot_finetune")
+        s.G.requires_grad_(generator_trains)
+        s.embed.requires_grad_(generator_trains)
+        if s.miner is not None:
+            s.miner.requires_grad_(phase != "pretrain")
+
+    # --- trainer hooks -------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        s = self.synthesizer
+        groups = {"generator": [*s.G.parameters(), *s.embed.parameters()], "discriminator": list(self.D.parameters())}
+        if s.miner is not None:
+            groups["miner"] = list(s.miner.parameters())
+        return groups
+
+    def inference_network(self) -> nn.Module:
+        return self.synthesizer
+
+    def inference_spec(self) -> dict:
+        c = self.config
+        s = self.synthesizer
+        kwargs = {"stage1": self.stage1_spec, "stack_b": self.stack_b,
+                  "ngf": c.ngf, "n_residual": c.n_residual, "norm": c.norm, "upsample": c.upsample,
+                  "n_frequencies": c.n_frequencies, "embed_width": c.embed_width, "z_dim": c.z_dim,
+                  "miner_width": c.miner_width, "mined": s.miner is not None}
+        return {"kwargs": kwargs, "pad_multiple": 4, "b_conditioned": True, "b_range": [float(b) for b in c.b_range],
+                "stage1_intensity_max": self.stage1_intensity_max}
+
+    @classmethod
+    def build_inference_network(cls, **kwargs) -> nn.Module:
+        return BValueSynthesizer(**kwargs)
+
+    def describe(self) -> dict:
+        return {"stage1_fingerprint": self.stage1_fingerprint, "trained_b": self.trained_b(),
+                "synthesize_b": sorted(set(self.target_b) - {b for b in self.input_b})}
+
+    def trained_b(self) -> list[float]:
+        """b-values with training images (the ticks of a b slider)."""
+        return [b for b in self.target_b if b not in self.heldout_b]
+
+    def predict(self, network: nn.Module, inputs: torch.Tensor, target_b: list[float]) -> torch.Tensor:
+        stack = network.stack(inputs)
+        return torch.cat([network.generate(stack, torch.full((len(inputs),), float(b), device=inputs.device))
+                          for b in target_b], 1)
+
+    def _mining(self, phase: str) -> bool:
+        return self.synthesizer.miner is not None and phase != "pretrain"
+
+    def training_step(self, batch, optimizers, generator: torch.Generator, step: int) -> dict[str, float]:
+        x, y, present = batch.inputs, batch.targets, batch.present
+        w, s, phase = self.config.weights, self.synthesizer, self.phase(step)
+        device = x.device
+        target_b = torch.tensor(self.target_b, device=device)
+        # one acquired b per sample (a sample with none is dropped)
+        scores = torch.rand(present.shape, generator=generator).to(device)
+        scores = torch.where(present, scores, torch.full_like(scores, -1.0))
+        b_index = scores.argmax(1)
+        keep = present[torch.arange(len(x), device=device), b_index]
+        x, y, b_index = x[keep], y[keep], b_index[keep]
+        if len(x) == 0:
+            return {}
+        real = y[torch.arange(len(y), device=device), b_index][:, None]
+        b = target_b[b_index]
+        mining = self._mining(phase)
+        z = torch.randn(len(x), self.config.z_dim, generator=generator).to(device) if mining else None
+        stack = s.stack(x)
+        fake = s.generate(stack, b, z)
+        ones = torch.ones(len(x), 1, dtype=torch.bool, device=device)
+
+        self.D.requires_grad_(False)
+        losses = {"adv": lsgan(self.D(fake, b, x), True), "voxel_l1": masked_l1(fake, real),
+                  "ssim": ssim_loss(fake, real, ones)}
+        total = w.adversarial * losses["adv"] + w.voxel * losses["voxel_l1"] + w.ssim * losses["ssim"]
+        if mining and w.unseen > 0:
+            lo, hi = self.config.b_range
+            b_any = lo + (hi - lo) * torch.rand(len(x), generator=generator).to(device)
+            fake_any = s.generate(stack, b_any, z)
+            losses["adv_any_b"] = lsgan(self.D(fake_any, b_any, x), True)
+            total = total + w.unseen * losses["adv_any_b"]
+        stepping = [name for name in ("generator", "miner") if name in optimizers and self._trains(name, phase)]
+        for name in stepping:
+            optimizers[name].zero_grad(set_to_none=True)
+        total.backward()
+        for name in stepping:
+            optimizers[name].step()
+
+        self.D.requires_grad_(True)
+        d_loss = 0.5 * (lsgan(self.D(real, b, x), True) + lsgan(self.D(fake.detach(), b, x), False))
+        if "adv_any_b" in losses:
+            d_loss = d_loss + 0.5 * lsgan(self.D(fake_any.detach(), b_any, x), False)
+        optimizers["discriminator"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers["discriminator"].step()
+        losses.update(d_loss=d_loss, g_total=total)
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _trains(self, group: str, phase: str) -> bool:
+        if group == "generator":
+            return phase in ("pretrain", "finetune", "fewshot_finetune")
+        return phase != "pretrain"
+
+
+class BCond(MineGAN):
+    """Ablation: the same b-conditioned generator and b-embedding, no miner, trained for MineGAN's total steps."""
+
+    name = "bcond"
+    label = "b-conditioned G (no miner)"
+    config_block = "minegan"
+    mined = False
+
+    def phase(self, step: int) -> str:
+        return "pretrain"
+
+
+class MineGANFewShot(MineGAN):
+    """Few-shot MineGAN: the organ's zero-shot model, mined and fine-tuned again with `fewshot.k` slices per
+    held-out b from train-split subjects (the images are listed in model.pt)."""
+
+    name = "mineganfewshot"
+    label = "MineGAN few-shot"
+    config_block = "minegan"
+    upstream: ClassVar[dict[str, str]] = {"zeroshot": "minegan"}
+
+    def prepare(self, upstream: dict[str, dict], bvalues: dict, seed: int) -> None:
+        record = upstream["zeroshot"]
+        self.input_b, self.target_b = self.dataset_bvalues(bvalues)
+        self.heldout_b = [float(b) for b in bvalues.get("heldout", ())]
+        kwargs = record["kwargs"]
+        self.stack_b = [float(b) for b in kwargs["stack_b"]]
+        self.stage1_fingerprint = record["stage1_fingerprint"]
+        c = self.config
+        torch.manual_seed(seed)
+        self.synthesizer = BValueSynthesizer(**kwargs)
+        self.synthesizer.load_state_dict(record["state_dict"])
+        self.D = ProjectionDiscriminator(self.n_inputs + 1, c.ndf, n_frequencies=c.n_frequencies)
+        self.stage1_intensity_max = float(record["stage1_intensity_max"])
+        self.stage1_spec = kwargs["stage1"]
+        self.zeroshot_fingerprint = record["fingerprint"]
+        self.fewshot_images: list[list] = []
+
+    def phase_plan(self) -> list[tuple[str, int]]:
+        f = self.config.fewshot
+        return [("fewshot_mine", f.mine_steps), ("fewshot_finetune", f.finetune_steps)]
+
+    def training_data(self, data, seed: int, validation: list[tuple[str, str]]):
+        """The zero-shot slices plus `fewshot.k` slices per held-out b (repeated to `fewshot.share`)."""
+        from dwisynth.loader import SliceDataset
+
+        full = SliceDataset(data.shards, data.input_b, data.target_b, data.heldout_b, zero_shot=False)
+        picked, self.fewshot_images = select_fewshot(full, self.heldout_b, self.config.fewshot, seed, validation)
+        return data.with_extra(full, picked, self.config.fewshot.share)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "zeroshot_fingerprint": self.zeroshot_fingerprint,
+                "fewshot_images": self.fewshot_images}
+
+
+def select_fewshot(data, heldout_b: list[float], config: FewShotConfig, seed: int,
+                   validation: list[tuple[str, str]]) -> tuple[dict[float, np.ndarray], list[list]]:
+    """{held-out b: slice rows of `data`} (k per b, drawn with the seed from train subjects that acquired it,
+    never the validation subjects) and the list [cohort, subject, slice, b] for model.pt."""
+    rng = np.random.default_rng([seed, 31337])
+    allowed = None
+    if config.subjects:
+        allowed = {tuple(s.split("/", 1)) for s in config.subjects}
+        known = set(data.subject_keys())
+        outside = sorted("/".join(s) for s in allowed - known)
+        if outside:
+            raise ConfigError(f"minegan.fewshot.subjects: {', '.join(outside)} not among this organ's train-split "
+                              "subjects (test subjects never train; check the sheet's split column)")
+    held = {tuple(v) for v in validation}
+    picked, listed = {}, []
+    for b in heldout_b:
+        j = data.target_b.index(b)
+        rows = [i for i, s in enumerate(data.subjects) if data.present[i, j] and data.masks[i].any()
+                and tuple(s) not in held and (allowed is None or tuple(s) in allowed)]
+        if not rows:
+            raise ConfigError(f"few-shot MineGAN: no train-split subject of this organ acquired b = {b:g}; acquire "
+                              "it in a train subject (demo: demo.heldout_fewshot_subjects >= 1; real data: the "
+                              "sheet's split column) or drop mineganfewshot from methods")
+        if config.k > len(rows):
+            raise ConfigError(f"minegan.fewshot.k = {config.k}, but the train split holds {len(rows)} slices at "
+                              f"b = {b:g} for this organ; lower fewshot.k to at most {len(rows)}")
+        chosen = np.sort(rng.choice(rows, size=config.k, replace=False))
+        picked[b] = chosen
+        for i in chosen:
+            cohort, subject = data.subjects[i]
+            listed.append([cohort, subject, int(data.slice_index[i]), b])
+    return picked, listed

@@ -1,0 +1,234 @@
+"""Stage 2 (MineGAN): what it may see in training, what it records, how it resumes and synthesizes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from dwisynth.dataset import write_slice_shard
+from dwisynth.diffusion import ivim_signal
+from dwisynth.errors import ConfigError
+from dwisynth.inference import load_model, synthesize_volume
+from dwisynth.io import save_nifti, write_bval
+from dwisynth.layout import synth_folder_files
+from dwisynth.loader import SliceDataset
+from dwisynth.synthesis import synthesize_subject, train_model
+from dwisynth.training import Trainer
+
+BASE_B = [0.0, 100.0, 400.0, 800.0, 1000.0]
+HELDOUT_B = [75.0, 850.0]
+SENTINEL = 77.0  # S/S0 no tissue reaches: planted in every held-out image of a shard
+BVALUES = {"inputs": [0.0, 100.0], "targets": [400.0, 800.0, 1000.0], "heldout": HELDOUT_B, "b0_max": 10}
+TRAINING = {"batch_size": 4, "crop": 24, "checkpoint_every": 4, "log_every": 2, "threads": 1,
+            "validation_subjects": 1, "validate_every": 4}
+STAGE1 = {"ngf": 8, "ndf": 8, "n_residual": 1, "pool_size": 4, "steps": 6, "lr": 5e-4}
+MINEGAN = {"ngf": 8, "ndf": 8, "n_residual": 2, "pretrain_steps": 6, "mine_steps": 4, "finetune_steps": 4,
+           "lr": 5e-4, "z_dim": 4, "miner_width": 16, "embed_width": 16,
+           "fewshot": {"k": 3, "mine_steps": 4, "finetune_steps": 4}}
+ADC = {"bvalues": BASE_B, "max_adc": 4.0, "equivalence_margin": 0.02}
+
+
+def write_subject(root: Path, subject: str, seed: int, heldout: bool, sentinel: bool = True):
+    """A phantom subject (S/S0 scale); with `heldout`, also acquired at 75 and 850 (sentinel-filled)."""
+    rng = np.random.default_rng(seed)
+    shape = (28, 28, 5)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    body = (yy - 14) ** 2 / 11**2 + (xx - 14) ** 2 / 10**2 < 1
+    adc = np.zeros(shape)
+    adc[body] = 1.0
+    for z in range(shape[2]):
+        cy, cx = rng.integers(9, 19, 2)
+        adc[..., z][((yy - cy) ** 2 + (xx - cx) ** 2 < 16) & body] = 2.5
+    bvals = sorted(BASE_B + (HELDOUT_B if heldout else []))
+    clean = ivim_signal(np.where(adc > 0, 1.0, 0.0), adc, bvals, np.where(adc > 0, 0.1, 0.0), 20.0)
+    dwi = np.abs(clean + rng.normal(0, 0.02, clean.shape)).astype(np.float32)
+    if heldout and sentinel:
+        for b in HELDOUT_B:
+            dwi[..., bvals.index(b)] = SENTINEL
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    stem = root / f"sub-{subject}"
+    mask = np.repeat(body[..., None], shape[2], 2)
+    save_nifti(dwi, affine, f"{stem}_dwi.nii.gz")
+    write_bval(bvals, f"{stem}_dwi.bval")
+    save_nifti(mask.astype(np.uint8), affine, f"{stem}_mask.nii.gz", dtype=np.uint8)
+    shard = root / f"sub-{subject}_slices.npz"
+    write_slice_shard(f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_mask.nii.gz", shard,
+                      sorted(BASE_B + HELDOUT_B), {"cohort": "c", "subject": subject})
+    return shard
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Five train subjects (two acquired at the held-out b), stage 1, zero-shot and few-shot MineGAN."""
+    root = tmp_path_factory.mktemp("minegan")
+    shards = [write_subject(root, f"P{i}", i, heldout=i in (1, 2)) for i in range(5)]
+    write_subject(root, "T0", 50, heldout=True, sentinel=False)
+    common = dict(training=TRAINING, bvalues=BVALUES, seed=5, device="cpu", progress=False)
+    stage1 = train_model("dc2anet", "abdomen", shards, root / "dc2anet", STAGE1, **common)
+    zero = train_model("minegan", "abdomen", shards, root / "minegan", MINEGAN, upstream={"stage1": stage1}, **common)
+    few = train_model("mineganfewshot", "abdomen", shards, root / "fewshot", MINEGAN, upstream={"zeroshot": zero},
+                      **common)
+    return {"root": root, "shards": shards, "stage1": stage1, "minegan": zero, "mineganfewshot": few,
+            "common": common}
+
+
+def test_zero_shot_batches_never_hold_a_held_out_image(models):
+    data = SliceDataset(models["shards"], BVALUES["inputs"], [100.0, 400.0, 800.0, 1000.0, 75.0, 850.0],
+                        HELDOUT_B, zero_shot=True)
+    assert not data.present[:, -2:].any()
+    model_record = torch.load(models["minegan"], weights_only=True)
+    from dwisynth.networks.base import build_network
+
+    model = build_network("minegan", MINEGAN, 2, 6, 5)
+    model.prepare({"stage1": load_model(models["stage1"], "cpu").record}, BVALUES, 5)
+    trainer = Trainer(model, data, _trainer_config(), models["root"] / "epoch", {"method": "minegan"})
+    n_steps = len(trainer.data) // TRAINING["batch_size"] + 1  # one epoch and a bit
+    from dwisynth.training import step_generator
+
+    imax = trainer.intensity_max
+    for step in range(n_steps):
+        batch = trainer.batch(step, step_generator(5, step))
+        for tensor in (batch.inputs, batch.targets):
+            s_over_s0 = imax * ((tensor + 1) / 2) ** 2
+            assert float(s_over_s0.max()) < SENTINEL * 0.5
+    assert model_record["selected_step"] > 0
+
+
+def _trainer_config():
+    from dwisynth.training import TrainerConfig
+
+    return TrainerConfig(steps=14, batch_size=4, crop=24, seed=5, device="cpu", progress=False,
+                         validation_subjects=0)
+
+
+def test_few_shot_images_are_listed_and_come_from_train_subjects_only(models):
+    record = torch.load(models["mineganfewshot"], weights_only=True)
+    images = record["fewshot_images"]
+    assert len(images) == 2 * MINEGAN["fewshot"]["k"]  # k per held-out b
+    assert {b for *_, b in images} == set(HELDOUT_B)
+    train = {tuple(s) for s in record["train_subjects"]}
+    validation = {tuple(s) for s in record["validation_subjects"]}
+    assert {(c, s) for c, s, _, _ in images} <= {("c", "P1"), ("c", "P2")} - validation
+    assert all((c, s) in train for c, s, _, _ in images)
+    zero = torch.load(models["minegan"], weights_only=True)
+    assert record["upstream"] == {"zeroshot": zero["fingerprint"]}
+    assert zero["upstream"]["stage1"] == torch.load(models["stage1"], weights_only=True)["fingerprint"]
+
+
+def test_few_shot_k_above_the_available_slices_names_the_count(models, tmp_path):
+    block = {**MINEGAN, "fewshot": {**MINEGAN["fewshot"], "k": 500}}
+    with pytest.raises(ConfigError, match=r"holds \d+ slices at b = 75.*fewshot.k"):
+        train_model("mineganfewshot", "abdomen", models["shards"], tmp_path, block,
+                    upstream={"zeroshot": models["minegan"]}, **models["common"])
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_few_shot_subject_outside_the_train_split_is_refused(models, tmp_path):
+    block = {**MINEGAN, "fewshot": {**MINEGAN["fewshot"], "subjects": ["c/T0"]}}
+    with pytest.raises(ConfigError, match="c/T0 not among this organ's train-split"):
+        train_model("mineganfewshot", "abdomen", models["shards"], tmp_path, block,
+                    upstream={"zeroshot": models["minegan"]}, **models["common"])
+
+
+def test_few_shot_without_any_subject_at_the_held_out_b_points_at_the_fix(models, tmp_path):
+    plain = [s for s in models["shards"] if s.name not in ("sub-P1_slices.npz", "sub-P2_slices.npz")]
+    with pytest.raises(ConfigError, match="heldout_fewshot_subjects"):
+        train_model("mineganfewshot", "abdomen", plain, tmp_path, MINEGAN,
+                    upstream={"zeroshot": models["minegan"]}, **models["common"])
+
+
+def test_synthesis_at_any_b_keeps_geometry_writes_bval_and_repeats_exactly(models, tmp_path):
+    stem = models["root"] / "sub-T0"
+    written = []
+    for run in ("a", "b"):
+        outputs = synth_folder_files(tmp_path / run, "minegan", "T0")
+        written.append(synthesize_subject(models["minegan"], f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval",
+                                          f"{stem}_mask.nii.gz", outputs, ADC, "T0", device="cpu",
+                                          target_b=[75, 850, 400]))
+    assert written[0] == [0.0, 100.0, 75.0, 850.0, 400.0]
+    a, b = (nib.load(synth_folder_files(tmp_path / r, "minegan", "T0")["dwi"]) for r in ("a", "b"))
+    reference = nib.load(f"{stem}_dwi.nii.gz")
+    assert a.shape == (*reference.shape[:3], 5) and np.allclose(a.affine, reference.affine)
+    assert np.array_equal(a.get_fdata(), b.get_fdata())
+    bval = np.loadtxt(synth_folder_files(tmp_path / "a", "minegan", "T0")["bval"]).tolist()
+    assert bval == written[0]
+    assert np.isfinite(a.get_fdata()).all()
+
+
+def test_b_outside_the_range_and_b_off_a_fixed_model_are_refused(models):
+    model = load_model(models["minegan"], "cpu")
+    dwi = np.ones((28, 28, 2, 5), np.float32)
+    with pytest.raises(ConfigError, match=r"b in \[0, 1000\].*not 1500"):
+        synthesize_volume(model, dwi, BASE_B, "T0", [1500])
+    stage1 = load_model(models["stage1"], "cpu")
+    with pytest.raises(ConfigError, match="MineGAN model"):
+        synthesize_volume(stage1, dwi, BASE_B, "T0", [850])
+
+
+def test_minegan_records_its_b_range_trained_b_and_embedded_stage1(models):
+    record = torch.load(models["minegan"], weights_only=True)
+    assert record["b_conditioned"] and record["b_range"] == [0.0, 1000.0]
+    assert record["trained_b"] == [100.0, 400.0, 800.0, 1000.0]
+    assert record["synthesize_b"] == [75.0, 400.0, 800.0, 850.0, 1000.0]
+    assert any(k.startswith("stage1.") for k in record["state_dict"])
+
+
+KILL_RUNNER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_minegan import resume_trainer
+resume_trainer({shards!r}, {stage1!r}, {out!r}).fit()
+"""
+
+
+def resume_trainer(shards, stage1, out):
+    """A MineGAN trainer with a long mining phase (B), checkpointing often."""
+    from dwisynth.networks.base import build_network
+    from dwisynth.training import TrainerConfig
+
+    block = {**MINEGAN, "pretrain_steps": 4, "mine_steps": 300, "finetune_steps": 4}
+    torch.set_num_threads(1)
+    data = SliceDataset(shards, BVALUES["inputs"], [100.0, 400.0, 800.0, 1000.0, 75.0, 850.0], HELDOUT_B)
+    model = build_network("minegan", block, 2, 6, 5)
+    model.prepare({"stage1": load_model(stage1, "cpu").record}, BVALUES, 5)
+    config = TrainerConfig(steps=model.training_steps(), batch_size=4, crop=24, checkpoint_every=8, seed=5,
+                           device="cpu", progress=False, validation_subjects=0)
+    return Trainer(model, data, config, Path(out), {"method": "minegan"})
+
+
+def test_kill_in_the_mining_phase_resumes_to_the_uninterrupted_weights(models, tmp_path):
+    out = tmp_path / "killed"
+    shards = [str(s) for s in models["shards"]]
+    runner = KILL_RUNNER.format(tests=str(Path(__file__).parent), shards=shards, stage1=str(models["stage1"]),
+                                out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", runner], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoint.pt").exists():
+            try:
+                step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+            except Exception:  # mid-replace
+                continue
+            if step >= 16:  # well inside phase B (steps 4..303)
+                break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 4 < killed_at < 304 and not (out / "model.pt").exists()
+
+    resumed = resume_trainer(shards, models["stage1"], out)
+    assert resumed.try_resume() and resumed.model.phase(resumed.step) == "mine"
+    resumed = resume_trainer(shards, models["stage1"], out)
+    resumed.fit()
+    straight = resume_trainer(shards, models["stage1"], tmp_path / "straight")
+    straight.fit()
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
