@@ -62,6 +62,10 @@ def _synthesize(args) -> None:
     organ = args.organ or record.get("organ")
     if not organ:
         raise DwisynthError(f"{args.model}: the model does not name its organ; pass --organ")
+    if args.b:  # refuse a b the model cannot give before converting anything
+        from dwisynth.inference import load_model
+
+        load_model(args.model, "cpu").check_b(args.b, str(args.model))
     out = args.output
     dwi, bval = args.input, args.bval
     if args.input.is_dir():  # a DICOM series: convert it first, as the workflow does

@@ -72,7 +72,7 @@ def _schema_for(names: tuple[str, ...]) -> dict:
     methods = schema["properties"]["methods"]
     # `methods` lists the multi-b task's methods: a CT -> DWI network is not one of them
     methods["items"]["enum"] = [*networks("multib"), *[b for b in BASELINES if b != "noisefree"]]
-    methods["default"] = [*networks("multib"), "cdwi"]
+    methods["default"] = [*networks("multib"), "cdwi", "dc2anetinterp"]
     return schema
 
 

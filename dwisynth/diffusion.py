@@ -173,3 +173,29 @@ def computed_dwi(dwi, bvals, input_bvals, target_bvals, mask=None) -> np.ndarray
     s0, adc = fit_mono_exponential(np.asarray(dwi)[..., pick], b[pick], mask=mask)
     adc = np.clip(adc, 0.0, None)
     return ivim_signal(s0, adc, target_bvals)
+
+
+def loglinear_interpolation(dwi, bvals, target_bvals) -> np.ndarray:
+    """The signal at each target b, log-linear between the two nearest b-values of `dwi` (mono-exponential
+    between neighbours), extrapolated from the last two beyond the ends. A target b the stack holds is copied.
+
+    dwi (..., n_b) with n_b >= 2; returns (..., len(target_bvals)). The stage-2 baseline: stage 1's images
+    at 400-1000 plus the inputs, read between their b-values.
+    """
+    b = np.asarray(bvals, dtype=float)
+    order = np.argsort(b)
+    b, dwi = b[order], np.asarray(dwi, dtype=float)[..., order]
+    if len(b) < 2:
+        raise ValueError("log-linear interpolation needs at least two b-values")
+    log = np.log(np.clip(dwi, 1e-6, None))
+    out = []
+    for t in (float(x) for x in target_bvals):
+        hit = np.flatnonzero(np.isclose(b, t))
+        if hit.size:
+            out.append(dwi[..., hit[0]])
+            continue
+        upper = int(np.clip(np.searchsorted(b, t), 1, len(b) - 1))
+        lower = upper - 1
+        weight = (t - b[lower]) / (b[upper] - b[lower])
+        out.append(np.exp((1 - weight) * log[..., lower] + weight * log[..., upper]) * (dwi[..., lower] > 0))
+    return np.stack(out, -1)

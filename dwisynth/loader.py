@@ -32,6 +32,7 @@ class SliceDataset(torch.utils.data.Dataset):
         heldout = set(self.heldout_b)
         inputs, targets, present, masks, self.subjects, self.skipped = [], [], [], [], [], []
         self.slice_index: list[int] = []  # each slice's index in its subject's shard
+        self.pinned: set[tuple[str, str]] = set()  # subjects that must train (never held out for validation)
         for path in shards:
             with np.load(path) as shard:
                 grid = [float(b) for b in shard["bvals"]]
@@ -78,7 +79,7 @@ class SliceDataset(torch.utils.data.Dataset):
         part = object.__new__(SliceDataset)
         torch.utils.data.Dataset.__init__(part)
         part.input_b, part.target_b, part.skipped = self.input_b, self.target_b, self.skipped
-        part.heldout_b, part.shards = self.heldout_b, self.shards
+        part.heldout_b, part.shards, part.pinned = self.heldout_b, self.shards, set(self.pinned)
         part.subjects = [s for s, keep in zip(self.subjects, rows) if keep]
         part.slice_index = [i for i, keep in zip(self.slice_index, rows) if keep]
         for name in ("inputs", "targets", "present", "masks"):
@@ -105,11 +106,12 @@ class SliceDataset(torch.utils.data.Dataset):
         part.masks = np.concatenate([part.masks] + [source.masks[index]] * repeat)
         part.subjects = part.subjects + [source.subjects[i] for i in index] * repeat
         part.slice_index = part.slice_index + [source.slice_index[i] for i in index] * repeat
+        part.pinned |= {tuple(source.subjects[i]) for i in index}  # their images must reach the batches
         return part
 
     def digest(self) -> str:
         """Content digest of every array the trainer reads (a changed voxel changes it)."""
-        h = hashlib.sha256(json.dumps([self.input_b, self.target_b, self.subjects]).encode())
+        h = hashlib.sha256(json.dumps([self.input_b, self.target_b, self.subjects, sorted(self.pinned)]).encode())
         for array in (self.inputs, self.targets, self.present, self.masks):
             h.update(str((array.dtype, array.shape)).encode())
             h.update(np.ascontiguousarray(array).tobytes())

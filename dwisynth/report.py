@@ -236,11 +236,17 @@ def _middle_slice(mask: np.ndarray) -> int:
 
 
 def example_figures(records: list[dict], targets, figures_dir: Path) -> list[str]:
-    """Per organ, the first test subject: real vs synthetic at every target b, and the ADC maps."""
+    """Per organ, the test subject that acquired the most of `targets` (trained and held-out b): real vs
+    synthetic at each of them, and the ADC maps. A method that does not synthesize a b leaves its cell empty."""
     from dwisynth.io import load_dwi, load_map, load_mask
 
+    wanted = {float(b) for b in targets}
+
+    def acquired_count(record):
+        return len(wanted & {float(b) for b in np.loadtxt(record["acquired"][1], ndmin=1)})
+
     blocks, seen_organs = [], set()
-    for record in records:
+    for record in sorted(records, key=acquired_count, reverse=True):
         if record["organ"] in seen_organs or not record["synth"]:
             continue
         seen_organs.add(record["organ"])
@@ -248,13 +254,14 @@ def example_figures(records: list[dict], targets, figures_dir: Path) -> list[str
         mask = load_mask(record["mask"])
         z = _middle_slice(mask)
         acq_b = [float(b) for b in acquired_b]
-        shown_b = [float(b) for b in targets if float(b) in acq_b]
+        shown_b = sorted(float(b) for b in targets if float(b) in acq_b)
         images = {"acquired": acquired[:, :, z][..., [acq_b.index(b) for b in shown_b]]}
         maps = {"acquired": load_map(record["adc"])[:, :, z]}
         for method, (dwi, bval, adc) in record["synth"].items():
             pred, pred_b = load_dwi(dwi, bval)
             pb = [float(b) for b in pred_b]
-            images[method] = pred[:, :, z][..., [pb.index(b) for b in shown_b]]
+            empty = np.full(pred.shape[:2], np.nan, np.float32)
+            images[method] = np.stack([pred[:, :, z, pb.index(b)] if b in pb else empty for b in shown_b], -1)
             maps[method] = load_map(adc)[:, :, z]
         window = [float(np.percentile(images["acquired"][..., j][mask[:, :, z]], 99.5)) or 1.0
                   for j in range(len(shown_b))]

@@ -27,7 +27,7 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     from dwisynth.inference import load_model
     from dwisynth.loader import SliceDataset
     from dwisynth.networks.base import build_network, network_class
-    from dwisynth.training import Trainer, TrainerConfig, validation_subjects
+    from dwisynth.training import Trainer, TrainerConfig
 
     cls = network_class(method)
     inputs, targets = cls.dataset_bvalues(bvalues)
@@ -43,7 +43,7 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     model = build_network(method, block, len(inputs), len(targets), seed)
     model.prepare(records, bvalues, seed)
     n_validation = training.get("validation_subjects", 1)
-    data = model.training_data(data, seed, validation_subjects(subjects, n_validation, seed))
+    data = model.training_data(data, seed)
     print(f"[train] {method} {organ}: {len(data)} slices from {len(subjects)} subjects; "
           f"target b {targets} acquired in {np.round(100 * data.present.mean(0), 1).tolist() if len(data) else []} "
           "% of slices")
@@ -126,4 +126,20 @@ def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_
     input_b = [float(b) for b in input_b]
     inputs = norm[..., [list(map(float, norm_b)).index(b) for b in input_b]]
     _write_synthetic(img, inputs, input_b, reference, [float(b) for b in target_b], out, mask_path, adc, norm_b,
+                     norm_record)
+
+
+def interpolated_subject(source_dwi, source_bval, acquired_bval, mask_path, out: dict, adc: dict, input_b, target_b,
+                         norm_record=None) -> None:
+    """`dc2anetinterp`: a stage-1 synthesis (inputs + its targets) read at target_b by log-linear interpolation
+    between the nearest of its b-values (`diffusion.loglinear_interpolation`); b-values it holds are copied."""
+    from dwisynth.diffusion import loglinear_interpolation
+
+    img = nib.load(source_dwi)
+    stack, stack_b = load_dwi(source_dwi, source_bval)
+    input_b = [float(b) for b in input_b]
+    inputs = stack[..., [list(map(float, stack_b)).index(b) for b in input_b]]
+    synthetic = loglinear_interpolation(stack, stack_b, target_b).astype(np.float32)
+    acquired_b = np.loadtxt(acquired_bval, ndmin=1)
+    _write_synthetic(img, inputs, input_b, synthetic, [float(b) for b in target_b], out, mask_path, adc, acquired_b,
                      norm_record)

@@ -102,12 +102,15 @@ def lr_factor(step: int, steps: int, decay_start: int, warmup: int = 0) -> float
     return max(0.0, (steps - step) / max(1, steps - decay_start))
 
 
-def validation_subjects(subjects: list[tuple[str, str]], n: int, seed: int) -> list[tuple[str, str]]:
-    """n of the training subjects, drawn with the seed; none when fewer than two would be left to train on."""
-    if n <= 0 or len(subjects) - n < 2:
+def validation_subjects(subjects: list[tuple[str, str]], n: int, seed: int, keep=()) -> list[tuple[str, str]]:
+    """n of the training subjects, drawn with the seed, never one of `keep` (subjects whose images must
+    train, e.g. few-shot ones); none when fewer than two would be left to train on."""
+    keep = {tuple(k) for k in keep}
+    candidates = [s for s in subjects if tuple(s) not in keep]
+    if n <= 0 or len(subjects) - n < 2 or len(candidates) < n:
         return []
     rng = np.random.default_rng([seed, 7919])  # its own stream: the batch order is unaffected
-    return sorted(subjects[i] for i in rng.choice(len(subjects), size=n, replace=False))
+    return sorted(candidates[i] for i in rng.choice(len(candidates), size=n, replace=False))
 
 
 def masked_psnr(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
@@ -150,7 +153,8 @@ class Trainer:
                               "split (train subjects) and that their shards hold the input b-values")
         self.model, self.config = model, config
         self.data_digest = data.digest()  # every slice, the held-out validation subjects included
-        self.validation_keys = validation_subjects(data.subject_keys(), config.validation_subjects, config.seed)
+        self.validation_keys = validation_subjects(data.subject_keys(), config.validation_subjects, config.seed,
+                                                   keep=data.pinned)
         if config.validation_subjects and not self.validation_keys:
             print(f"[train] {len(data.subject_keys())} training subjects: too few to hold {config.validation_subjects} "
                   "out for validation; the last step is exported", file=sys.stderr)

@@ -1,6 +1,7 @@
 # What the networks must beat on the same inputs and test subjects: computed DWI (physics, from the
-# input b-values only); on the demo also the noise-free reference (the truth on the acquisition's scale).
-# pix2pix, the learned baseline, is a network like the others (rules/networks.smk).
+# input b-values only); DC²Anet's images read at any b by log-linear interpolation (the stage-2 baseline);
+# on the demo also the noise-free reference (the truth on the acquisition's scale). Each writes the trained
+# targets and the held-out b-values. pix2pix, the learned baseline, is a network (rules/networks.smk).
 
 
 rule cdwi:
@@ -13,7 +14,7 @@ rule cdwi:
         **layout.synth("cdwi", "{cohort}", "{subject}"),
     params:
         inputs=config["bvalues"]["inputs"],
-        targets=config["bvalues"]["targets"],
+        targets=SYNTHESIS_B,
         adc=ADC,
     log:
         layout.log("cdwi", "{cohort}", "{subject}"),
@@ -21,6 +22,27 @@ rule cdwi:
         "../envs/dwisynth.yaml"
     script:
         "../scripts/cdwi.py"
+
+
+rule dc2anet_interpolation:
+    input:
+        source_dwi=layout.synth("dc2anet", "{cohort}", "{subject}")["dwi"],
+        source_bval=layout.synth("dc2anet", "{cohort}", "{subject}")["bval"],
+        bval=rules.normalize_dwi.output.bval,
+        mask=rules.organ_mask.output.mask,
+        norm_record=rules.normalize_dwi.output.record,
+    output:
+        **layout.synth("dc2anetinterp", "{cohort}", "{subject}"),
+    params:
+        inputs=config["bvalues"]["inputs"],
+        targets=SYNTHESIS_B,
+        adc=ADC,
+    log:
+        layout.log("dc2anet_interpolation", "{cohort}", "{subject}"),
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/dc2anet_interpolation.py"
 
 
 if config["demo"]["enabled"]:
@@ -39,7 +61,7 @@ if config["demo"]["enabled"]:
         params:
             truth=lambda wc: f"{layout.demo_truth_stem(config['demo']['outdir'], wc.cohort, wc.subject)}_desc-noisefree_dwi",
             inputs=config["bvalues"]["inputs"],
-            targets=config["bvalues"]["targets"],
+            targets=SYNTHESIS_B,
             b0_max=config["bvalues"]["b0_max"],
             adc=ADC,
         log:

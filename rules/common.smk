@@ -4,7 +4,7 @@ from dwisynth import layout
 from dwisynth.config import adc_settings, bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
 from dwisynth.dataset import subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
-from dwisynth.networks.base import code_digest, networks
+from dwisynth.networks.base import code_digest, config_block_name, network_class, networks
 
 
 validate_config(config, "config")
@@ -28,6 +28,8 @@ SAMPLES = SAMPLES.set_index(["cohort", "subject", "modality"], drop=False).sort_
 
 BVALUE_GRID = bvalue_grid(config)
 ADC = adc_settings(config)  # one b-set for every ADC fit, acquired and synthetic
+# What every source writes for a test subject: the trained targets, then the held-out b-values
+SYNTHESIS_B = [float(b) for b in config["bvalues"]["targets"] + config["bvalues"]["heldout"]]
 SUBJECTS = subject_table(SAMPLES.reset_index(drop=True))  # one row per DWI subject, with its task
 # Networks come from the registry (dwisynth.networks.base): a new one needs no rule here.
 NETWORKS = list(networks())
@@ -98,6 +100,12 @@ def training_shards(wildcards):
     return [layout.shard(s["cohort"], s["subject"]) for s in task_members(_split(), task, "train", wildcards.organ)]
 
 
+def upstream_models(wildcards):
+    """{role: model.pt} of the models of this organ the network is built from (MineGAN: its stage 1)."""
+    return {role: layout.model(method, wildcards.organ)
+            for role, method in network_class(wildcards.method).upstream.items()}
+
+
 def trainable_organs():
     """Organs with at least one multi-b training subject (an organ without any gets no model)."""
     return sorted({s["organ"] for s in task_members(_split(), "multib", "train")})
@@ -113,8 +121,8 @@ def score_methods():
 
 
 def scored(method, subject, organs):
-    """A network scores a subject only when its organ has a model."""
-    return method not in TRAINED_METHODS or subject["organ"] in organs
+    """A network (or DC²Anet's interpolation) scores a subject only when its organ has a model."""
+    return (method not in TRAINED_METHODS and method != "dc2anetinterp") or subject["organ"] in organs
 
 
 def synthesis_targets(wildcards=None):

@@ -1,15 +1,18 @@
 # Every registered network (dwisynth.networks.base) trains and synthesizes through this one rule
-# pair: one model per (method, organ), trained by the shared trainer on the train split only.
+# pair: one model per (method, organ), trained by the shared trainer on the train split only. A network
+# built from other models of its organ (MineGAN from DC²Anet) gets their model.pt as inputs.
 
 
 rule train:
     input:
         shards=training_shards,
+        upstream=lambda wc: list(upstream_models(wc).values()),
     output:
         model=layout.model("{method}", "{organ}"),
         log=layout.training_log("{method}", "{organ}"),
     params:
-        block=lambda wc: config[wc.method],
+        block=lambda wc: config[config_block_name(wc.method)],
+        upstream=upstream_models,
         training=config["training"],
         bvalues=config["bvalues"],
         seed=config["seed"],

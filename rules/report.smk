@@ -79,7 +79,7 @@ rule report:
         figures=directory("results/figures"),
     params:
         records=evaluation_records,
-        targets=config["bvalues"]["targets"],
+        targets=SYNTHESIS_B,
         logs=training_logs,
     log:
         "logs/report.log",

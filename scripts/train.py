@@ -8,4 +8,5 @@ from dwisynth.synthesis import train_model
 redirect_to_log(snakemake)  # noqa: F821
 p, wc = snakemake.params, snakemake.wildcards  # noqa: F821
 train_model(wc.method, wc.organ, snakemake.input.shards, snakemake.output.model.rsplit("/", 1)[0], p.block,  # noqa: F821
-            {**p.training, "threads": snakemake.threads}, p.bvalues, p.seed, p.device)  # noqa: F821
+            {**p.training, "threads": snakemake.threads}, p.bvalues, p.seed, p.device,  # noqa: F821
+            upstream=p.upstream)

@@ -73,7 +73,7 @@ def plan_demo_cohort(config: dict) -> list[SubjectPlan]:
     n_fewshot = demo["heldout_fewshot_subjects"]
     for center in demo["centers"]:
         for organ in center["organs"]:
-            for i in range(demo["subjects_per_center"]):
+            for i in range(center.get("subjects", demo["subjects_per_center"])):
                 extra, split = [], ""
                 if center.get("heldout_acquisitions", False):
                     if i < n_test:

@@ -93,9 +93,9 @@ class Network(nn.Module, ABC):
         """(input b-values, target b-values) of the training slices, from the `bvalues` block."""
         return [float(b) for b in bvalues["inputs"]], [float(b) for b in bvalues["targets"]]
 
-    def training_data(self, data, seed: int, validation: list[tuple[str, str]]):
-        """The `SliceDataset` to train on, given the zero-shot one (held-out b never present) and the
-        subjects the trainer will hold out for validation. Few-shot networks add images here."""
+    def training_data(self, data, seed: int):
+        """The `SliceDataset` to train on, given the zero-shot one (held-out b never present). Few-shot
+        networks add images here and pin their subjects (`data.pinned`: never held out for validation)."""
         return data
 
     def prepare(self, upstream: dict[str, dict], bvalues: dict, seed: int) -> None:

@@ -81,7 +81,6 @@ class MineGANConfig(NetworkConfig):
     miner_width: int = field(default=64, metadata={"minimum": 4, "description": "miner MLP width"})
     b_range: tuple[float, float] = field(default=(0.0, 1000.0), metadata={
         "description": "b-values (s/mm²) the model may be asked for"})
-    stage1: str = field(default="dc2anet", metadata={"description": "stage-1 network whose images feed the stack"})
     weights: MineGANWeights = field(default_factory=MineGANWeights)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
 
@@ -164,8 +163,6 @@ class MineGAN(Network):
 
     def prepare(self, upstream: dict[str, dict], bvalues: dict, seed: int) -> None:
         record = upstream["stage1"]
-        if record["method"] != self.config.stage1:
-            raise ConfigError(f"{self.name}: stage-1 model is {record['method']}, config says {self.config.stage1}")
         self.input_b, self.target_b = self.dataset_bvalues(bvalues)
         self.heldout_b = [float(b) for b in bvalues.get("heldout", ())]
         self.stack_b = bvalue_stack_inputs(record, self.input_b)
@@ -341,12 +338,12 @@ class MineGANFewShot(MineGAN):
         f = self.config.fewshot
         return [("fewshot_mine", f.mine_steps), ("fewshot_finetune", f.finetune_steps)]
 
-    def training_data(self, data, seed: int, validation: list[tuple[str, str]]):
+    def training_data(self, data, seed: int):
         """The zero-shot slices plus `fewshot.k` slices per held-out b (repeated to `fewshot.share`)."""
         from dwisynth.loader import SliceDataset
 
         full = SliceDataset(data.shards, data.input_b, data.target_b, data.heldout_b, zero_shot=False)
-        picked, self.fewshot_images = select_fewshot(full, self.heldout_b, self.config.fewshot, seed, validation)
+        picked, self.fewshot_images = select_fewshot(full, self.heldout_b, self.config.fewshot, seed)
         return data.with_extra(full, picked, self.config.fewshot.share)
 
     def describe(self) -> dict:
@@ -354,10 +351,10 @@ class MineGANFewShot(MineGAN):
                 "fewshot_images": self.fewshot_images}
 
 
-def select_fewshot(data, heldout_b: list[float], config: FewShotConfig, seed: int,
-                   validation: list[tuple[str, str]]) -> tuple[dict[float, np.ndarray], list[list]]:
-    """{held-out b: slice rows of `data`} (k per b, drawn with the seed from train subjects that acquired it,
-    never the validation subjects) and the list [cohort, subject, slice, b] for model.pt."""
+def select_fewshot(data, heldout_b: list[float], config: FewShotConfig,
+                   seed: int) -> tuple[dict[float, np.ndarray], list[list]]:
+    """{held-out b: slice rows of `data`} (k per b, drawn with the seed from the train subjects that acquired
+    it) and the list [cohort, subject, slice, b] for model.pt."""
     rng = np.random.default_rng([seed, 31337])
     allowed = None
     if config.subjects:
@@ -367,12 +364,11 @@ def select_fewshot(data, heldout_b: list[float], config: FewShotConfig, seed: in
         if outside:
             raise ConfigError(f"minegan.fewshot.subjects: {', '.join(outside)} not among this organ's train-split "
                               "subjects (test subjects never train; check the sheet's split column)")
-    held = {tuple(v) for v in validation}
     picked, listed = {}, []
     for b in heldout_b:
         j = data.target_b.index(b)
         rows = [i for i, s in enumerate(data.subjects) if data.present[i, j] and data.masks[i].any()
-                and tuple(s) not in held and (allowed is None or tuple(s) in allowed)]
+                and (allowed is None or tuple(s) in allowed)]
         if not rows:
             raise ConfigError(f"few-shot MineGAN: no train-split subject of this organ acquired b = {b:g}; acquire "
                               "it in a train subject (demo: demo.heldout_fewshot_subjects >= 1; real data: the "

@@ -232,3 +232,42 @@ def test_kill_in_the_mining_phase_resumes_to_the_uninterrupted_weights(models, t
     straight.fit()
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_loglinear_interpolation_is_exact_for_a_mono_exponential_and_copies_held_b():
+    from dwisynth.diffusion import loglinear_interpolation
+
+    b = np.array([0.0, 100.0, 400.0, 1000.0])
+    adc = np.array([0.8, 2.0])[:, None] * 1e-3
+    signal = np.exp(-b[None] * adc)  # two voxels
+    out = loglinear_interpolation(signal, b, [75.0, 850.0, 400.0, 1200.0])
+    np.testing.assert_allclose(out, np.exp(-np.array([75.0, 850.0, 400.0, 1200.0])[None] * adc), rtol=1e-6)
+    # a bi-exponential (IVIM) is read between neighbours, not along one line from b 0
+    ivim = 0.8 * np.exp(-b * 1e-3) + 0.2 * np.exp(-b * 20e-3)
+    between = loglinear_interpolation(ivim, b, [850.0])[0]
+    truth = 0.8 * np.exp(-0.85) + 0.2 * np.exp(-17)
+    assert abs(between - truth) / truth < 0.02
+
+
+def test_b_code_is_continuous_and_the_miner_starts_at_the_pretrained_conditioning():
+    from dwisynth.networks.blocks import FiLMCode, fourier_features
+
+    codes = fourier_features(torch.tensor([800.0, 850.0, 900.0, 75.0]), 6)
+    assert torch.dist(codes[0], codes[1]) < torch.dist(codes[0], codes[3])
+    miner = FiLMCode(codes.shape[1] + 4, 16, 2, 8)
+    assert torch.count_nonzero(miner(torch.cat([codes, torch.randn(4, 4)], 1))) == 0
+
+
+def test_cli_synthesizes_held_out_b_and_refuses_a_b_out_of_range_before_writing(models, tmp_path):
+    from dwisynth.cli import main
+
+    stem = models["root"] / "sub-T0"
+    config = tmp_path / "config.yaml"
+    config.write_text("bvalues: {inputs: [0, 100], targets: [400, 800, 1000], heldout: [75, 850]}\ndevice: cpu\n")
+    common = [str(models["minegan"]), f"{stem}_dwi.nii.gz", "--bval", f"{stem}_dwi.bval", "--normalized",
+              "--mask", f"{stem}_mask.nii.gz", "--subject", "T0", "--config", str(config)]
+    assert main(["synthesize", *common, "--b", "1500", "-o", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert main(["synthesize", *common, "--b", "75", "850", "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out" / "sub-T0_desc-minegan_dwi.bval"
+    assert np.loadtxt(out).tolist() == [0.0, 100.0, 75.0, 850.0]

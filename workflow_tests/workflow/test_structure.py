@@ -19,7 +19,10 @@ pytestmark = pytest.mark.workflow
 
 PLUGIN = REPO / "workflow_tests" / "plugins" / "tiny_conv.py"
 # (cohort, subject, split) <- a demo abdomen series; both cohorts use the same pseudonyms
+# siteA/S0009 is the demo's few-shot subject (also acquired at b 75 and 850): the default methods include
+# the few-shot MineGAN, which needs one in the train split
 ROWS = [("siteA", "S0001", "train", "HBabdomen01"), ("siteB", "S0001", "train", "HCabdomen01"),
+        ("siteA", "S0009", "train", "HAabdomen02"),
         ("siteA", "S0002", "test", "HAabdomen01"), ("siteB", "S0002", "test", "TCabdomen01")]
 
 
@@ -52,7 +55,7 @@ def test_two_cohorts_sharing_pseudonyms_are_split_trained_and_scored_apart(share
     assert sorted(zip(split["cohort"], split["subject"], split["split"])) == sorted((c, s, x) for c, s, x, _ in ROWS)
     for method in ("dc2anet", "pix2pix", "tinyconv"):
         record = torch.load(shared_id_run / f"results/models/{method}/abdomen/model.pt", weights_only=True)
-        assert record["train_subjects"] == [["siteA", "S0001"], ["siteB", "S0001"]]
+        assert record["train_subjects"] == [["siteA", "S0001"], ["siteA", "S0009"], ["siteB", "S0001"]]
     metrics = pd.read_csv(shared_id_run / "results/tables/synthesis_metrics.tsv", sep="\t", dtype={"slice": str})
     volumes = metrics[metrics["slice"] == "volume"]
     for method in ("dc2anet", "pix2pix", "tinyconv", "cdwi"):

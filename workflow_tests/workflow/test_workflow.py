@@ -137,20 +137,29 @@ def test_every_test_subject_gets_every_method_with_the_acquired_geometry(demo_ru
     config = yaml.safe_load((REPO / "workflow_tests/config/config.yaml").read_text())
     trained_organs = {p.parent.name for p in (demo_run / "results/models/dc2anet").glob("*/model.pt")}
     assert trained_organs == {"abdomen"}  # the tiny config has brain training subjects in no center
-    expected_b = config["bvalues"]["inputs"] + config["bvalues"]["targets"]
+    b = config["bvalues"]
     tests = _multib_test_subjects(demo_run)
     assert len(tests) >= 2
     for row in tests.itertuples():
-        methods = ["cdwi", "noisefree"] + (["dc2anet", "pix2pix"] if row.organ in trained_organs else [])
+        methods = ["cdwi", "noisefree"] + (STAGE1 + STAGE2 if row.organ in trained_organs else [])
         acquired = nib.load(demo_run / f"results/{row.cohort}/preproc/sub-{row.subject}/"
                             f"sub-{row.subject}_desc-norm_dwi.nii.gz")
         for method in methods:
+            # every source writes the trained targets and the held-out b (stage 1: its targets only)
+            expected_b = b["inputs"] + (b["targets"] if method in STAGE1
+                                        else sorted(b["targets"] + b["heldout"]) if method in STAGE2
+                                        else b["targets"] + b["heldout"])
             stem = demo_run / f"results/{row.cohort}/synth/{method}/sub-{row.subject}/sub-{row.subject}_desc-{method}"
             img = nib.load(f"{stem}_dwi.nii.gz")
             assert img.shape == (*acquired.shape[:3], len(expected_b)) and np.allclose(img.affine, acquired.affine)
             assert np.loadtxt(f"{stem}_dwi.bval").tolist() == expected_b
             assert np.isfinite(img.get_fdata()).all()
             assert nib.load(f"{stem}_adc.nii.gz").shape == acquired.shape[:3]
+
+
+STAGE1 = ["dc2anet", "pix2pix"]
+STAGE2 = ["minegan", "mineganfewshot", "bcond"]
+ALL_METHODS = {*STAGE1, *STAGE2, "cdwi", "dc2anetinterp", "noisefree"}
 
 
 def test_training_logs_and_models_record_what_they_learned_from(demo_run):
@@ -164,6 +173,16 @@ def test_training_logs_and_models_record_what_they_learned_from(demo_run):
         record = torch.load(demo_run / f"results/models/{method}/abdomen/model.pt", weights_only=True)
         assert record["train_subjects"] and not set(map(tuple, record["train_subjects"])) & test_subjects
         assert record["fingerprint"] and record["task"] == "multib"
+    # stage 2: built on the organ's stage-1 model; the few-shot images come from the train split
+    stage1 = torch.load(demo_run / "results/models/dc2anet/abdomen/model.pt", weights_only=True)
+    zero = torch.load(demo_run / "results/models/minegan/abdomen/model.pt", weights_only=True)
+    few = torch.load(demo_run / "results/models/mineganfewshot/abdomen/model.pt", weights_only=True)
+    assert zero["upstream"] == {"stage1": stage1["fingerprint"]} and few["upstream"] == {"zeroshot": zero["fingerprint"]}
+    assert zero["trained_steps"] == 14 and few["trained_steps"] == 8
+    images = few["fewshot_images"]
+    assert len(images) == 2 * 2 and {b for *_, b in images} == {75.0, 850.0}  # k = 2 per held-out b
+    assert {(c, s) for c, s, _, _ in images} == {("multicenter", "HAabdomen02")}
+    assert ("multicenter", "HAabdomen02") in set(map(tuple, few["train_subjects"])) - test_subjects
 
 
 def test_synthesis_metrics_table_scores_every_method_on_the_same_images(demo_run):
@@ -172,9 +191,16 @@ def test_synthesis_metrics_table_scores_every_method_on_the_same_images(demo_run
                                        "b_value", "seen"]
     volumes = table[table["slice"] == "volume"]
     abdomen = volumes[volumes["organ"] == "abdomen"]
-    per_method = abdomen.groupby("method")[["subject", "b_value"]].apply(lambda g: set(map(tuple, g.values)))
+    trained = abdomen[abdomen["seen"] == "trained"]
+    per_method = trained.groupby("method")[["subject", "b_value"]].apply(lambda g: set(map(tuple, g.values)))
     assert len({frozenset(v) for v in per_method}) == 1  # same subjects and b-values for every method
-    assert set(abdomen["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
+    assert set(abdomen["method"]) == ALL_METHODS
+    # held-out b: scored for the test subject that acquired them, marked seen = heldout, for every method
+    # that synthesizes any b (stage 1 networks have no b 75 / 850)
+    held = abdomen[abdomen["seen"] == "heldout"]
+    assert set(held["b_value"]) == {75.0, 850.0} and set(held["subject"]) == {"HAabdomen01"}
+    assert set(held["method"]) == ALL_METHODS - set(STAGE1)
+    assert (abdomen[abdomen["b_value"].isin([75.0, 850.0])]["seen"] == "heldout").all()
     floor = volumes[volumes["method"] == "noisefree"]["psnr"].mean()
     assert floor > volumes[volumes["method"] == "cdwi"]["psnr"].mean()  # the noise-free reference beats the physics baseline
 
@@ -185,9 +211,9 @@ def test_summary_table_has_every_grouping_and_the_adc_agreement(demo_run):
     summary = pd.read_csv(demo_run / "results/tables/summary.tsv", sep="\t")
     image = summary[summary["analysis"] == "image metrics"]
     assert {"method x b", "method x organ x b", "method x center x b"} <= set(image["grouping"])
-    assert set(image["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
+    assert set(image["method"]) == ALL_METHODS
     agreement = summary[summary["analysis"] == "ADC agreement"]
-    assert set(agreement["method"]) == {"dc2anet", "pix2pix", "cdwi", "noisefree"}
+    assert set(agreement["method"]) == ALL_METHODS
     assert agreement["mean_difference"].notna().all()
 
 
@@ -195,7 +221,8 @@ def test_reading_set_key_is_kept_apart_from_the_blinded_images(demo_run):
     reading = demo_run / "results/reader_study"
     key = pd.read_csv(demo_run / "results/reader_study_key.tsv", sep="\t")
     assert sorted(p.name for p in reading.glob("*.png")) == sorted(key["image"])
-    assert {"acquired", "dc2anet"} <= set(key["method"])
+    assert {"acquired", "dc2anet", "minegan"} <= set(key["method"])
+    assert set(key[key["method"] == "minegan"]["b_value"]) >= {75.0, 850.0}
     template = (reading / "ratings_template.tsv").read_text()
     assert "dc2anet" not in template and "acquired" not in template and "sub-" not in template
 
