@@ -94,7 +94,12 @@ def load_model(path: str | Path, device: str = "auto") -> SynthesisModel:
         raise ModelFileError(f"{path}: not a dwisynth model ({MODEL_FORMAT}); a training checkpoint is "
                              "checkpoint.pt, the model for synthesis is model.pt beside it")
     network = build_inference_network(record)
-    network.load_state_dict(record["state_dict"])
+    try:
+        network.load_state_dict(record["state_dict"])
+    except RuntimeError as exc:  # the network's code changed its layers since this file was written
+        raise ModelFileError(f"{path}: its weights do not fit this version's {record.get('method')} network "
+                             f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}); "
+                             "retrain it (delete the file and rerun the workflow)") from exc
     target = resolve_device(device)
     return SynthesisModel(network.to(target).eval(), record, target)
 

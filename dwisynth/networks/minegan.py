@@ -105,7 +105,11 @@ class BValueSynthesizer(nn.Module):
         self.stage1 = build_inference_network(stage1).requires_grad_(False)
         self.n_frequencies, self.z_dim = n_frequencies, z_dim
         self.register_buffer("stack_b", torch.tensor(stack_b, dtype=torch.float32), persistent=False)
-        self.G = FiLMResnetGenerator(len(stack_b), 1, ngf, n_residual, norm, upsample)
+        # input: the stack plus its log-linear reading at b; output: a correction to that reading
+        self.G = FiLMResnetGenerator(len(stack_b) + 1, 1, ngf, n_residual, norm, upsample)
+        last = self.G.up[-2]
+        nn.init.zeros_(last.weight)  # a fresh generator returns the interpolation itself
+        nn.init.zeros_(last.bias)
         code = 1 + 2 * n_frequencies
         self.embed = FiLMCode(code, embed_width, n_residual, self.G.channels)
         self.miner = FiLMCode(code + z_dim, miner_width, n_residual, self.G.channels) if mined else None
@@ -126,11 +130,36 @@ class BValueSynthesizer(nn.Module):
 
     def generate(self, stack: torch.Tensor, b: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         blank = (self.stack_b[None, :] - b[:, None]).abs() < 0.5  # (N, channels): the channel at b itself
+        guess = loglinear_reading(stack, self.stack_b, b, ~blank)
         stack = torch.where(blank[:, :, None, None], torch.full_like(stack, BLANK), stack)
-        return self.G(stack, self.film(b, z))
+        correction = self.G(torch.cat([stack, guess], 1), self.film(b, z))
+        return torch.clamp(guess + correction, -1.0, 1.0)
 
     def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.generate(self.stack(x), b)
+
+
+def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tensor,
+                      available: torch.Tensor) -> torch.Tensor:
+    """Each sample's stack read at its b: log-linear between the nearest available channels below and above b
+    (extrapolated from the two nearest beyond the ends); (N, C, H, W) network scale -> (N, 1, H, W).
+
+    On the network scale t = 2 sqrt(S / imax) - 1, log S is 2 log((t + 1) / 2) plus a constant, so the
+    interpolation needs no intensity range. The generator corrects this reading (IVIM curvature, noise):
+    at b = 75 it is the interpolation of the acquired b 0 and 100, a strong start a network must not lose.
+    """
+    out = []
+    log_u = torch.log(torch.clamp((stack.float() + 1) / 2, min=1e-3))
+    for i in range(len(stack)):
+        channels = torch.nonzero(available[i]).flatten()
+        values = stack_b[channels]
+        order = torch.argsort(values)
+        channels, values = channels[order], values[order]
+        upper = int(torch.clamp(torch.searchsorted(values, b[i:i + 1].float()), 1, len(values) - 1))
+        lo, hi = channels[upper - 1], channels[upper]
+        w = (b[i].float() - values[upper - 1]) / (values[upper] - values[upper - 1])
+        out.append(2 * torch.exp((1 - w) * log_u[i, lo] + w * log_u[i, hi]) - 1)
+    return torch.clamp(torch.stack(out)[:, None], -1.0, 1.0).to(stack.dtype)
 
 
 def bvalue_stack_inputs(record: dict, inputs: list[float]) -> list[float]:
@@ -154,10 +183,10 @@ class MineGAN(Network):
 
     @classmethod
     def dataset_bvalues(cls, bvalues: dict) -> tuple[list[float], list[float]]:
-        # every acquired b above b0 is a training target (b 100 too: it teaches the low end, where 75 lies)
+        # every b of the stack is a training target, the inputs too (blanked when asked for): b 0 and 100
+        # bracket 75, so it is read between trained b-values, not beyond them
         inputs = [float(b) for b in bvalues["inputs"]]
-        b0_max = float(bvalues.get("b0_max", 10))
-        wanted = {b for b in inputs if b > b0_max} | {float(b) for b in bvalues["targets"]}
+        wanted = set(inputs) | {float(b) for b in bvalues["targets"]}
         wanted |= {float(b) for b in bvalues.get("heldout", ())}
         return inputs, sorted(wanted)
 

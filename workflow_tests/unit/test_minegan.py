@@ -80,13 +80,13 @@ def models(tmp_path_factory):
 
 
 def test_zero_shot_batches_never_hold_a_held_out_image(models):
-    data = SliceDataset(models["shards"], BVALUES["inputs"], [100.0, 400.0, 800.0, 1000.0, 75.0, 850.0],
+    data = SliceDataset(models["shards"], BVALUES["inputs"], [0.0, 100.0, 400.0, 800.0, 1000.0, 75.0, 850.0],
                         HELDOUT_B, zero_shot=True)
     assert not data.present[:, -2:].any()
     model_record = torch.load(models["minegan"], weights_only=True)
     from dwisynth.networks.base import build_network
 
-    model = build_network("minegan", MINEGAN, 2, 6, 5)
+    model = build_network("minegan", MINEGAN, 2, 7, 5)
     model.prepare({"stage1": load_model(models["stage1"], "cpu").record}, BVALUES, 5)
     trainer = Trainer(model, data, _trainer_config(), models["root"] / "epoch", {"method": "minegan"})
     n_steps = len(trainer.data) // TRAINING["batch_size"] + 1  # one epoch and a bit
@@ -175,7 +175,7 @@ def test_b_outside_the_range_and_b_off_a_fixed_model_are_refused(models):
 def test_minegan_records_its_b_range_trained_b_and_embedded_stage1(models):
     record = torch.load(models["minegan"], weights_only=True)
     assert record["b_conditioned"] and record["b_range"] == [0.0, 1000.0]
-    assert record["trained_b"] == [100.0, 400.0, 800.0, 1000.0]
+    assert record["trained_b"] == [0.0, 100.0, 400.0, 800.0, 1000.0]
     assert record["synthesize_b"] == [75.0, 400.0, 800.0, 850.0, 1000.0]
     assert any(k.startswith("stage1.") for k in record["state_dict"])
 
@@ -195,8 +195,8 @@ def resume_trainer(shards, stage1, out):
 
     block = {**MINEGAN, "pretrain_steps": 4, "mine_steps": 300, "finetune_steps": 4}
     torch.set_num_threads(1)
-    data = SliceDataset(shards, BVALUES["inputs"], [100.0, 400.0, 800.0, 1000.0, 75.0, 850.0], HELDOUT_B)
-    model = build_network("minegan", block, 2, 6, 5)
+    data = SliceDataset(shards, BVALUES["inputs"], [0.0, 100.0, 400.0, 800.0, 1000.0, 75.0, 850.0], HELDOUT_B)
+    model = build_network("minegan", block, 2, 7, 5)
     model.prepare({"stage1": load_model(stage1, "cpu").record}, BVALUES, 5)
     config = TrainerConfig(steps=model.training_steps(), batch_size=4, crop=24, checkpoint_every=8, seed=5,
                            device="cpu", progress=False, validation_subjects=0)
@@ -271,3 +271,25 @@ def test_cli_synthesizes_held_out_b_and_refuses_a_b_out_of_range_before_writing(
     assert main(["synthesize", *common, "--b", "75", "850", "-o", str(tmp_path / "out")]) == 0
     out = tmp_path / "out" / "sub-T0_desc-minegan_dwi.bval"
     assert np.loadtxt(out).tolist() == [0.0, 100.0, 75.0, 850.0]
+
+
+def test_a_fresh_generator_returns_the_log_linear_reading_of_the_stack(models):
+    from dwisynth.networks.minegan import BValueSynthesizer, loglinear_reading
+
+    record = load_model(models["minegan"], "cpu").record
+    fresh = BValueSynthesizer(**record["kwargs"])
+    x = torch.rand(2, 2, 24, 24) * 1.6 - 0.8
+    stack = fresh.stack(x)
+    b = torch.tensor([75.0, 850.0])
+    out = fresh.generate(stack, b)
+    u = (stack + 1) / 2  # sqrt(S / imax): log-linear in S is log-linear in u
+    stack_b = record["kwargs"]["stack_b"]
+    expect_75 = torch.exp(0.25 * torch.log(u[0, stack_b.index(0.0)]) + 0.75 * torch.log(u[0, stack_b.index(100.0)]))
+    torch.testing.assert_close(out[0, 0], torch.clamp(2 * expect_75 - 1, -1, 1), atol=1e-5, rtol=1e-5)
+    # at a b the stack holds, that channel is blanked and the reading comes from its neighbours
+    available = torch.ones(1, len(stack_b), dtype=torch.bool)
+    available[0, stack_b.index(400.0)] = False
+    reading = loglinear_reading(stack[:1], torch.tensor(stack_b), torch.tensor([400.0]), available)
+    w = (400.0 - 100.0) / (800.0 - 100.0)
+    expect = torch.exp((1 - w) * torch.log(u[0, stack_b.index(100.0)]) + w * torch.log(u[0, stack_b.index(800.0)]))
+    torch.testing.assert_close(reading[0, 0], torch.clamp(2 * expect - 1, -1, 1), atol=1e-5, rtol=1e-5)
