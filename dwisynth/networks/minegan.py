@@ -379,6 +379,9 @@ class MineGANFewShot(MineGAN):
         return {**super().describe(), "zeroshot_fingerprint": self.zeroshot_fingerprint,
                 "fewshot_images": self.fewshot_images}
 
+    def trained_b(self) -> list[float]:
+        return list(self.target_b)  # the held-out b too: the few shots trained on them
+
 
 def select_fewshot(data, heldout_b: list[float], config: FewShotConfig,
                    seed: int) -> tuple[dict[float, np.ndarray], list[list]]:
