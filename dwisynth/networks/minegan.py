@@ -148,18 +148,27 @@ def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tenso
     interpolation needs no intensity range. The generator corrects this reading (IVIM curvature, noise):
     at b = 75 it is the interpolation of the acquired b 0 and 100, a strong start a network must not lose.
     """
-    out = []
     log_u = torch.log(torch.clamp((stack.float() + 1) / 2, min=1e-3))
-    for i in range(len(stack)):
-        channels = torch.nonzero(available[i]).flatten()
-        values = stack_b[channels]
-        order = torch.argsort(values)
-        channels, values = channels[order], values[order]
-        upper = int(torch.clamp(torch.searchsorted(values, b[i:i + 1].float()), 1, len(values) - 1))
-        lo, hi = channels[upper - 1], channels[upper]
-        w = (b[i].float() - values[upper - 1]) / (values[upper] - values[upper - 1])
-        out.append(2 * torch.exp((1 - w) * log_u[i, lo] + w * log_u[i, hi]) - 1)
-    return torch.clamp(torch.stack(out)[:, None], -1.0, 1.0).to(stack.dtype)
+    n, big = len(stack), 1e9
+    values = stack_b.float()[None].expand(n, -1)
+    b = b.float()[:, None]
+    # nearest available channel at or below b, and above it
+    lower = torch.where(available & (values <= b), values, -big).argmax(1)
+    upper = torch.where(available & (values > b), values, big).argmin(1)
+    has_lower = (available & (values <= b)).any(1)
+    has_upper = (available & (values > b)).any(1)
+    # beyond the ends: the two nearest available channels
+    ascending = torch.where(available, values, big).argsort(1)
+    descending = torch.where(available, values, -big).argsort(1, descending=True)
+    lower = torch.where(has_lower, lower, ascending[:, 0])
+    upper = torch.where(has_lower, upper, ascending[:, 1])
+    upper = torch.where(has_upper, upper, descending[:, 0])
+    lower = torch.where(has_upper, lower, descending[:, 1])
+    rows = torch.arange(n, device=stack.device)
+    b_lower, b_upper = values[rows, lower], values[rows, upper]
+    w = ((b[:, 0] - b_lower) / (b_upper - b_lower))[:, None, None]
+    reading = 2 * torch.exp((1 - w) * log_u[rows, lower] + w * log_u[rows, upper]) - 1
+    return torch.clamp(reading[:, None], -1.0, 1.0).to(stack.dtype)
 
 
 def bvalue_stack_inputs(record: dict, inputs: list[float]) -> list[float]:

@@ -293,3 +293,20 @@ def test_a_fresh_generator_returns_the_log_linear_reading_of_the_stack(models):
     w = (400.0 - 100.0) / (800.0 - 100.0)
     expect = torch.exp((1 - w) * torch.log(u[0, stack_b.index(100.0)]) + w * torch.log(u[0, stack_b.index(800.0)]))
     torch.testing.assert_close(reading[0, 0], torch.clamp(2 * expect - 1, -1, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_log_linear_reading_picks_neighbours_per_sample_and_extrapolates_beyond_the_ends():
+    from dwisynth.networks.minegan import loglinear_reading
+
+    stack_b = torch.tensor([0.0, 100.0, 400.0, 1000.0])
+    s = torch.tensor([1.0, 0.8, 0.5, 0.2])  # S/S0 per channel, one value per image
+    stack = (2 * torch.sqrt(s) - 1)[None, :, None, None].expand(4, -1, 2, 2).clone()
+    available = torch.ones(4, 4, dtype=torch.bool)
+    available[1, 1] = False  # b 100 blanked: read between 0 and 400
+    b = torch.tensor([75.0, 100.0, 1200.0, 0.0])
+    available[3, 0] = False  # b 0 blanked: extrapolated back from 100 and 400
+    out = ((loglinear_reading(stack, stack_b, b, available)[:, 0, 0, 0] + 1) / 2) ** 2
+    log_s = torch.log(s)
+    expected = torch.exp(torch.stack([0.25 * log_s[0] + 0.75 * log_s[1], 0.75 * log_s[0] + 0.25 * log_s[2],
+                                      -1 / 3 * log_s[2] + 4 / 3 * log_s[3], 4 / 3 * log_s[1] - 1 / 3 * log_s[2]]))
+    torch.testing.assert_close(out, torch.clamp(expected, max=1.0), atol=1e-5, rtol=1e-4)
