@@ -48,9 +48,7 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
           f"target b {targets} acquired in {np.round(100 * data.present.mean(0), 1).tolist() if len(data) else []} "
           "% of slices")
     c = model.config
-    intensity_max = training.get("intensity_max")
-    if "stage1" in records or "zeroshot" in records:  # the stack mixes inputs and stage-1 images: one scale
-        intensity_max = float(next(iter(records.values()))["intensity_max"])
+    intensity_max = model.fixed_intensity_max() or training.get("intensity_max")
     config = TrainerConfig(steps=model.training_steps(), batch_size=training["batch_size"], crop=training["crop"],
                            lr=c.lr, betas=tuple(c.betas), decay_start=c.decay_start,
                            checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],

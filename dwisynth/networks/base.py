@@ -101,6 +101,10 @@ class Network(nn.Module, ABC):
     def prepare(self, upstream: dict[str, dict], bvalues: dict, seed: int) -> None:
         """Build what depends on upstream models (their model.pt records, by role) or the b-values."""
 
+    def fixed_intensity_max(self) -> float | None:
+        """The network scale's S/S0 range when an upstream model fixes it (its images enter this network)."""
+        return None
+
     def training_steps(self) -> int:
         """Total optimisation steps (networks trained in phases sum them)."""
         return self.config.steps

@@ -215,6 +215,9 @@ class MineGAN(Network):
         self.stage1_intensity_max = float(record["intensity_max"])
         self.stage1_spec = {"method": record["method"], "kwargs": record["kwargs"]}
 
+    def fixed_intensity_max(self) -> float:
+        return self.stage1_intensity_max  # the stack mixes the inputs and stage-1 images: one scale
+
     # --- phases ------------------------------------------------------------------------------
     def phase_plan(self) -> list[tuple[str, int]]:
         c = self.config

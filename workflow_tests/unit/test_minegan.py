@@ -178,6 +178,10 @@ def test_minegan_records_its_b_range_trained_b_and_embedded_stage1(models):
     assert record["trained_b"] == [0.0, 100.0, 400.0, 800.0, 1000.0]
     assert record["synthesize_b"] == [75.0, 400.0, 800.0, 850.0, 1000.0]
     assert any(k.startswith("stage1.") for k in record["state_dict"])
+    # the stack mixes inputs and stage-1 images, so both are on stage 1's intensity scale
+    stage1 = torch.load(models["stage1"], weights_only=True)
+    few = torch.load(models["mineganfewshot"], weights_only=True)
+    assert record["intensity_max"] == stage1["intensity_max"] == few["intensity_max"]
 
 
 KILL_RUNNER = """
