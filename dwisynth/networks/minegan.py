@@ -32,7 +32,8 @@ from torch import nn
 
 from dwisynth.errors import ConfigError
 from dwisynth.networks.base import Network, NetworkConfig, build_inference_network
-from dwisynth.networks.blocks import FiLMCode, FiLMResnetGenerator, ProjectionDiscriminator, fourier_features
+from dwisynth.networks.blocks import (FiLMCode, FiLMResnetGenerator, ProjectionDiscriminator, fourier_features,
+                                      one_b_per_sample)
 from dwisynth.networks.losses import lsgan, masked_l1, ssim_loss
 
 BLANK = -1.0  # a blanked stack channel: the network-scale zero intensity
@@ -236,11 +237,10 @@ class MineGAN(Network):
 
     def start_phase(self, phase: str, optimizers: dict) -> None:
         s = self.synthesizer
-        generator_trains = phase in ("pretrain", "finetune", "fewshot_finetune")
-        s.G.requires_grad_(generator_trains)
-        s.embed.requires_grad_(generator_trains)
+        s.G.requires_grad_(self._trains("generator", phase))
+        s.embed.requires_grad_(self._trains("generator", phase))
         if s.miner is not None:
-            s.miner.requires_grad_(phase != "pretrain")
+            s.miner.requires_grad_(self._trains("miner", phase))
 
     # --- trainer hooks -------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -260,8 +260,7 @@ class MineGAN(Network):
                   "ngf": c.ngf, "n_residual": c.n_residual, "norm": c.norm, "upsample": c.upsample,
                   "n_frequencies": c.n_frequencies, "embed_width": c.embed_width, "z_dim": c.z_dim,
                   "miner_width": c.miner_width, "mined": s.miner is not None}
-        return {"kwargs": kwargs, "pad_multiple": 4, "b_conditioned": True, "b_range": [float(b) for b in c.b_range],
-                "stage1_intensity_max": self.stage1_intensity_max}
+        return {"kwargs": kwargs, "pad_multiple": 4, "b_conditioned": True, "b_range": [float(b) for b in c.b_range]}
 
     @classmethod
     def build_inference_network(cls, **kwargs) -> nn.Module:
@@ -288,16 +287,10 @@ class MineGAN(Network):
         w, s, phase = self.config.weights, self.synthesizer, self.phase(step)
         device = x.device
         target_b = torch.tensor(self.target_b, device=device)
-        # one acquired b per sample (a sample with none is dropped)
-        scores = torch.rand(present.shape, generator=generator).to(device)
-        scores = torch.where(present, scores, torch.full_like(scores, -1.0))
-        b_index = scores.argmax(1)
-        keep = present[torch.arange(len(x), device=device), b_index]
-        x, y, b_index = x[keep], y[keep], b_index[keep]
-        if len(x) == 0:
+        real, sample, b_index = one_b_per_sample(y, present, generator)  # a sample with no b acquired is dropped
+        if len(sample) == 0:
             return {}
-        real = y[torch.arange(len(y), device=device), b_index][:, None]
-        b = target_b[b_index]
+        x, b = x[sample], target_b[b_index]
         mining = self._mining(phase)
         z = torch.randn(len(x), self.config.z_dim, generator=generator).to(device) if mining else None
         stack = s.stack(x)
@@ -370,7 +363,7 @@ class MineGANFewShot(MineGAN):
         self.synthesizer = BValueSynthesizer(**kwargs)
         self.synthesizer.load_state_dict(record["state_dict"])
         self.D = ProjectionDiscriminator(self.n_inputs + 1, c.ndf, n_frequencies=c.n_frequencies)
-        self.stage1_intensity_max = float(record["stage1_intensity_max"])
+        self.stage1_intensity_max = float(record["intensity_max"])  # the zero-shot model's scale is stage 1's
         self.stage1_spec = kwargs["stage1"]
         self.zeroshot_fingerprint = record["fingerprint"]
         self.fewshot_images: list[list] = []
