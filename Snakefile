@@ -14,6 +14,7 @@ include: "rules/convert.smk"
 include: "rules/preprocess.smk"
 include: "rules/dataset.smk"
 include: "rules/networks.smk"
+include: "rules/jmmda.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
@@ -27,6 +28,7 @@ rule all:
         layout.METRICS,
         layout.SUMMARY,
         layout.REPORT,
+        ct2dwi_targets(),
     default_target: True
 
 

@@ -58,7 +58,10 @@ def _synthesize(args) -> None:
     if args.normalized and not args.mask:
         raise DwisynthError("--normalized needs --mask (the organ mask of that image, desc-organ_mask): "
                             "the synthetic ADC is fitted inside it")
+    from dwisynth.synthesis import check_multib_model
+
     record = torch.load(args.model, map_location="cpu", weights_only=True) if args.model.is_file() else {}
+    check_multib_model(record, args.model)  # before converting or preprocessing anything
     organ = args.organ or record.get("organ")
     if not organ:
         raise DwisynthError(f"{args.model}: the model does not name its organ; pass --organ")
@@ -86,6 +89,44 @@ def _synthesize(args) -> None:
     written = synthesize_subject(args.model, norm_dwi, norm_bval, mask, outputs, adc_settings(config), args.subject,
                                  device=config["device"], target_b=args.b, adc_as_acquired=False)
     print(f"[synthesize] sub-{args.subject}: b = {', '.join(f'{b:g}' for b in written)} -> {outputs['dwi']}")
+
+
+def _ct2dwi(args) -> None:
+    import nibabel as nib
+
+    from dwisynth.config import load_config
+    from dwisynth.ct2dwi import check_ct2dwi_model, synthesize_ct2dwi
+    from dwisynth.inference import load_model
+    from dwisynth.io import save_nifti
+    from dwisynth.preprocess.steps import ct_brain_mask
+
+    config = load_config(args.config)
+    model = load_model(args.model, "cpu")  # refuse a multi-b model before converting anything
+    check_ct2dwi_model(model, str(args.model))
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    ct_path = args.input
+    if args.input.is_dir():  # a CT DICOM series: convert it first (HU, de-identified), as the workflow does
+        from dwisynth.convert import convert_series
+
+        convert_series(args.input, out, args.subject, "CT")
+        ct_path = out / f"sub-{args.subject}_ct.nii.gz"
+    img = nib.load(ct_path)
+    if args.grid:  # onto the grid the model was trained on (e.g. the patient's DWI), same scanner space
+        from nibabel.processing import resample_from_to
+
+        img = resample_from_to(img, nib.load(args.grid), order=1, cval=-1000.0)
+    img = nib.as_closest_canonical(img)  # RAS voxel order, as every image under results/
+    stem = out / f"sub-{args.subject}"
+    grid_ct = f"{stem}_space-synth_ct.nii.gz"
+    save_nifti(img.get_fdata(dtype="float32"), img.affine, grid_ct)
+    mask = f"{stem}_space-synth_desc-ctbrain_mask.nii.gz"
+    ct_brain_mask(grid_ct, mask, f"{stem}_space-synth_desc-ctbrain_mask.json", args.subject,
+                  config["ct2dwi"]["brain_hu"])
+    method = model.record["method"]
+    outputs = {"dwi": f"{stem}_desc-{method}_dwi.nii.gz", "bval": f"{stem}_desc-{method}_dwi.bval"}
+    b = synthesize_ct2dwi(args.model, grid_ct, mask, outputs, args.subject, config["device"])
+    print(f"[ct2dwi] sub-{args.subject}: DWI b = {b:g} from CT -> {outputs['dwi']}")
 
 
 def _scan(args) -> None:
@@ -150,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preprocessing, ADC and device settings")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=_synthesize)
+
+    p = sub.add_parser("ct2dwi", help="synthesize DWI (b 1000) from a head CT with a CT -> DWI model (stroke)")
+    p.add_argument("model", type=Path, help="results/models/ct2dwi/<experiment>/<method>/model.pt")
+    p.add_argument("input", type=Path, help="a CT DICOM series folder, or a CT NIfTI in Hounsfield units")
+    p.add_argument("--grid", type=Path,
+                   help="NIfTI whose grid to synthesize on (same scanner space, e.g. the patient's DWI); default: "
+                        "the CT's own grid, which should have about the voxel size the model was trained on")
+    p.add_argument("--subject", default="new", help="pseudonym used in the output names (letters and digits)")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="ct2dwi and device settings")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_ct2dwi)
 
     p = sub.add_parser("scan", help="draft a sample sheet from a DICOM tree, one row per series")
     p.add_argument("dicom_root", type=Path)

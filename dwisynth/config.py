@@ -68,11 +68,14 @@ def _schema_for(names: tuple[str, ...]) -> dict:
     schema = yaml.safe_load(CONFIG_SCHEMA.read_text())
     for name, cls in networks().items():
         if cls.config_block is None:  # variants read the block of the network they vary
-            schema["properties"][name] = {**block_schema(cls.Config), "description": f"{cls.label} ({cls.task} task)"}
+            schema["properties"][name] = {**block_schema(cls.Config),
+                                          "description": f"{cls.label} ({', '.join(cls.tasks)} task)"}
     methods = schema["properties"]["methods"]
     # `methods` lists the multi-b task's methods: a CT -> DWI network is not one of them
     methods["items"]["enum"] = [*networks("multib"), *[b for b in BASELINES if b != "noisefree"]]
     methods["default"] = [*networks("multib"), "cdwi", "dc2anetinterp"]
+    ct_methods = schema["properties"]["ct2dwi"]["properties"]["methods"]
+    ct_methods["items"]["enum"] = list(networks("ct2dwi"))
     return schema
 
 
@@ -102,6 +105,19 @@ def _unknown_keys(data, schema: dict, where: str) -> None:
                               + f"; valid keys here: {', '.join(properties)}")
 
 
+def _check_network_blocks(config: dict, source: str) -> None:
+    """Build every network's Config from its block: the checks across keys a schema cannot state
+    (JMMDA-GAN's heads must divide its channels) fail here, before any job starts."""
+    from dwisynth.networks.base import config_from_block, networks
+
+    for name, cls in networks().items():
+        if cls.config_block is None and name in config:
+            try:
+                config_from_block(cls.Config, config[name], name)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate in place, filling schema defaults; returns the config."""
     if not isinstance(config, dict):
@@ -112,6 +128,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     _validate(config, schema, source)
+    _check_network_blocks(config, source)
     b = config["bvalues"]
     overlap = set(b["heldout"]) & (set(b["inputs"]) | set(b["targets"]))
     if overlap:

@@ -41,6 +41,18 @@ def subject_table(sheet: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(KEY).reset_index(drop=True)
 
 
+def check_ct2dwi_subjects(subjects: pd.DataFrame, ct_cohorts, source: str) -> None:
+    """Every DWI subject of a CT -> DWI cohort (`ct2dwi.cohorts`) must have its CT series in the sheet."""
+    from dwisynth.errors import SampleSheetError
+
+    lacking = subjects[subjects["cohort"].isin(list(ct_cohorts)) & (subjects["task"] != "ct2dwi")]
+    if len(lacking):
+        names = ", ".join(f"{r.cohort}/{r.subject}" for r in lacking.head(5).itertuples())
+        raise SampleSheetError(f"{source}: {names}{' ...' if len(lacking) > 5 else ''} in the CT -> DWI cohort(s) "
+                               f"{', '.join(ct_cohorts)} have no CT row; add each one's head CT (modality CT, same "
+                               "cohort and subject) or move them out of ct2dwi.cohorts")
+
+
 def task_members(split: pd.DataFrame, task: str, which: str | None = None, organ: str | None = None) -> list[dict]:
     """Rows (as dicts) of the split manifest for one task, optionally one split ('train'/'test') and organ."""
     chosen = split["task"] == task
@@ -106,8 +118,10 @@ def slice_shard(dwi: np.ndarray, bvals, mask: np.ndarray, grid_bvals, min_mask_f
             "mask": np.moveaxis(mask[:, :, keep], -1, 0).astype(np.uint8), "slice_index": keep}
 
 
-def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, metadata: dict, ct_path=None) -> int:
-    """Write one subject's shard; with ct_path (CT on the DWI grid, HU) the shard also holds `ct` slices.
+def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, metadata: dict, ct_path=None,
+                      ct_mask_path=None) -> int:
+    """Write one subject's shard; with ct_path (CT on the DWI grid, HU) and ct_mask_path (its brain mask,
+    from HU alone) the shard also holds `ct` and `ct_mask` slices, the CT -> DWI task's inputs.
 
     metadata: at least cohort and subject (the key the trainer records), usually center and organ.
     """
@@ -119,11 +133,15 @@ def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, meta
     bvals = np.loadtxt(bval_path, ndmin=1)
     mask = np.asarray(nib.load(mask_path).dataobj) > 0
     shard = slice_shard(dwi, bvals, mask, grid_bvals)
-    if ct_path is not None:
-        ct = np.asarray(nib.load(ct_path).dataobj, dtype=np.float32)
-        if ct.shape != dwi.shape[:3]:
-            raise ValueError(f"{ct_path}: CT grid {ct.shape} differs from the DWI grid {dwi.shape[:3]}")
-        shard["ct"] = np.moveaxis(ct[:, :, shard["slice_index"]], -1, 0)
+    for key, path, dtype in (("ct", ct_path, np.float32), ("ct_mask", ct_mask_path, np.uint8)):
+        if path is None:
+            continue
+        img = nib.load(path)
+        if img.shape[:3] != dwi.shape[:3] or not np.allclose(img.affine, nib.load(dwi_path).affine, atol=1e-3):
+            raise ValueError(f"{path}: CT grid {img.shape[:3]} is not the DWI grid {dwi.shape[:3]} of {dwi_path}; "
+                             "the CT must be registered onto the DWI (rule register_ct) first")
+        volume = np.asarray(img.dataobj, dtype=np.float32)
+        shard[key] = np.moveaxis(volume[:, :, shard["slice_index"]], -1, 0).astype(dtype)
     tmp = Path(str(out_path) + ".tmp.npz")
     np.savez_compressed(tmp, **shard, metadata=json.dumps(metadata))
     tmp.replace(out_path)

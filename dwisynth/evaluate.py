@@ -90,6 +90,19 @@ def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=pr
     return metrics, pd.DataFrame(adc_rows)
 
 
+LESION_METRICS = ["lesion_psnr", "lesion_ssim", "lesion_mse", "lesion_mae", "lesion_contrast"]
+
+
+def with_ct2dwi(metrics, ct2dwi_tables):
+    """synthesis_metrics.tsv: the multi-b rows, then the CT -> DWI main experiment's rows (task ct2dwi,
+    with the lesion columns, empty for multi-b rows)."""
+    import pandas as pd
+
+    columns = list(metrics.columns) + LESION_METRICS
+    frames = [metrics.reindex(columns=columns)] + [t.reindex(columns=columns) for t in ct2dwi_tables]
+    return pd.concat(frames, ignore_index=True)
+
+
 SUMMARY_GROUPINGS = {
     "method x b": ["task", "method", "b_value", "seen"],
     "method x organ x b": ["task", "method", "organ", "b_value", "seen"],
@@ -101,30 +114,37 @@ SUMMARY_COLUMNS = ["analysis", "grouping", "task", "method", "reference", "cohor
                    "icc_ci_high", "icc_label"]
 
 
-def summarize(metrics, adc, baseline: str = "cdwi", margin: float = 0.02):
+BASELINES = {"multib": "cdwi", "ct2dwi": "pix2pix"}  # what each task's methods are compared with
+
+
+def summarize(metrics, adc, baselines: dict | None = None, margin: float = 0.02):
     """summary.tsv: grouped means with 95% CI (units: subjects' volume scores); each method against the
     baseline with one value per subject (its mean over the b-values of that `seen` group), so n is the
     number of subjects; ADC agreement with the acquired ADC per subject: pooled over organs the mean
     difference, its tests and TOST equivalence within ±margin (x10^-3 mm²/s); per organ also
-    Bland-Altman limits and ICC (pooling organs with ADC 0.8 and 2 would inflate them)."""
+    Bland-Altman limits and ICC (pooling organs with ADC 0.8 and 2 would inflate them).
+    baselines: {task: method}, default `BASELINES` (cDWI for multi-b; pix2pix for CT -> DWI, which has no cDWI)."""
     import pandas as pd
 
     from dwisynth.statistics import mean_ci, paired_agreement
 
+    baselines = baselines or BASELINES
     rows = []
     volumes = metrics[metrics["slice"].astype(str) == "volume"]
     for grouping, keys in SUMMARY_GROUPINGS.items():
         for group, table in volumes.groupby(keys):
             ids = dict(zip(keys, group))
-            for metric in METRICS:
+            lesion = [m for m in LESION_METRICS if m in table and table[m].notna().any()]
+            for metric in METRICS + lesion:
                 rows.append({"analysis": "image metrics", "grouping": grouping, **ids, "metric": metric,
                              **mean_ci(table[metric])})
     subject_keys = ["task", "method", "seen", "cohort", "subject"]
     per_subject = volumes.groupby(subject_keys)[["psnr", "ssim"]].mean().reset_index()
-    base = per_subject[per_subject["method"] == baseline].drop(columns="method")
     for (task, method, seen), table in per_subject.groupby(["task", "method", "seen"]):
-        if method == baseline:
+        baseline = baselines.get(task)
+        if method == baseline or baseline is None:
             continue
+        base = per_subject[(per_subject["method"] == baseline) & (per_subject["task"] == task)].drop(columns="method")
         paired = table.merge(base, on=["task", "seen", "cohort", "subject"], suffixes=("", "_baseline"))
         for metric in ("psnr", "ssim"):
             result = paired_agreement(paired[metric], paired[f"{metric}_baseline"], agreement=False)

@@ -20,7 +20,8 @@ import torch
 from dwisynth.diffusion import computed_dwi
 from dwisynth.errors import ConfigError, DwisynthError
 from dwisynth.networks.base import build_inference_network
-from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
+from dwisynth.loader import inputs_to_network
+from dwisynth.networks.blocks import from_network, pad_to_multiple
 
 MODEL_FORMAT = "dwisynth-model/2"  # 2: the network is rebuilt from `method` and `kwargs`
 
@@ -116,7 +117,8 @@ def synthesize_slices(model: SynthesisModel, inputs: np.ndarray, b=None, batch_s
     multiple = int(model.record["pad_multiple"])
     out = []
     for start in range(0, len(inputs), batch_size):
-        x = to_network(torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size], np.float32)), imax)
+        x = inputs_to_network(torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size], np.float32)),
+                              model.record.get("input_scaling"), imax)
         x, (h, w) = pad_to_multiple(x, multiple, -1.0)
         x = x.to(model.device)
         if model.b_conditioned:

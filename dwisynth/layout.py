@@ -42,7 +42,8 @@ def preproc_files(stem: str | Path) -> dict[str, str]:
         ("reg_dwi", "desc-reg_dwi.nii.gz"), ("reg_bval", "desc-reg_dwi.bval"), ("reg_xfm", "desc-reg_xfm.json"),
         ("mask", "desc-organ_mask.nii.gz"), ("mask_record", "desc-organ_mask.json"),
         ("dwi", "desc-norm_dwi.nii.gz"), ("bval", "desc-norm_dwi.bval"), ("norm_record", "desc-norm_dwi.json"),
-        ("adc", "adc.nii.gz"), ("ct", "space-dwi_ct.nii.gz"), ("ct_xfm", "from-ct_to-dwi_xfm.json"))}
+        ("adc", "adc.nii.gz"), ("ct", "space-dwi_ct.nii.gz"), ("ct_xfm", "from-ct_to-dwi_xfm.json"),
+        ("ct_mask", "space-dwi_desc-ctbrain_mask.nii.gz"), ("ct_mask_record", "space-dwi_desc-ctbrain_mask.json"))}
 
 
 def preproc(cohort: str, subject: str) -> dict[str, str]:
@@ -82,6 +83,39 @@ def model(method: str, organ: str) -> str:
 
 def training_log(method: str, organ: str) -> str:
     return f"{model_dir(method, organ)}/training_log.csv"
+
+
+# --- CT -> DWI (stroke): experiments of JMMDA-GAN and its comparisons -------------------------------
+CT2DWI_EXPERIMENTS = f"{RESULTS}/tables/ct2dwi_experiments.tsv"
+CT2DWI_COMPUTE = f"{RESULTS}/tables/ct2dwi_compute.tsv"  # parameters and training wall time (machine-dependent)
+
+
+def ct2dwi_model_dir(experiment: str, method: str) -> str:
+    return f"{RESULTS}/models/ct2dwi/{experiment}/{method}"
+
+
+def ct2dwi_model(experiment: str, method: str) -> str:
+    return f"{ct2dwi_model_dir(experiment, method)}/model.pt"
+
+
+def ct2dwi_training_log(experiment: str, method: str) -> str:
+    return f"{ct2dwi_model_dir(experiment, method)}/training_log.csv"
+
+
+def ct2dwi_synth(experiment: str, method: str, cohort: str, subject: str) -> dict[str, str]:
+    """One method's DWI at the CT -> DWI target b for one subject (a one-volume 4D NIfTI and its .bval)."""
+    stem = f"{RESULTS}/{cohort}/ct2dwi/{experiment}/{method}/sub-{subject}/sub-{subject}_desc-{method}"
+    return {"dwi": f"{stem}_dwi.nii.gz", "bval": f"{stem}_dwi.bval"}
+
+
+def ct2dwi_scores(experiment: str) -> str:
+    """Per-slice and per-volume scores of one experiment's methods on the CT -> DWI test subjects."""
+    return f"{RESULTS}/tables/ct2dwi/{experiment}.tsv"
+
+
+def ct2dwi_grid(grid: str) -> str:
+    """One experiment grid's summary (ablation, sensitivity, crosscenter)."""
+    return f"{RESULTS}/tables/ct2dwi_{grid}.tsv"
 
 
 def demo_truth_stem(outdir: str, cohort: str, subject: str) -> str:

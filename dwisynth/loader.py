@@ -12,6 +12,41 @@ import json
 import numpy as np
 import torch
 
+from dwisynth.networks.blocks import to_network
+
+# How an input channel reaches the network range [-1, 1]: diffusion signal (S/S0) on the square-root scale
+# of `blocks.to_network`, CT in a HU window, or a binary mask. model.pt records the list, so inference
+# scales each channel exactly as training did.
+SIGNAL = {"kind": "signal"}
+
+
+def hu_window_scaling(window) -> dict:
+    return {"kind": "hu", "window": [float(window[0]), float(window[1])]}
+
+
+MASK = {"kind": "mask"}
+
+
+def inputs_to_network(x: torch.Tensor, scaling: list[dict] | None, intensity_max: float) -> torch.Tensor:
+    """(N, C, H, W) input channels -> the network range, channel by channel (scaling None: all signal)."""
+    if scaling is None:
+        return to_network(x, intensity_max)
+    if len(scaling) != x.shape[1]:
+        raise ValueError(f"{x.shape[1]} input channels, but a scaling for {len(scaling)}")
+    out = []
+    for c, rule in enumerate(scaling):
+        channel = x[:, c:c + 1]
+        if rule["kind"] == "signal":
+            out.append(to_network(channel, intensity_max))
+        elif rule["kind"] == "hu":
+            low, high = rule["window"]
+            out.append(2.0 * (torch.clamp(channel, low, high) - low) / (high - low) - 1.0)
+        elif rule["kind"] == "mask":
+            out.append(torch.where(channel > 0.5, 1.0, -1.0).to(channel.dtype))
+        else:
+            raise ValueError(f"unknown input scaling {rule!r}")
+    return torch.cat(out, 1)
+
 
 class SliceDataset(torch.utils.data.Dataset):
     """(input, target, target_present, mask) slices of the given shards.
@@ -33,6 +68,8 @@ class SliceDataset(torch.utils.data.Dataset):
         inputs, targets, present, masks, self.subjects, self.skipped = [], [], [], [], [], []
         self.slice_index: list[int] = []  # each slice's index in its subject's shard
         self.pinned: set[tuple[str, str]] = set()  # subjects that must train (never held out for validation)
+        self.input_scaling: list[dict] | None = None  # None: every input is diffusion signal
+        self.lesions: np.ndarray | None = None  # (N, H, W) bool lesion masks (CT -> DWI training only)
         for path in shards:
             with np.load(path) as shard:
                 grid = [float(b) for b in shard["bvals"]]
@@ -80,11 +117,59 @@ class SliceDataset(torch.utils.data.Dataset):
         torch.utils.data.Dataset.__init__(part)
         part.input_b, part.target_b, part.skipped = self.input_b, self.target_b, self.skipped
         part.heldout_b, part.shards, part.pinned = self.heldout_b, self.shards, set(self.pinned)
+        part.input_scaling = self.input_scaling
         part.subjects = [s for s, keep in zip(self.subjects, rows) if keep]
         part.slice_index = [i for i, keep in zip(self.slice_index, rows) if keep]
         for name in ("inputs", "targets", "present", "masks"):
             setattr(part, name, getattr(self, name)[rows])
+        part.lesions = None if self.lesions is None else self.lesions[rows]
         return part
+
+    @classmethod
+    def from_ct(cls, shards, target_b: float, hu_window, lesion_masks: dict | None = None) -> "SliceDataset":
+        """CT -> DWI slices: inputs [CT (HU), CT brain mask], target the DWI at target_b, mask the DWI's
+        organ mask (crops and validation only, never an input). Every shard must hold `ct` and `ct_mask`
+        (stroke subjects); a shard without target_b is skipped. lesion_masks: {(cohort, subject): (Z, H, W)
+        bool volume in the shard's slice order, i.e. indexed by slice_index} for the lesion-weighted loss."""
+        data = object.__new__(cls)
+        torch.utils.data.Dataset.__init__(data)
+        data.input_b, data.target_b, data.heldout_b = [], [float(target_b)], []
+        data.shards, data.skipped, data.pinned = [str(p) for p in shards], [], set()
+        data.input_scaling = [hu_window_scaling(hu_window), MASK]
+        inputs, targets, masks, lesions, data.subjects, data.slice_index = [], [], [], [], [], []
+        for path in shards:
+            with np.load(path) as shard:
+                if "ct" not in shard.files or "ct_mask" not in shard.files:
+                    raise ValueError(f"{path}: no CT slices in this shard; CT -> DWI training needs the stroke "
+                                     "subjects' shards (a DWI subject with a CT row in the sample sheet)")
+                grid = [float(b) for b in shard["bvals"]]
+                if float(target_b) not in grid or not shard["present"][grid.index(float(target_b))]:
+                    data.skipped.append(str(path))
+                    continue
+                meta = json.loads(str(shard["metadata"]))
+                key = (meta["cohort"], meta["subject"])
+                index = shard["slice_index"]
+                inputs.append(np.stack([shard["ct"], shard["ct_mask"]], 1).astype(np.float32))
+                targets.append(shard["images"][:, [grid.index(float(target_b))]].astype(np.float32))
+                masks.append(shard["mask"].astype(bool))
+            if lesion_masks is not None:
+                lesions.append(np.asarray(lesion_masks[key], bool)[index])
+            data.subjects += [key] * len(index)
+            data.slice_index += [int(i) for i in index]
+        data.inputs = np.concatenate(inputs) if inputs else np.zeros((0, 2, 0, 0), np.float32)
+        data.targets = np.concatenate(targets) if targets else np.zeros((0, 1, 0, 0), np.float32)
+        data.present = np.ones((len(data.inputs), 1), bool)
+        data.masks = np.concatenate(masks) if masks else np.zeros((0, 0, 0), bool)
+        data.lesions = np.concatenate(lesions) if lesion_masks is not None and lesions else None
+        return data
+
+    def signal_reference(self) -> np.ndarray:
+        """Voxels (inside the masks) whose range sets the network's S/S0 scale: the first signal input,
+        or the targets when no input is diffusion signal (CT -> DWI)."""
+        kinds = [r["kind"] for r in self.input_scaling] if self.input_scaling else ["signal"] * self.inputs.shape[1]
+        if "signal" in kinds:
+            return self.inputs[:, kinds.index("signal")][self.masks]
+        return self.targets[:, 0][self.masks & self.present[:, 0][:, None, None]]
 
     def with_extra(self, source: "SliceDataset", picked: dict[float, np.ndarray], share: float) -> "SliceDataset":
         """These slices plus rows of `source` (same b-values) showing only their picked held-out b:
@@ -111,8 +196,10 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def digest(self) -> str:
         """Content digest of every array the trainer reads (a changed voxel changes it)."""
-        h = hashlib.sha256(json.dumps([self.input_b, self.target_b, self.subjects, sorted(self.pinned)]).encode())
-        for array in (self.inputs, self.targets, self.present, self.masks):
+        h = hashlib.sha256(json.dumps([self.input_b, self.target_b, self.subjects, sorted(self.pinned),
+                                       self.input_scaling]).encode())
+        for array in (self.inputs, self.targets, self.present, self.masks,
+                      *(() if self.lesions is None else (self.lesions,))):
             h.update(str((array.dtype, array.shape)).encode())
             h.update(np.ascontiguousarray(array).tobytes())
         return h.hexdigest()[:16]

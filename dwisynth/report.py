@@ -277,12 +277,87 @@ def example_figures(records: list[dict], targets, figures_dir: Path) -> list[str
     return blocks
 
 
+def ct2dwi_figure(ct: np.ndarray, images: dict[str, np.ndarray], lesion: np.ndarray | None, title: str,
+                  window: float, hu_window=(0.0, 80.0)):
+    """One row: the CT (brain window), the acquired DWI and each method's synthesis, the lesion outlined."""
+    plt = _plt()
+    panels = [("CT", ct, hu_window)] + [(METHOD_LABEL.get(m, m), img, (0.0, window)) for m, img in images.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels), 2.6))
+    for ax, (name, image, (low, high)) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(np.rot90(image), cmap="gray", vmin=low, vmax=high)
+        if lesion is not None and lesion.any():
+            ax.contour(np.rot90(lesion.astype(float)), levels=[0.5], colors="#ff3b30", linewidths=0.8)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _ct2dwi_summary_table(summary: pd.DataFrame) -> str:
+    metrics = ["psnr", "ssim", "superpixel_r", "lesion_psnr", "lesion_ssim", "lesion_contrast"]
+    t = summary[(summary["analysis"] == "image metrics") & (summary["grouping"] == "method x b")
+                & (summary["task"] == "ct2dwi") & summary["metric"].isin(metrics)].copy()
+    if t.empty:
+        return "<p>No CT -> DWI scores.</p>"
+    t["value"] = t.apply(_fmt_ci, axis=1)
+    wide = t.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
+    wide = wide.loc[_ordered(wide.index), [m for m in metrics if m in wide.columns]]
+    wide.index = [METHOD_LABEL.get(m, m) for m in wide.index]
+    return wide.to_html(classes="table", border=0)
+
+
+def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str, str], figures_dir: Path,
+                   hu_window=(0.0, 80.0)) -> str:
+    """The CT -> DWI results: scores of main's methods, each test subject's images with the lesion outlined,
+    and the experiment grids (ablation deltas, sensitivity, cross-center drop) with parameters and wall time."""
+    from dwisynth.ct2dwi import load_lesion_mask
+    from dwisynth.io import load_dwi, load_map, load_mask
+
+    parts = ["<p>DWI at b = 1000 synthesized from the CT on the DWI grid and a brain mask computed from that CT. "
+             "Scores inside the HD-BET DWI brain mask; lesion scores on the same scale inside the lesion; lesion "
+             "contrast = (lesion / rest of brain) synthetic over acquired (1 is faithful). Every method trained "
+             "for the same steps with the same lr, batch and crop; the paired comparison is with pix2pix "
+             "(summary.tsv). Mean (95% CI) over test subjects:</p>", _ct2dwi_summary_table(summary)]
+    for r in records:
+        acquired, acquired_b = load_dwi(*r["acquired"])
+        b = [float(v) for v in acquired_b]
+        reference = acquired[..., b.index(1000.0)] if 1000.0 in b else acquired[..., -1]
+        mask = load_mask(r["mask"])
+        lesion = load_lesion_mask(r["lesion"], r["acquired"][0], r["subject"]) if r.get("lesion") else None
+        z = int(np.argmax(lesion.reshape(-1, lesion.shape[-1]).sum(0))) if lesion is not None and lesion.any() \
+            else _middle_slice(mask)
+        images = {"acquired": reference[:, :, z]}
+        for method, (dwi, bval) in r["synth"].items():
+            images[method] = load_dwi(dwi, bval)[0][:, :, z, 0]
+        window = float(np.percentile(reference[:, :, z][mask[:, :, z]], 99.5)) if mask[:, :, z].any() else 1.0
+        fig = ct2dwi_figure(load_map(r["ct"])[:, :, z], images, None if lesion is None else lesion[:, :, z],
+                            f"sub-{r['subject']} ({r['center']}), slice {z}", window, hu_window)
+        parts.append(_embed(fig, f"ct2dwi_{r['subject']}", figures_dir))
+    captions = {"ablation": "Ablations: JMMDA-GAN with one module off; _vs_main = the cell minus main's JMMDA-GAN",
+                "sensitivity": "Sensitivity: wavelet x attention heads",
+                "crosscenter": "Cross-center: trained on one center, scored in-center and cross-center",
+                "compute": "Parameters (inference network) and training wall time (s, this machine)"}
+    for name, path in tables.items():
+        if path and Path(path).is_file():
+            table = pd.read_csv(path, sep="\t")
+            parts.append(f"<h3>{html.escape(captions.get(name, name))}</h3>"
+                         + table.to_html(classes="table", border=0, index=False, float_format=lambda v: f"{v:.3g}"))
+    return "".join(parts)
+
+
 def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, records: list[dict], targets,
-                 training_logs: dict, provenance_path, reader_scores_path=None) -> None:
+                 training_logs: dict, provenance_path, reader_scores_path=None, ct2dwi: dict | None = None) -> None:
+    """Assemble the report from the tables, the example subjects, the training logs and the provenance.
+
+    ct2dwi: {"records": the main experiment's test subjects (as `score_ct2dwi` gets them, plus `ct`),
+    "tables": {name: path}, "hu_window"} for the CT -> DWI section."""
     """Assemble the report from the tables, the example subjects, the training logs and the provenance."""
     figures_dir = Path(figures_dir)
-    summary = pd.read_csv(summary_path, sep="\t")
+    full_summary = pd.read_csv(summary_path, sep="\t")
+    summary = full_summary[full_summary["task"] != "ct2dwi"]  # the multi-b sections; CT -> DWI has its own
     metrics = pd.read_csv(metrics_path, sep="\t", dtype={"slice": str})
+    metrics = metrics[metrics["task"] != "ct2dwi"]
     adc = pd.read_csv(adc_path, sep="\t")
     provenance = json.loads(Path(provenance_path).read_text())
     volumes = metrics[metrics["slice"] == "volume"]
@@ -308,6 +383,10 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
     if len(adc):
         agreement = _embed(bland_altman_figure(adc), "bland_altman", figures_dir) + agreement
     sections.append(("ADC agreement with the acquired ADC", agreement))
+    if ct2dwi and ct2dwi["records"]:
+        sections.append(("CT -> DWI (acute ischemic stroke)",
+                         ct2dwi_section(full_summary, ct2dwi["records"], ct2dwi["tables"], figures_dir,
+                                        ct2dwi.get("hu_window", (0.0, 80.0)))))
     if training_logs:
         sections.append(("Training curves", _embed(training_curves_figure(training_logs), "training", figures_dir)
                          + stopped_runs_note(training_logs)))

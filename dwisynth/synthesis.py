@@ -27,7 +27,7 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     from dwisynth.inference import load_model
     from dwisynth.loader import SliceDataset
     from dwisynth.networks.base import build_network, network_class
-    from dwisynth.training import Trainer, TrainerConfig
+    from dwisynth.training import Trainer
 
     cls = network_class(method)
     inputs, targets = cls.dataset_bvalues(bvalues)
@@ -42,27 +42,33 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     subjects = data.subject_keys()
     model = build_network(method, block, len(inputs), len(targets), seed)
     model.prepare(records, bvalues, seed)
-    n_validation = training.get("validation_subjects", 1)
     data = model.training_data(data, seed)
     print(f"[train] {method} {organ}: {len(data)} slices from {len(subjects)} subjects; "
           f"target b {targets} acquired in {np.round(100 * data.present.mean(0), 1).tolist() if len(data) else []} "
           "% of slices")
-    c = model.config
     intensity_max = model.fixed_intensity_max() or training.get("intensity_max")
-    config = TrainerConfig(steps=model.training_steps(), batch_size=training["batch_size"], crop=training["crop"],
-                           lr=c.lr, betas=tuple(c.betas), decay_start=c.decay_start,
-                           checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],
-                           intensity_max=intensity_max, seed=seed, device=device,
-                           threads=training.get("threads"), progress=progress,
-                           validation_subjects=n_validation,
-                           validate_every=training.get("validate_every", 50),
-                           warmup_steps=training.get("warmup_steps", 0), grad_clip=training.get("grad_clip"),
-                           collapse_db=training.get("collapse_db", 6.0))
+    config = trainer_config(training, model.config, model.training_steps(), intensity_max, seed, device, progress)
     meta = {"method": method, "task": model.task, "organ": organ, "input_b": [float(b) for b in inputs],
             "target_b": [float(b) for b in targets], "heldout_b": [float(b) for b in bvalues.get("heldout", ())],
             "train_subjects": [[cohort, subject] for cohort, subject in subjects], "seed": seed,
             "upstream": {role: r["fingerprint"] for role, r in records.items()}, **model.describe()}
     return Trainer(model, data, config, out_dir, meta).fit()
+
+
+def trainer_config(training: dict, network_config, steps: int, intensity_max, seed: int, device: str = "auto",
+                   progress: bool = True):
+    """The one trainer's settings from the `training` block and a network's config (lr, betas, schedule)."""
+    from dwisynth.training import TrainerConfig
+
+    c = network_config
+    return TrainerConfig(steps=steps, batch_size=training["batch_size"], crop=training["crop"], lr=c.lr,
+                         betas=tuple(c.betas), decay_start=c.decay_start,
+                         checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],
+                         intensity_max=intensity_max, seed=seed, device=device, threads=training.get("threads"),
+                         progress=progress, validation_subjects=training.get("validation_subjects", 1),
+                         validate_every=training.get("validate_every", 50),
+                         warmup_steps=training.get("warmup_steps", 0), grad_clip=training.get("grad_clip"),
+                         collapse_db=training.get("collapse_db", 6.0))
 
 
 def _write_synthetic(reference_img, inputs: np.ndarray, input_b, synthetic: np.ndarray, target_b,
@@ -88,6 +94,7 @@ def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, ad
     from dwisynth.inference import load_model, synthesize_volume
 
     model = load_model(model_path, device)
+    check_multib_model(model.record, model_path)
     wanted = model.check_b(model.target_b if target_b is None else target_b, str(model_path))
     img = nib.load(dwi_path)
     dwi, bvals = load_dwi(dwi_path, bval_path)
@@ -96,6 +103,13 @@ def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, ad
     _write_synthetic(img, inputs, model.input_b, synthetic, wanted, out, mask_path, adc,
                      bvals if adc_as_acquired else None, norm_record)
     return model.input_b + wanted
+
+
+def check_multib_model(record: dict, source) -> None:
+    """A CT -> DWI model cannot synthesize from low-b DWI; say which command it belongs to."""
+    if record.get("task") == "ct2dwi":
+        raise ConfigError(f"{source} is a CT -> DWI model ({record.get('method')}): it synthesizes DWI from a CT; "
+                          "use `dwisynth ct2dwi MODEL CT -o OUT`")
 
 
 def cdwi_subject(dwi_path, bval_path, mask_path, out: dict, adc: dict, input_b, target_b, norm_record=None) -> None:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from dwisynth.errors import ConfigError, DwisynthError
 from dwisynth.inference import MODEL_FORMAT, resolve_device
+from dwisynth.loader import inputs_to_network
 from dwisynth.networks.base import code_digest
 from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
 
@@ -86,6 +87,7 @@ class Batch:
     targets: torch.Tensor
     present: torch.Tensor
     mask: torch.Tensor = field(default=None)
+    lesion: torch.Tensor | None = None  # (N, h, w) bool, CT -> DWI training with lesion masks only
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -128,7 +130,7 @@ def intensity_range(data, percentile: float = 99.9, margin: float = 1.1) -> floa
     Fluid is many times brighter than the median tissue the images are normalized to
     (up to 9x in the abdomen), so a fixed range would clip it.
     """
-    inside = data.inputs[:, 0][data.masks]
+    inside = data.signal_reference()
     return float(np.percentile(inside, percentile) * margin) if inside.size else 1.5
 
 
@@ -222,13 +224,15 @@ class Trainer:
         targets = torch.from_numpy(d.targets[indices])
         present = torch.from_numpy(d.present[indices])
         mask = torch.from_numpy(d.masks[indices])
-        stack = torch.cat([inputs, targets, mask[:, None].float()], 1)
+        extra = [] if d.lesions is None else [torch.from_numpy(d.lesions[indices])[:, None].float()]
+        stack = torch.cat([inputs, targets, *extra, mask[:, None].float()], 1)  # the mask stays last (_crop)
         stack = self._crop(stack, generator)
         n_in, n_t = inputs.shape[1], targets.shape[1]
         imax = self.intensity_max
-        return Batch(to_network(stack[:, :n_in], imax).to(self.device),
+        lesion = (stack[:, n_in + n_t] > 0.5).to(self.device) if extra else None
+        return Batch(inputs_to_network(stack[:, :n_in], d.input_scaling, imax).to(self.device),
                      to_network(stack[:, n_in:n_in + n_t], imax).to(self.device),
-                     present.to(self.device), (stack[:, -1] > 0.5).to(self.device))
+                     present.to(self.device), (stack[:, -1] > 0.5).to(self.device), lesion)
 
     def _crop(self, stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Square crops centred on a random voxel of the organ mask (the stack's last channel).
@@ -319,7 +323,7 @@ class Trainer:
         network.eval()
         v, imax, predictions = self.validation, self.intensity_max, []
         for start in range(0, len(v), 16):
-            x = to_network(torch.from_numpy(v.inputs[start:start + 16]), imax)
+            x = inputs_to_network(torch.from_numpy(v.inputs[start:start + 16]), v.input_scaling, imax)
             x, (h, w) = pad_to_multiple(x, self.pad_multiple, -1.0)
             y = self.model.predict(network, x.to(self.device), v.target_b).float().cpu()[..., :h, :w]
             predictions.append(from_network(y, imax).numpy())

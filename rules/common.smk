@@ -2,7 +2,7 @@ import pandas as pd
 
 from dwisynth import layout
 from dwisynth.config import adc_settings, bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
-from dwisynth.dataset import subject_table, task_members
+from dwisynth.dataset import check_ct2dwi_subjects, subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
 from dwisynth.networks.base import code_digest, config_block_name, network_class, networks
 
@@ -31,6 +31,7 @@ ADC = adc_settings(config)  # one b-set for every ADC fit, acquired and syntheti
 # What every source writes for a test subject: the trained targets, then the held-out b-values
 SYNTHESIS_B = [float(b) for b in config["bvalues"]["targets"] + config["bvalues"]["heldout"]]
 SUBJECTS = subject_table(SAMPLES.reset_index(drop=True))  # one row per DWI subject, with its task
+check_ct2dwi_subjects(SUBJECTS, config["ct2dwi"]["cohorts"], DEMO_SHEET or config["samples"])
 # Networks come from the registry (dwisynth.networks.base): a new one needs no rule here.
 NETWORKS = list(networks())
 TRAINED_METHODS = [m for m in config["methods"] if m in NETWORKS]
@@ -61,16 +62,17 @@ def hdbet_weights_input(wildcards):
 
 
 def registered_ct_input(wildcards):
-    """Stroke subjects carry their CT (on the DWI grid) into the slice shard."""
+    """Stroke subjects carry their CT (on the DWI grid) and its brain mask into the slice shard."""
     if (wildcards.cohort, wildcards.subject, "CT") in SAMPLES.index:
-        return {"ct": layout.preproc(wildcards.cohort, wildcards.subject)["ct"]}
+        files = layout.preproc(wildcards.cohort, wildcards.subject)
+        return {"ct": files["ct"], "ct_mask": files["ct_mask"]}
     return {}
 
 
 def preproc_outputs(cohort, subject, modality):
     files = layout.preproc(cohort, subject)
     if modality == "CT":
-        return [files["ct"]]
+        return [files["ct"], files["ct_mask"]]
     return [files["adc"], layout.shard(cohort, subject)]
 
 
@@ -190,4 +192,5 @@ def report_inputs(wildcards):
     files.update(evaluation_inputs(wildcards))
     if config["reader_study"]["ratings"]:
         files["reader_scores"] = rules.reader_scores.output[0]
+    files["ct2dwi"] = ct2dwi_report_inputs()
     return files

@@ -4,6 +4,7 @@
 rule evaluate_synthesis:
     input:
         unpack(evaluation_inputs),
+        ct2dwi=[layout.ct2dwi_scores("main")] if CT2DWI_CENTERS else [],  # CT -> DWI main experiment rows
     output:
         metrics=layout.METRICS,
         adc=layout.ADC_AGREEMENT,

@@ -129,3 +129,19 @@ rule register_ct:
         layout.benchmark("register_ct", "{cohort}", "{subject}")
     script:
         "../scripts/register_ct.py"
+
+
+rule ct_brain_mask:
+    input:
+        ct=PRE["ct"],
+    output:
+        mask=PRE["ct_mask"],
+        record=PRE["ct_mask_record"],
+    params:
+        brain_hu=config["ct2dwi"]["brain_hu"],
+    log:
+        layout.log("ct_brain_mask", "{cohort}", "{subject}"),
+    conda:
+        "../envs/dwisynth.yaml"
+    script:
+        "../scripts/ct_brain_mask.py"

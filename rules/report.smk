@@ -81,6 +81,7 @@ rule report:
         records=evaluation_records,
         targets=SYNTHESIS_B,
         logs=training_logs,
+        ct2dwi=ct2dwi_report,
     log:
         "logs/report.log",
     conda:

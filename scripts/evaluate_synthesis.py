@@ -3,11 +3,14 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _logging import redirect_to_log
 
-from dwisynth.evaluate import evaluate_multib
+import pandas as pd
+
+from dwisynth.evaluate import evaluate_multib, with_ct2dwi
 from dwisynth.io import write_table
 
 redirect_to_log(snakemake)  # noqa: F821
 p, o = snakemake.params, snakemake.output  # noqa: F821
 metrics, adc = evaluate_multib(p.records, p.methods, p.targets, p.heldout)
-write_table(metrics, o.metrics)
+ct2dwi = [pd.read_csv(path, sep="\t", dtype={"slice": str}) for path in snakemake.input.ct2dwi]  # noqa: F821
+write_table(with_ct2dwi(metrics, ct2dwi), o.metrics)
 write_table(adc, o.adc)

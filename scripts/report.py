@@ -11,4 +11,4 @@ redirect_to_log(snakemake)  # noqa: F821
 i, o, p = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
 logs = {(r["method"], r["organ"]): pd.read_csv(r["log"]) for r in p.logs}
 write_report(o.html, o.figures, i.summary, i.metrics, i.adc, p.records, p.targets, logs, i.provenance,
-             i.get("reader_scores"))
+             i.get("reader_scores"), p.ct2dwi)

@@ -66,7 +66,9 @@ class Network(nn.Module, ABC):
 
     name: ClassVar[str]  # the method name in config, paths and tables
     label: ClassVar[str]  # how reports name it
-    task: ClassVar[str] = "multib"
+    task: ClassVar[str] = "multib"  # the task it was built for (the one its multi-organ models serve)
+    # Every task it can be trained on: a generic image-to-image network (pix2pix) is also a CT -> DWI baseline.
+    tasks: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[NetworkConfig]] = NetworkConfig
     # Variants of one network (MineGAN's few-shot and ablation) share its config block: name it here.
     config_block: ClassVar[str | None] = None
@@ -77,8 +79,12 @@ class Network(nn.Module, ABC):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
-            if cls.task not in TASKS:
-                raise TypeError(f"{cls.__qualname__}.task must be one of {TASKS}, not {cls.task!r}")
+            if "tasks" not in cls.__dict__:
+                cls.tasks = (cls.task,)
+            wrong = [t for t in (cls.task, *cls.tasks) if t not in TASKS]
+            if wrong or cls.task not in cls.tasks:
+                raise TypeError(f"{cls.__qualname__}: task {cls.task!r} and tasks {cls.tasks} must be among {TASKS} "
+                                "(and tasks must hold task)")
             if cls.name in BASELINES:
                 raise TypeError(f"{cls.__qualname__}: {cls.name!r} is the name of a baseline")
             _REGISTRY[cls.name] = cls
@@ -190,9 +196,9 @@ def _load() -> None:
 
 
 def networks(task: str | None = None) -> dict[str, type[Network]]:
-    """Registered networks (of one task), in registration order."""
+    """Registered networks (that can be trained for `task`), in registration order."""
     _load()
-    return {name: cls for name, cls in _REGISTRY.items() if task is None or cls.task == task}
+    return {name: cls for name, cls in _REGISTRY.items() if task is None or task in cls.tasks}
 
 
 def network_class(method: str) -> type[Network]:

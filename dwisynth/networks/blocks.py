@@ -278,3 +278,89 @@ class ProjectionDiscriminator(nn.Module):
         h = self.features(torch.cat([condition, image], 1))
         projection = (h * self.embed(fourier_features(b, self.n_frequencies))[:, :, None, None]).sum(1, keepdim=True)
         return self.logit(h) + projection
+
+
+# --- wavelets (JMMDA-GAN) --------------------------------------------------------------------------
+WAVELETS = ("haar", "db2", "sym4", "coif1")  # orthogonal: the inverse transform is the adjoint
+
+
+def _wavelet_kernels(wavelet: str) -> torch.Tensor:
+    """The 2D analysis kernels (4, L, L) of an orthogonal wavelet, in pywt's order: approximation, then
+    horizontal, vertical and diagonal detail (pywt.dwt2's cA, (cH, cV, cD)); rows index H, columns W.
+
+    pywt lists dec_lo / dec_hi as convolution filters; conv2d correlates, hence the reversal."""
+    import pywt
+
+    if wavelet not in WAVELETS:
+        raise ValueError(f"wavelet must be one of {WAVELETS}, not {wavelet!r}")
+    bank = pywt.Wavelet(wavelet)
+    lo = torch.tensor(bank.dec_lo[::-1], dtype=torch.float64)
+    hi = torch.tensor(bank.dec_hi[::-1], dtype=torch.float64)
+    pairs = ((lo, lo), (hi, lo), (lo, hi), (hi, hi))  # (along H, along W)
+    return torch.stack([torch.outer(along_h, along_w) for along_h, along_w in pairs]).float()
+
+
+def _periodic_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Wrap `pad` rows and columns around each side of (N, C, H, W); pad may exceed H or W (tiny maps)."""
+    if pad == 0:
+        return x
+    h, w = x.shape[-2:]
+    periods_h, periods_w = -(-pad // h), -(-pad // w)
+    tiled = x.repeat(1, 1, 1 + 2 * periods_h, 1 + 2 * periods_w)
+    return tiled[..., periods_h * h - pad: periods_h * h + h + pad, periods_w * w - pad: periods_w * w + w + pad]
+
+
+def _periodic_fold(y: torch.Tensor, pad: int, h: int, w: int) -> torch.Tensor:
+    """Adjoint of `_periodic_pad`: (N, C, h + 2 pad, w + 2 pad) -> (N, C, h, w), every wrapped row and column
+    added back onto the one it copied."""
+    if pad == 0:
+        return y
+    periods_h, periods_w = -(-pad // h), -(-pad // w)
+    # zero-pad to whole periods starting at a multiple of the period, then sum the periods
+    y = F.pad(y, (periods_w * w - pad,) * 2 + (periods_h * h - pad,) * 2)
+    n, c = y.shape[:2]
+    y = y.reshape(n, c, 1 + 2 * periods_h, h, 1 + 2 * periods_w, w)
+    return y.sum(dim=(2, 4))
+
+
+class DWT2d(nn.Module):
+    """Single-level 2D discrete wavelet transform of every channel, periodic boundary (pywt's 'periodization').
+
+    (N, C, H, W), H and W even -> ll (N, C, H/2, W/2), high (N, 3C, H/2, W/2): the horizontal, vertical and
+    diagonal details as three blocks of C channels (high.chunk(3, 1)). Orthonormal, so a constant image's ll
+    is 2x the constant (Haar) and `IDWT2d` inverts it exactly. The filters are fixed buffers, not parameters.
+    """
+
+    def __init__(self, wavelet: str = "haar"):
+        super().__init__()
+        self.register_buffer("kernels", _wavelet_kernels(wavelet), persistent=False)
+        self.pad = self.kernels.shape[-1] // 2 - 1  # wrap (L/2 - 1) each side: pywt's alignment of the samples
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"DWT2d needs even H and W, not {h}x{w}; pad the image to a multiple of 2**levels")
+        weight = self.kernels.to(x.dtype).repeat(c, 1, 1).unsqueeze(1)  # (4C, 1, L, L): channel-major
+        bands = F.conv2d(_periodic_pad(x, self.pad), weight, stride=2, groups=c)
+        bands = bands.reshape(n, c, 4, h // 2, w // 2)
+        return bands[:, :, 0], bands[:, :, 1:].transpose(1, 2).reshape(n, 3 * c, h // 2, w // 2)
+
+
+class IDWT2d(nn.Module):
+    """Inverse of `DWT2d`: ll (N, C, h, w), high (N, 3C, h, w) -> (N, C, 2h, 2w).
+
+    The adjoint of the analysis (transposed conv with the same kernels, wrapped borders folded back), which for
+    an orthonormal filter bank is its inverse.
+    """
+
+    def __init__(self, wavelet: str = "haar"):
+        super().__init__()
+        self.register_buffer("kernels", _wavelet_kernels(wavelet), persistent=False)
+        self.pad = self.kernels.shape[-1] // 2 - 1
+
+    def forward(self, ll: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = ll.shape
+        bands = torch.cat([ll.unsqueeze(2), high.reshape(n, 3, c, h, w).transpose(1, 2)], 2)
+        weight = self.kernels.to(bands.dtype).repeat(c, 1, 1).unsqueeze(1)
+        y = F.conv_transpose2d(bands.reshape(n, 4 * c, h, w), weight, stride=2, groups=c)
+        return _periodic_fold(y, self.pad, 2 * h, 2 * w)

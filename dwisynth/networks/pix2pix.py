@@ -1,4 +1,5 @@
-"""pix2pix (Isola et al., CVPR 2017): U-Net generator + conditional PatchGAN, L1 weight 100.
+"""pix2pix (Isola et al., CVPR 2017): U-Net generator + conditional PatchGAN, L1 weight 100; and `unet`,
+the same U-Net trained with L1 alone (the CT -> DWI comparison's non-adversarial baseline).
 
 The baseline that a paired-only method achieves. Generator: MONAI `UNet`, input stack
 (N, n_inputs, H, W) -> target stack (N, n_targets, H, W), tanh; H and W multiples of
@@ -42,19 +43,8 @@ def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: i
                          nn.Tanh())
 
 
-class Pix2Pix(Network):
-    name = "pix2pix"
-    label = "pix2pix"
-    task = "multib"
-    Config = Pix2PixConfig
-
-    def __init__(self, config: Pix2PixConfig, n_inputs: int, n_targets: int):
-        super().__init__(config, n_inputs, n_targets)
-        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm)
-        self.D = patch_discriminator(n_inputs + 1, n_targets, config.ndf)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"generator": list(self.G.parameters()), "discriminator": list(self.D.parameters())}
+class UNetNetwork(Network):
+    """What pix2pix and the L1 U-Net share: the U-Net generator `G` is the inference network."""
 
     def inference_network(self) -> nn.Module:
         return self.G
@@ -67,6 +57,23 @@ class Pix2Pix(Network):
     @classmethod
     def build_inference_network(cls, **kwargs) -> nn.Module:
         return unet_generator(**kwargs)
+
+
+class Pix2Pix(UNetNetwork):
+    name = "pix2pix"
+    label = "pix2pix"
+    task = "multib"
+    tasks = ("multib", "ct2dwi")
+    Config = Pix2PixConfig
+
+    def __init__(self, config: Pix2PixConfig, n_inputs: int, n_targets: int):
+        super().__init__(config, n_inputs, n_targets)
+        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm)
+        self.D = patch_discriminator(n_inputs + 1, n_targets, config.ndf)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"generator": list(self.G.parameters()), "discriminator": list(self.D.parameters())}
+
 
     def _judge(self, x, single, sample, b_index):
         return per_b_logits(self.D(torch.cat([x[sample], single], 1)), b_index)
@@ -92,3 +99,34 @@ class Pix2Pix(Network):
         optimizers["discriminator"].step()
         return {"adv": float(adv.detach()), "voxel_l1": float(l1.detach()), "g_total": float(total.detach()),
                 "d_loss": float(d_loss.detach())}
+
+
+@dataclass
+class UNetConfig(NetworkConfig):
+    ngf: int = field(default=64, metadata={"minimum": 4, "description": "base channels"})
+    levels: int = field(default=8, metadata={"minimum": 2, "maximum": 8, "description": "U-Net resolution levels"})
+    norm: Literal["none", "instance"] = "none"
+
+
+class UNetL1(UNetNetwork):
+    """pix2pix's U-Net trained with L1 alone: what the adversarial term adds is the difference to pix2pix."""
+
+    name = "unet"
+    label = "U-Net (L1)"
+    task = "ct2dwi"
+    Config = UNetConfig
+
+    def __init__(self, config: UNetConfig, n_inputs: int, n_targets: int):
+        super().__init__(config, n_inputs, n_targets)
+        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"generator": list(self.G.parameters())}
+
+
+    def training_step(self, batch, optimizers, generator: torch.Generator, step: int) -> dict[str, float]:
+        l1 = masked_l1(self.G(batch.inputs), batch.targets, batch.present)
+        optimizers["generator"].zero_grad(set_to_none=True)
+        l1.backward()
+        optimizers["generator"].step()
+        return {"voxel_l1": float(l1.detach())}

@@ -148,3 +148,46 @@ def check_mask(mask: np.ndarray, subject: str, method: str, min_voxels: int = 50
             "(orientation, field of view, intensity) or choose another masking.method"
         )
     return mask.astype(bool)
+
+
+# --- CT (stroke): the brain from Hounsfield units alone ---------------------------------------
+class CTIntensityError(DwisynthError):
+    """A CT whose values are not Hounsfield units."""
+
+
+def check_ct_hu(ct: np.ndarray, source: str) -> None:
+    """Air reads about -1000 HU; a CT whose darkest voxels are far from it was not rescaled to HU
+    (raw stored values, a missing RescaleIntercept) or is not a CT at all."""
+    air = float(np.percentile(ct, 1))
+    if not -1200.0 <= air <= -800.0:
+        raise CTIntensityError(
+            f"{source}: the darkest voxels (1st percentile {air:.0f}) are not air at about -1000 HU; the CT is not "
+            "in Hounsfield units. Convert it from DICOM with its RescaleSlope/RescaleIntercept (dwisynth convert "
+            "--modality CT does) or check that the series is a CT")
+
+
+def ct_brain_mask(ct: np.ndarray, brain_hu=(-15.0, 100.0), skull_hu: float = 300.0,
+                  min_voxels: int = 50, source: str = "CT") -> np.ndarray:
+    """Brain (parenchyma and CSF) of a head CT: voxels in the brain HU range inside the skull.
+
+    The skull (above skull_hu) is filled slice by slice to give the intracranial space, which
+    separates the brain from the scalp (same HU, outside the skull); the largest connected part
+    is kept and its holes (a haemorrhage or calcification) filled. Without a closed skull (a
+    skull-stripped CT) the largest soft-tissue component is taken. The mask uses no DWI voxel,
+    so a CT-only patient gets one.
+    """
+    check_ct_hu(ct, source)
+    soft = (ct >= brain_hu[0]) & (ct <= brain_hu[1])
+    skull = ct > skull_hu
+    inside = np.zeros_like(skull)
+    for k in range(ct.shape[2]):
+        inside[..., k] = ndimage.binary_fill_holes(skull[..., k]) & ~skull[..., k]
+    candidate = soft & inside if (soft & inside).sum() >= min_voxels else soft
+    mask = largest_component(ndimage.binary_opening(candidate, iterations=1))
+    for k in range(mask.shape[2]):
+        mask[..., k] = ndimage.binary_fill_holes(mask[..., k])
+    if mask.sum() < min_voxels:
+        raise MaskError(f"{source}: the CT brain mask is empty ({int(mask.sum())} voxels with {brain_hu[0]:g} to "
+                        f"{brain_hu[1]:g} HU inside the skull); check the CT covers the head and is in HU, or "
+                        "widen ct2dwi.brain_hu")
+    return mask

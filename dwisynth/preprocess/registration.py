@@ -8,7 +8,6 @@ done here once. Determinism: one ITK thread and a fixed ANTs random seed
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +35,11 @@ def make_deterministic(seed: int) -> None:
 def register(fixed: np.ndarray, moving: np.ndarray, affine_fixed: np.ndarray, affine_moving: np.ndarray,
              transform: str = "Rigid", seed: int = 42, fixed_mask: np.ndarray | None = None,
              iterations=(200, 100, 50)):
-    """Register moving onto fixed; returns (moved array on the fixed grid, list of transform files).
+    """Register moving onto fixed; returns (moved array on the fixed grid, list of ANTs transforms in memory).
 
     transform: 'Rigid' or 'Affine' (mutual information, so contrasts may differ:
-    b1000 onto b0, CT onto DWI).
+    b1000 onto b0, CT onto DWI). ANTs writes the transforms to files in /tmp; they are read back and
+    deleted here (left behind, a demo run leaves hundreds of them).
     """
     import ants
 
@@ -53,23 +53,29 @@ def register(fixed: np.ndarray, moving: np.ndarray, affine_fixed: np.ndarray, af
                                aff_metric="mattes", aff_sampling=32, aff_random_sampling_rate=0.5,
                                aff_iterations=tuple(iterations), aff_shrink_factors=(4, 2, 1),
                                aff_smoothing_sigmas=(2, 1, 0))
-    return result["warpedmovout"].numpy(), list(result["fwdtransforms"])
+    transforms = [ants.read_transform(str(path)) for path in result["fwdtransforms"]]
+    for path in {*result["fwdtransforms"], *result["invtransforms"]}:  # Rigid/Affine: one file for both
+        Path(path).unlink(missing_ok=True)
+    return result["warpedmovout"].numpy(), transforms
 
 
 def apply_transforms(fixed: np.ndarray, moving: np.ndarray, affine_fixed, affine_moving, transforms,
                      interpolator: str = "linear", default_value: float = 0.0) -> np.ndarray:
+    """moving resampled onto fixed's grid through the one Rigid/Affine transform `register` returns;
+    voxels mapped outside moving read default_value."""
+    (transform,) = transforms
+    image = to_ants(np.asarray(moving, dtype=np.float64) - default_value, affine_moving)
+    moved = transform.apply_to_image(image, reference=to_ants(fixed, affine_fixed), interpolation=interpolator)
+    # outside voxels read 0, i.e. default_value after the shift back (linear mixing at the border is the same)
+    return moved.numpy() + default_value
+
+
+def transform_matrix_lps(transform) -> np.ndarray:
+    """4x4 matrix mapping fixed-space points (LPS mm) to moving-space points, as ANTs defines it
+    (transform: an ANTs transform or its file)."""
     import ants
 
-    out = ants.apply_transforms(to_ants(fixed, affine_fixed), to_ants(moving, affine_moving), transforms,
-                                interpolator=interpolator, defaultvalue=default_value)
-    return out.numpy()
-
-
-def transform_matrix_lps(transform_file: str | Path) -> np.ndarray:
-    """4x4 matrix mapping fixed-space points (LPS mm) to moving-space points, as ANTs defines it."""
-    import ants
-
-    tx = ants.read_transform(str(transform_file))
+    tx = transform if isinstance(transform, ants.ANTsTransform) else ants.read_transform(str(transform))
     params = np.asarray(tx.parameters)
     centre = np.asarray(tx.fixed_parameters)
     matrix = params[:9].reshape(3, 3)
@@ -79,9 +85,3 @@ def transform_matrix_lps(transform_file: str | Path) -> np.ndarray:
     m[:3, 3] = translation + centre - matrix @ centre
     return m
 
-
-def keep_transform(transform_file: str, destination: str | Path) -> str:
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(transform_file, destination)
-    return str(destination)

@@ -15,7 +15,8 @@ import numpy as np
 from dwisynth.diffusion import adc_fit_bvalues, fit_adc, noise_sigma_background, noise_sigma_repeats, trace_average
 from dwisynth.errors import DwisynthError
 from dwisynth.io import save_nifti, write_bval
-from dwisynth.preprocess.masking import BRAIN_METHODS, body_mask, check_mask, hd_bet_v1_mask, hd_bet_v2_mask
+from dwisynth.preprocess.masking import (BRAIN_METHODS, body_mask, check_ct_hu, check_mask, hd_bet_v1_mask,
+                                        hd_bet_v2_mask)
 from dwisynth.preprocess.normalize import check_finite, normalize_dwi, snap_bvalues
 from dwisynth.preprocess.registration import apply_transforms, register, transform_matrix_lps
 
@@ -184,6 +185,7 @@ def register_ct(ct_path, dwi_path, bval_path, out_ct, out_json, subject: str, tr
     """CT onto the DWI b0 grid (Rigid or Affine, mutual information)."""
     ct_img, ct = _load(ct_path)
     check_finite(ct, subject, "the CT")
+    check_ct_hu(ct, f"sub-{subject} {ct_path}")
     img, _, _, b0 = _load_dwi(dwi_path, bval_path, b0_max)
     # Brain window (0-80 HU): skull and air saturate, leaving a brain silhouette like the b0's.
     # With a wider window (-100..200) one demo subject converged 130 mm off.
@@ -230,5 +232,17 @@ def preprocess_subject(dwi_path, bval_path, subject: str, organ: str, config: di
     if ct_path:
         register_ct(ct_path, files["reg_dwi"], files["reg_bval"], files["ct"], files["ct_xfm"], subject,
                     config["registration"]["ct_transform"], config["seed"], b["b0_max"])
-        written |= {"ct": files["ct"], "ct_xfm": files["ct_xfm"]}
+        ct_brain_mask(files["ct"], files["ct_mask"], files["ct_mask_record"], subject, config["ct2dwi"]["brain_hu"])
+        written |= {k: files[k] for k in ("ct", "ct_xfm", "ct_mask", "ct_mask_record")}
     return written
+
+
+def ct_brain_mask(ct_path, out_mask, out_json, subject: str, brain_hu=(-15.0, 100.0)) -> None:
+    """The brain mask of the CT on the DWI grid, from HU alone (`masking.ct_brain_mask`)."""
+    from dwisynth.preprocess.masking import ct_brain_mask as brain_from_hu
+
+    img = nib.load(ct_path)
+    ct = np.asarray(img.dataobj, dtype=np.float32)
+    mask = brain_from_hu(ct, brain_hu, source=f"sub-{subject} {ct_path}")
+    save_nifti(mask.astype(np.uint8), img.affine, out_mask, np.uint8)
+    _write_json({"method": "ct-hu", "brain_hu": list(map(float, brain_hu)), "voxels": int(mask.sum())}, out_json)

@@ -1,0 +1,379 @@
+"""CT -> DWI synthesis for acute ischemic stroke: experiments, training, synthesis and scoring.
+
+Every method sees the same two inputs, slice by slice on the DWI grid: the CT (HU, mapped to
+[-1, 1] through `ct2dwi.hu_window`) and a brain mask computed from that CT alone
+(`preprocess.masking.ct_brain_mask`), because a CT-only patient has no DWI. The target is the
+normalized DWI (S/S0) at `ct2dwi.target_b`. The HD-BET DWI mask is the scoring mask and picks the
+training crops; it never enters a network.
+
+Experiments (`experiment_cells`), each a set of (experiment, method) cells with a model at
+`results/models/ct2dwi/{experiment}/{method}/model.pt`:
+- `main`: every method of `ct2dwi.methods` on every center's train split (mixed training);
+- `ablation`: JMMDA-GAN with one module off (`nomask`, `nodwt`, `noadaptive`);
+- `sensitivity`: JMMDA-GAN for each wavelet x head count (`<wavelet>_h<heads>`; the cell equal to
+  main's configuration reuses main's model);
+- `crosscenter`: JMMDA-GAN trained on one center's train subjects (`from_<center>`), scored on every
+  test subject, so the in-center and cross-center rows sit side by side.
+Every cell trains for the same `ct2dwi.steps` with the same lr, batch, crop and schedule.
+
+Scores (`score_subject`): the standard metrics of `dwisynth.metrics` inside the DWI brain mask, plus
+lesion metrics on the same brain-mask scale (not re-scaled inside the lesion) and the lesion
+contrast ratio (lesion / rest of brain, synthetic over acquired: 1 is a faithful lesion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dwisynth.errors import ConfigError, DwisynthError
+from dwisynth.evaluate import LESION_METRICS
+
+ABLATIONS = {"nomask": "mask_fusion", "nodwt": "dwt", "noadaptive": "adaptive_fusion"}
+GRIDS = ("ablation", "sensitivity", "crosscenter")
+PROPOSED = "jmmdagan"
+BASELINE = "pix2pix"  # what `summarize` compares CT -> DWI methods with (there is no cDWI from a CT)
+
+
+class LesionMaskError(DwisynthError):
+    """A lesion mask is missing or does not lie on the DWI grid."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained model of one experiment: its method, settings and training centers."""
+
+    experiment: str
+    method: str
+    grid: str  # main, ablation, sensitivity or crosscenter
+    overrides: tuple = ()  # (key, value) pairs over the network's config block
+    train_centers: tuple[str, ...] = ()  # empty: every center
+    model_experiment: str = ""  # where its model lives, when another cell trains the same thing
+
+    @property
+    def model_from(self) -> str:
+        return self.model_experiment or self.experiment
+
+    def describe(self, block: dict) -> dict:
+        """The columns the experiment tables carry."""
+        return {"experiment": self.experiment, "grid": self.grid,
+                "train_centers": "+".join(self.train_centers) or "all",
+                "wavelet": block.get("wavelet", "") if self.method == PROPOSED else "",
+                "heads": block.get("heads", "") if self.method == PROPOSED else "",
+                "modules_off": ",".join(k for k, v in self.overrides if v is False)}
+
+
+def experiment_cells(config: dict, centers, grids=("main", *GRIDS)) -> list[Cell]:
+    """Every (experiment, method) cell of the requested grids; centers: the CT -> DWI centers."""
+    ct = config["ct2dwi"]
+    proposed = config.get(PROPOSED, {})
+    cells = []
+    if "main" in grids:
+        cells += [Cell("main", m, "main") for m in ct["methods"]]
+    if "ablation" in grids:
+        cells += [Cell(name, PROPOSED, "ablation", ((module, False),)) for name, module in ABLATIONS.items()]
+    if "sensitivity" in grids:
+        main_wavelet, main_heads = proposed.get("wavelet", "haar"), proposed.get("heads", 4)
+        for wavelet in ct["sensitivity"]["wavelets"]:
+            for heads in ct["sensitivity"]["heads"]:
+                same = wavelet == main_wavelet and heads == main_heads and PROPOSED in ct["methods"]
+                cells.append(Cell(f"{wavelet}_h{heads}", PROPOSED, "sensitivity",
+                                  (("wavelet", wavelet), ("heads", heads)), model_experiment="main" if same else ""))
+    if "crosscenter" in grids:
+        cells += [Cell(f"from_{c}", PROPOSED, "crosscenter", train_centers=(c,)) for c in sorted(centers)]
+    return cells
+
+
+def find_cell(cells, experiment: str, method: str) -> Cell:
+    for cell in cells:
+        if cell.experiment == experiment and cell.method == method:
+            return cell
+    raise ConfigError(f"no CT -> DWI experiment {experiment!r} with method {method!r}")
+
+
+def network_block(config: dict, cell: Cell) -> dict:
+    """The cell's network config: the network's block, the shared steps and lr, the cell's overrides.
+    A sensitivity cell whose heads do not divide the channels fails here, naming the cell."""
+    from dwisynth.networks.base import config_block_name, config_from_block, network_class
+
+    block = {**config.get(config_block_name(cell.method), {}), "steps": config["ct2dwi"]["steps"],
+             "lr": config["ct2dwi"]["lr"], **dict(cell.overrides)}
+    config_from_block(network_class(cell.method).Config, block, f"ct2dwi experiment {cell.experiment}")
+    return block
+
+
+def training_members(split_records: list[dict], cell: Cell) -> list[dict]:
+    """The cell's train-split CT -> DWI subjects (one center's for a cross-center cell)."""
+    train = [r for r in split_records if r["task"] == "ct2dwi" and r["split"] == "train"]
+    if cell.train_centers:
+        chosen = [r for r in train if r["center"] in cell.train_centers]
+        if not chosen:
+            have = sorted({r["center"] for r in train})
+            raise ConfigError(f"ct2dwi experiment {cell.experiment}: center {'+'.join(cell.train_centers)} has no "
+                              f"train-split stroke subject (centers with some: {', '.join(have) or 'none'}); add "
+                              "subjects or drop crosscenter from ct2dwi.grids")
+        return chosen
+    if not train:
+        raise ConfigError("ct2dwi: no train-split stroke subject (a DWI series with a CT row in the sample sheet)")
+    return train
+
+
+# --- lesion masks -----------------------------------------------------------------------------
+def read_lesion_table(path) -> dict[tuple[str, str], str]:
+    """`ct2dwi.lesion_masks`: a TSV with cohort, subject, path -> {(cohort, subject): path}."""
+    import pandas as pd
+
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    missing = {"cohort", "subject", "path"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"{path}: lesion mask table needs the columns cohort, subject, path (missing "
+                          f"{', '.join(sorted(missing))})")
+    return {(r.cohort, r.subject): r.path for r in table.itertuples()}
+
+
+def load_lesion_mask(path, reference_path, subject: str) -> np.ndarray:
+    """A lesion mask as bool on the grid of the reference (the normalized DWI, RAS voxel order).
+
+    Masks are read in RAS voxel order (the demo truth is written in the DICOM's LPS order); one on
+    another grid is an error, never resampled silently."""
+    path = Path(path)
+    if not path.is_file():
+        raise LesionMaskError(f"sub-{subject}: lesion mask {path} not found; list it in ct2dwi.lesion_masks "
+                              "(cohort, subject, path)")
+    img = nib.as_closest_canonical(nib.load(path))
+    reference = nib.load(reference_path)
+    if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, atol=1e-3):
+        raise LesionMaskError(f"sub-{subject}: lesion mask {path} ({img.shape[:3]}) is not on the DWI grid of "
+                              f"{reference_path} ({reference.shape[:3]}); resample it onto the DWI first")
+    return np.asarray(img.dataobj) > 0
+
+
+def training_lesions(spec: dict) -> dict[tuple[str, str], np.ndarray]:
+    """{"cohort/subject": {"mask": path, "reference": normalized DWI}} -> {(cohort, subject): bool volume}."""
+    return {tuple(key.split("/", 1)): load_lesion_mask(v["mask"], v["reference"], key.split("/", 1)[1])
+            for key, v in spec.items()}
+
+
+# --- training ---------------------------------------------------------------------------------
+def train_ct2dwi(cell: Cell, shards, out_dir, block: dict, training: dict, ct2dwi: dict, seed: int,
+                 device: str = "auto", lesion_masks: dict | None = None, progress: bool = True) -> Path:
+    """Train one cell's network on the given train-split shards; returns model.pt's path.
+
+    lesion_masks: {(cohort, subject): (X, Y, Z) bool on the DWI grid} for the lesion-weighted L1
+    (only when the network's weights.lesion > 0)."""
+    from dwisynth.loader import SliceDataset
+    from dwisynth.networks.base import build_network
+    from dwisynth.synthesis import trainer_config
+    from dwisynth.training import Trainer
+
+    target_b = float(ct2dwi["target_b"][0])
+    by_slice = None if lesion_masks is None else {k: np.moveaxis(v, -1, 0) for k, v in lesion_masks.items()}
+    data = SliceDataset.from_ct(shards, target_b, ct2dwi["hu_window"], by_slice)
+    if data.skipped:
+        print(f"[train] skipped (no b={target_b:g}): {', '.join(Path(s).name for s in data.skipped)}")
+    subjects = data.subject_keys()
+    model = build_network(cell.method, block, data.inputs.shape[1], 1, seed)
+    print(f"[train] ct2dwi {cell.experiment}/{cell.method}: {len(data)} slices from {len(subjects)} subjects "
+          f"({'+'.join(cell.train_centers) or 'every center'})")
+    config = trainer_config(training, model.config, model.training_steps(), training.get("intensity_max"), seed,
+                            device, progress)
+    meta = {"method": cell.method, "task": "ct2dwi", "organ": "brain", "input_b": [], "target_b": [target_b],
+            "input_scaling": data.input_scaling, "input_channels": ["ct", "ct_brain_mask"],
+            "experiment": cell.experiment, "train_centers": list(cell.train_centers),
+            "train_subjects": [[c, s] for c, s in subjects], "seed": seed, "upstream": {}, **model.describe()}
+    return Trainer(model, data, config, out_dir, meta).fit()
+
+
+# --- synthesis --------------------------------------------------------------------------------
+def check_ct2dwi_model(model, source: str) -> None:
+    if model.record.get("task") != "ct2dwi":
+        raise ConfigError(f"{source} is a multi-b model ({model.record.get('method')}, {model.record.get('organ')}): "
+                          "it synthesizes DWI from low-b DWI, not from CT; use `dwisynth synthesize`, or give "
+                          "`dwisynth ct2dwi` a model from results/models/ct2dwi/")
+
+
+def synthesize_ct2dwi(model_path, ct_path, ct_mask_path, out: dict, subject: str = "?", device: str = "auto") -> float:
+    """DWI at the model's target b from a CT on the grid to synthesize on (HU) and its CT brain mask.
+
+    Writes out["dwi"] (one-volume 4D NIfTI on the CT's grid) and out["bval"]; returns the b-value."""
+    from dwisynth.inference import load_model, synthesize_slices
+    from dwisynth.io import save_nifti, write_bval
+    from dwisynth.preprocess.masking import check_ct_hu
+
+    model = load_model(model_path, device)
+    check_ct2dwi_model(model, str(model_path))
+    img = nib.load(ct_path)
+    ct = np.asarray(img.dataobj, dtype=np.float32)
+    check_ct_hu(ct, f"sub-{subject} {ct_path}")
+    mask = np.asarray(nib.load(ct_mask_path).dataobj) > 0
+    if mask.shape != ct.shape:
+        raise DwisynthError(f"sub-{subject}: CT brain mask {ct_mask_path} {mask.shape} is not on the CT's grid "
+                            f"{ct.shape} ({ct_path})")
+    slices = np.stack([np.moveaxis(ct, -1, 0), np.moveaxis(mask, -1, 0).astype(np.float32)], 1)  # (Z, 2, X, Y)
+    b = model.target_b[0]
+    synthetic = np.moveaxis(synthesize_slices(model, slices, [b])[:, 0], 0, -1)
+    Path(out["dwi"]).parent.mkdir(parents=True, exist_ok=True)
+    save_nifti(synthetic[..., None], img.affine, out["dwi"])
+    write_bval([b], out["bval"])
+    return b
+
+
+def noise_free_ct2dwi(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, out: dict, target_b,
+                      b0_max: float = 10.0) -> None:
+    """The demo's noise-free DWI at target_b on the acquisition's normalized scale (the noise floor)."""
+    from dwisynth.inference import noise_free_reference
+    from dwisynth.io import load_dwi, save_nifti, write_bval
+
+    truth, truth_b = load_dwi(truth_dwi, truth_bval, canonical=True)
+    raw, raw_b = load_dwi(raw_dwi, raw_bval)
+    norm, norm_b = load_dwi(norm_dwi, norm_bval)
+    reference = noise_free_reference(truth, truth_b, raw[..., raw_b <= b0_max].mean(-1),
+                                     norm[..., norm_b <= b0_max].mean(-1), [float(b) for b in target_b])
+    Path(out["dwi"]).parent.mkdir(parents=True, exist_ok=True)
+    save_nifti(reference, nib.load(norm_dwi).affine, out["dwi"])
+    write_bval([float(b) for b in target_b], out["bval"])
+
+
+# --- scoring ----------------------------------------------------------------------------------
+def lesion_metrics(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> dict[str, float]:
+    """Metrics inside the lesion on the brain mask's scale (both divided by the reference's robust maximum
+    in the brain, as the whole-brain metrics), and the lesion contrast ratio (lesion mean / mean of the
+    rest of the brain, synthetic over acquired)."""
+    from skimage.metrics import structural_similarity
+
+    from dwisynth.metrics import robust_max
+
+    lesion = lesion & brain
+    if lesion.sum() == 0:
+        return dict.fromkeys(LESION_METRICS, float("nan"))
+    scale = robust_max(ref, brain)
+    p, r = pred / scale, ref / scale
+    mse = float(np.mean((p[lesion] - r[lesion]) ** 2))
+    ssim_values = []
+    for z in np.flatnonzero(lesion.reshape(-1, lesion.shape[-1]).any(0)):
+        _, ssim_map = structural_similarity(r[..., z], p[..., z], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                            use_sample_covariance=False, full=True)
+        ssim_values.append(ssim_map[lesion[..., z]])
+    rest = brain & ~lesion
+
+    def contrast(x):
+        return float(x[lesion].mean() / x[rest].mean()) if x[rest].mean() > 0 else float("nan")
+
+    ref_contrast = contrast(r)
+    return {"lesion_psnr": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
+            "lesion_ssim": float(np.concatenate(ssim_values).mean()), "lesion_mse": mse,
+            "lesion_mae": float(np.mean(np.abs(p[lesion] - r[lesion]))),
+            "lesion_contrast": contrast(p) / ref_contrast if ref_contrast and np.isfinite(ref_contrast) else float("nan")}
+
+
+def score_subject(pred_path, pred_bval, acquired_dwi, acquired_bval, mask_path, lesion: np.ndarray | None,
+                  target_b: float) -> list[dict]:
+    """Per-slice rows and the volume row (with the lesion metrics) of one synthetic DWI at target_b."""
+    from dwisynth.io import load_dwi, load_mask
+    from dwisynth.metrics import volume_metrics
+
+    pred, pred_b = load_dwi(pred_path, pred_bval)
+    acquired, acquired_b = load_dwi(acquired_dwi, acquired_bval)
+    for what, bvals, source in (("synthetic", pred_b, pred_path), ("acquired", acquired_b, acquired_dwi)):
+        if float(target_b) not in [float(b) for b in bvals]:
+            raise DwisynthError(f"{source}: the {what} DWI holds no b={target_b:g}")
+    p = pred[..., list(map(float, pred_b)).index(float(target_b))]
+    r = acquired[..., list(map(float, acquired_b)).index(float(target_b))]
+    mask = load_mask(mask_path)
+    slices, volume = volume_metrics(p, r, mask)
+    volume = {**volume, **(lesion_metrics(p, r, mask, lesion) if lesion is not None
+                           else dict.fromkeys(LESION_METRICS, float("nan")))}
+    label = {"b_value": float(target_b), "seen": "trained"}
+    return [{**label, **row} for row in slices] + [{**label, "slice": "volume", **volume}]
+
+
+def score_experiment(records: list[dict], cells: list[Cell], blocks: dict, target_b: float, progress=print):
+    """Scores of one experiment's methods on every CT -> DWI test subject.
+
+    records: per test subject cohort, center, subject, `acquired` (normalized dwi, bval), `mask` (DWI brain
+    mask), `lesion` (mask path or None) and `synth` {method: (dwi, bval)}; cells: the experiment's cells;
+    blocks: {method: its network block}. Returns a data frame of slice and volume rows."""
+    import pandas as pd
+
+    from dwisynth.evaluate import METRICS, TABLE_KEYS
+
+    rows = []
+    for i, s in enumerate(records, 1):
+        lesion = load_lesion_mask(s["lesion"], s["acquired"][0], s["subject"]) if s.get("lesion") else None
+        ids = {"task": "ct2dwi", "cohort": s["cohort"], "center": s["center"], "organ": "brain",
+               "subject": s["subject"]}
+        for cell in cells:
+            if cell.method not in s["synth"]:
+                continue
+            scores = score_subject(*s["synth"][cell.method], *s["acquired"], s["mask"], lesion, target_b)
+            rows += [{**ids, "method": cell.method, **cell.describe(blocks.get(cell.method, {})), **row}
+                     for row in scores]
+        progress(f"[ct2dwi] {i}/{len(records)} sub-{s['subject']} scored")
+    columns = TABLE_KEYS + ["experiment", "grid", "train_centers", "wavelet", "heads", "modules_off", "slice",
+                            "b_value", "seen"] + METRICS + LESION_METRICS
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def compute_record(cell: Cell, model_path, benchmark_path) -> dict:
+    """Parameters of the inference network and the training job's wall time (seconds, from Snakemake's
+    benchmark file): equal steps are equal compute only if the costs are shown beside the scores."""
+    import pandas as pd
+    import torch
+
+    record = torch.load(model_path, map_location="cpu", weights_only=True)
+    parameters = int(sum(t.numel() for k, t in record["state_dict"].items() if not k.endswith(("running_mean",
+                     "running_var", "num_batches_tracked"))))
+    seconds = float("nan")
+    if benchmark_path and Path(benchmark_path).is_file():
+        seconds = float(pd.read_csv(benchmark_path, sep="\t")["s"].iloc[-1])
+    return {"experiment": cell.experiment, "method": cell.method, "parameters": parameters,
+            "trained_steps": int(record["trained_steps"]), "train_seconds": round(seconds, 1)}
+
+
+def grid_summary(experiments, grid: str):
+    """One grid's table from the experiment rows (volume rows of main and the grid's experiments):
+    per (experiment, method) the mean scores over test subjects and the difference to main's JMMDA-GAN
+    (ablation, sensitivity), or the in-center and cross-center means and their drop (crosscenter)."""
+    import pandas as pd
+
+    volumes = experiments[experiments["slice"].astype(str) == "volume"]
+    scores = ["psnr", "ssim", "mse", "superpixel_r", "lesion_psnr", "lesion_contrast"]
+    reference = volumes[(volumes["experiment"] == "main") & (volumes["method"] == PROPOSED)]
+    if grid == "crosscenter":
+        rows = []
+        for (experiment, method, centers), table in volumes[volumes["grid"] == grid].groupby(
+                ["experiment", "method", "train_centers"]):
+            trained = set(centers.split("+"))
+            inside, outside = table[table["center"].isin(trained)], table[~table["center"].isin(trained)]
+            row = {"experiment": experiment, "method": method, "train_centers": centers,
+                   "n_in_center": len(inside), "n_cross_center": len(outside)}
+            for metric in scores:
+                row[f"{metric}_in_center"] = inside[metric].mean()
+                row[f"{metric}_cross_center"] = outside[metric].mean()
+                row[f"{metric}_drop"] = row[f"{metric}_in_center"] - row[f"{metric}_cross_center"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+    chosen = volumes[volumes["grid"].isin([grid, "main"] if grid != "main" else ["main"])]
+    keys = ["experiment", "grid", "method", "wavelet", "heads", "modules_off"]
+    summary = chosen.groupby(keys, dropna=False)[scores].mean().reset_index()
+    summary.insert(len(keys), "n", chosen.groupby(keys, dropna=False).size().values)
+    for metric in scores:
+        summary[f"{metric}_vs_main"] = summary[metric] - (reference[metric].mean() if len(reference) else np.nan)
+    return summary
+
+
+def cell_from_params(params: dict) -> Cell:
+    """A Cell back from the dict a rule passes (Snakemake params must be plain data)."""
+    return Cell(params["experiment"], params["method"], params["grid"],
+                tuple((k, v) for k, v in params["overrides"]), tuple(params["train_centers"]),
+                params.get("model_experiment", ""))
+
+
+def cell_params(cell: Cell) -> dict:
+    return {"experiment": cell.experiment, "method": cell.method, "grid": cell.grid,
+            "overrides": [list(kv) for kv in cell.overrides], "train_centers": list(cell.train_centers),
+            "model_experiment": cell.model_experiment}
+

@@ -1,0 +1,215 @@
+"""CT -> DWI: input scaling, the CT brain mask, the dataset (no DWI voxel in any input), experiments,
+lesion metrics, training to synthesis, and the errors a user meets."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from dwisynth.cli import main as cli
+from dwisynth.ct2dwi import (Cell, experiment_cells, lesion_metrics, load_lesion_mask, LesionMaskError,
+                             synthesize_ct2dwi, train_ct2dwi, training_members)
+from dwisynth.dataset import write_slice_shard
+from dwisynth.errors import ConfigError
+from dwisynth.io import save_nifti, write_bval
+from dwisynth.loader import MASK, SliceDataset, hu_window_scaling, inputs_to_network
+from dwisynth.preprocess.masking import CTIntensityError, MaskError, check_ct_hu, ct_brain_mask
+
+AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
+CT2DWI = {"target_b": [1000], "hu_window": [0, 80]}
+TRAINING = {"batch_size": 4, "crop": 32, "checkpoint_every": 50, "log_every": 5, "threads": 1,
+            "validation_subjects": 0}
+
+
+def head(seed: int, shape=(40, 40, 6)):
+    """A head CT (HU) of brain with a lesion inside a skull and scalp, its DWI b0/b1000 (S/S0), the masks.
+
+    DWI b1000: parenchyma 0.45, the lesion (4 HU darker on CT) 1.1 (restricted diffusion), CSF 0.05."""
+    rng = np.random.default_rng(seed)
+    x, y = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(x - 20 + rng.uniform(-2, 2), y - 20 + rng.uniform(-2, 2))
+    brain = np.repeat((r < 12)[..., None], shape[2], 2)
+    csf = np.repeat((r < 3)[..., None], shape[2], 2)
+    cy, cx = rng.integers(14, 24, 2)
+    lesion = np.repeat((np.hypot(x - cy, y - cx) < 3)[..., None], shape[2], 2) & brain & ~csf
+    ct = np.full(shape, -1000.0)
+    ct[brain] = 35.0
+    ct[csf] = 8.0
+    ct[lesion] = 25.0  # clearer than a real early infarct (-4 HU): a short CPU run must find it
+    ct[np.repeat(((r >= 13) & (r < 15))[..., None], shape[2], 2)] = 1200.0
+    ct[np.repeat(((r >= 15) & (r < 17))[..., None], shape[2], 2)] = 30.0  # scalp: brain-like HU outside the skull
+    ct = ct + rng.normal(0, 1.0, shape)
+    b1000 = np.where(brain, 0.45, 0.0) + np.where(lesion, 0.65, 0.0) - np.where(csf, 0.40, 0.0)
+    dwi = np.stack([brain * 1.0, b1000], -1) + np.abs(rng.normal(0, 0.02, shape + (2,)))
+    return ct.astype(np.float32), dwi.astype(np.float32), brain, lesion
+
+
+def write_stroke_subject(root: Path, subject: str, seed: int, cohort="stroke", center="strokeA"):
+    ct, dwi, brain, lesion = head(seed)
+    stem = root / f"sub-{subject}"
+    files = {k: f"{stem}_{k}.nii.gz" for k in ("dwi", "ct", "ctmask", "mask", "lesion")}
+    save_nifti(dwi, AFFINE, files["dwi"])
+    write_bval([0, 1000], f"{stem}.bval")
+    save_nifti(ct, AFFINE, files["ct"])
+    save_nifti(ct_brain_mask(ct).astype(np.uint8), AFFINE, files["ctmask"], np.uint8)
+    save_nifti(brain.astype(np.uint8), AFFINE, files["mask"], np.uint8)
+    save_nifti(lesion.astype(np.uint8), AFFINE, files["lesion"], np.uint8)
+    shard = root / f"sub-{subject}_slices.npz"
+    write_slice_shard(files["dwi"], f"{stem}.bval", files["mask"], shard, [0.0, 1000.0],
+                      {"cohort": cohort, "subject": subject, "center": center, "organ": "brain"},
+                      ct_path=files["ct"], ct_mask_path=files["ctmask"])
+    return {**files, "bval": f"{stem}.bval", "shard": str(shard)}
+
+
+def test_a_known_hu_maps_to_its_place_in_the_window():
+    ct = torch.tensor([-1000.0, 0.0, 20.0, 40.0, 80.0, 1200.0]).view(1, 1, 1, 6)
+    mask = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 0.0]).view(1, 1, 1, 6)
+    x = inputs_to_network(torch.cat([ct, mask], 1), [hu_window_scaling([0, 80]), MASK], intensity_max=2.0)
+    assert x[0, 0, 0].tolist() == pytest.approx([-1.0, -1.0, -0.5, 0.0, 1.0, 1.0])
+    assert x[0, 1, 0].tolist() == [-1.0, 1.0, 1.0, -1.0, 1.0, -1.0]
+
+
+def test_ct_brain_mask_keeps_the_brain_and_leaves_out_the_scalp():
+    ct, _, brain, _ = head(0)
+    mask = ct_brain_mask(ct)
+    dice = 2 * (mask & brain).sum() / (mask.sum() + brain.sum())
+    assert dice > 0.95, dice
+    x, y = np.mgrid[:40, :40]
+    scalp = np.hypot(x - 20, y - 20) >= 16
+    assert not (mask[..., 0] & scalp).any()
+
+
+def test_a_ct_not_in_hounsfield_units_or_without_brain_is_refused():
+    ct, *_ = head(1)
+    with pytest.raises(CTIntensityError, match="not in Hounsfield units"):
+        check_ct_hu(ct + 1024.0, "sub-x ct.nii.gz")  # raw stored values, no RescaleIntercept
+    with pytest.raises(MaskError, match="CT brain mask is empty"):
+        ct_brain_mask(np.where(ct > 500, ct, -1000.0))  # skull only
+
+
+def test_ct_dataset_inputs_hold_the_ct_and_its_mask_and_no_dwi_voxel(tmp_path):
+    a = write_stroke_subject(tmp_path, "SA01", 0)
+    data = SliceDataset.from_ct([a["shard"]], 1000.0, [0, 80])
+    # the same CT with another DWI: the inputs are unchanged, the targets follow the DWI
+    img = nib.load(a["dwi"])
+    save_nifti(np.asarray(img.dataobj) * 3.0 + 0.5, img.affine, a["dwi"])
+    other = tmp_path / "other.npz"
+    write_slice_shard(a["dwi"], a["bval"], a["mask"], other, [0.0, 1000.0], {"cohort": "stroke", "subject": "SA01"},
+                      ct_path=a["ct"], ct_mask_path=a["ctmask"])
+    changed = SliceDataset.from_ct([other], 1000.0, [0, 80])
+    np.testing.assert_array_equal(data.inputs, changed.inputs)
+    assert not np.allclose(data.targets, changed.targets)
+    ct = np.asarray(nib.load(a["ct"]).dataobj)
+    np.testing.assert_array_equal(data.inputs[:, 0], np.moveaxis(ct, -1, 0))
+    assert data.input_scaling == [hu_window_scaling([0, 80]), MASK]
+    # the network's S/S0 range comes from the DWI target (there is no signal input)
+    np.testing.assert_array_equal(data.signal_reference(), data.targets[:, 0][data.masks])
+
+
+def test_a_shard_without_ct_or_a_ct_off_the_dwi_grid_is_refused(tmp_path):
+    a = write_stroke_subject(tmp_path, "SA01", 0)
+    plain = tmp_path / "plain.npz"
+    write_slice_shard(a["dwi"], a["bval"], a["mask"], plain, [0.0, 1000.0], {"cohort": "stroke", "subject": "SA01"})
+    with pytest.raises(ValueError, match="no CT slices"):
+        SliceDataset.from_ct([plain], 1000.0, [0, 80])
+    save_nifti(np.zeros((40, 38, 6)), AFFINE, tmp_path / "small_ct.nii.gz")
+    with pytest.raises(ValueError, match="not the DWI grid"):
+        write_slice_shard(a["dwi"], a["bval"], a["mask"], tmp_path / "x.npz", [0.0, 1000.0],
+                          {"cohort": "stroke", "subject": "SA01"}, ct_path=tmp_path / "small_ct.nii.gz",
+                          ct_mask_path=a["ctmask"])
+
+
+def test_cross_center_cells_train_only_on_their_centers_train_subjects():
+    config = {"ct2dwi": {"methods": ["jmmdagan", "pix2pix", "unet"], "sensitivity": {"wavelets": ["haar", "db2"],
+                                                                                   "heads": [2, 4]}},
+              "jmmdagan": {"wavelet": "haar", "heads": 4}}
+    cells = experiment_cells(config, ["strokeA", "strokeB"])
+    names = {(c.experiment, c.method) for c in cells}
+    assert {("main", "jmmdagan"), ("main", "pix2pix"), ("main", "unet"), ("nomask", "jmmdagan"),
+            ("nodwt", "jmmdagan"), ("noadaptive", "jmmdagan"), ("db2_h2", "jmmdagan"),
+            ("from_strokeA", "jmmdagan"), ("from_strokeB", "jmmdagan")} <= names
+    assert next(c for c in cells if c.experiment == "haar_h4").model_from == "main"  # main's settings: no retrain
+    split = [{"task": "ct2dwi", "cohort": "stroke", "center": c, "subject": s, "split": sp}
+             for c, s, sp in [("strokeA", "SA1", "train"), ("strokeA", "SA2", "test"), ("strokeB", "SB1", "train"),
+                              ("strokeB", "SB2", "train"), ("strokeC", "SC1", "test")]]
+    cross = next(c for c in cells if c.experiment == "from_strokeB")
+    assert [r["subject"] for r in training_members(split, cross)] == ["SB1", "SB2"]
+    assert sorted(r["subject"] for r in training_members(split, cells[0])) == ["SA1", "SB1", "SB2"]
+    with pytest.raises(ConfigError, match="strokeC has no train-split stroke subject"):
+        training_members(split, Cell("from_strokeC", "jmmdagan", "crosscenter", train_centers=("strokeC",)))
+
+
+def test_lesion_metrics_reward_a_faithful_lesion_and_see_an_erased_one():
+    _, dwi, brain, lesion = head(2)
+    acquired = dwi[..., 1]
+    perfect = lesion_metrics(acquired, acquired, brain, lesion)
+    assert perfect["lesion_contrast"] == pytest.approx(1.0) and perfect["lesion_psnr"] == float("inf")
+    erased = np.where(lesion, 0.45, acquired)
+    scores = lesion_metrics(erased, acquired, brain, lesion)
+    assert scores["lesion_contrast"] < 0.6 and scores["lesion_psnr"] < 20 and scores["lesion_ssim"] < 0.9
+    # the lesion is scored on the brain's scale: halving the lesion error quarters its MSE
+    half = lesion_metrics((erased + acquired) / 2, acquired, brain, lesion)
+    assert half["lesion_mse"] == pytest.approx(scores["lesion_mse"] / 4, rel=1e-6)
+
+
+def test_a_lesion_mask_on_another_grid_or_missing_is_refused(tmp_path):
+    a = write_stroke_subject(tmp_path, "SA01", 0)
+    assert load_lesion_mask(a["lesion"], a["dwi"], "SA01").sum() > 0
+    save_nifti(np.zeros((20, 20, 6), np.uint8), AFFINE, tmp_path / "wrong.nii.gz", np.uint8)
+    with pytest.raises(LesionMaskError, match="not on the DWI grid"):
+        load_lesion_mask(tmp_path / "wrong.nii.gz", a["dwi"], "SA01")
+    with pytest.raises(LesionMaskError, match="not found"):
+        load_lesion_mask(tmp_path / "none.nii.gz", a["dwi"], "SA01")
+
+
+@pytest.fixture(scope="module")
+def trained_jmmda(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ct2dwi")
+    subjects = [write_stroke_subject(root, f"SA0{i}", i) for i in range(3)]
+    block = {"ngf": 8, "ndf": 8, "levels": 2, "heads": 2, "steps": 400, "lr": 1e-3}
+    model = train_ct2dwi(Cell("main", "jmmdagan", "main"), [s["shard"] for s in subjects], root / "model", block,
+                         TRAINING, CT2DWI, seed=3, device="cpu", progress=False)
+    return model, root
+
+
+def test_ct2dwi_training_learns_and_writes_dwi_b1000_on_the_ct_grid(trained_jmmda, tmp_path):
+    model_path, _ = trained_jmmda
+    new = write_stroke_subject(tmp_path, "SA09", 9)
+    out = {"dwi": str(tmp_path / "out_dwi.nii.gz"), "bval": str(tmp_path / "out_dwi.bval")}
+    assert synthesize_ct2dwi(model_path, new["ct"], new["ctmask"], out, "SA09", "cpu") == 1000.0
+    img, ct = nib.load(out["dwi"]), nib.load(new["ct"])
+    assert img.shape == ct.shape + (1,) and np.allclose(img.affine, ct.affine)
+    assert np.loadtxt(out["bval"], ndmin=1).tolist() == [1000.0]
+    record = torch.load(model_path, weights_only=True)
+    assert record["task"] == "ct2dwi" and record["input_channels"] == ["ct", "ct_brain_mask"]
+    # learned: better than predicting the brain's mean b1000 everywhere in it (the lesion is brighter)
+    _, dwi, brain, lesion = head(9)
+    pred, truth = np.asarray(img.dataobj)[..., 0], dwi[..., 1]
+    mse = np.mean((pred[brain] - truth[brain]) ** 2)
+    constant = np.mean((truth[brain].mean() - truth[brain]) ** 2)
+    assert mse < 0.7 * constant, (mse, constant)
+    assert pred[lesion].mean() > pred[brain & ~lesion].mean() + 0.15  # the lesion is bright, from CT alone
+
+
+def test_models_refuse_the_other_task(trained_jmmda, tmp_path, capsys):
+    model_path, root = trained_jmmda
+    new = write_stroke_subject(tmp_path, "SA08", 8)
+    assert cli(["synthesize", str(model_path), new["dwi"], "--bval", new["bval"], "-o", str(tmp_path / "o")]) == 2
+    assert "CT -> DWI model" in capsys.readouterr().err
+    # dwisynth ct2dwi on a NIfTI CT writes b 1000 on its grid
+    assert cli(["ct2dwi", str(model_path), new["ct"], "--subject", "SA08", "-o", str(tmp_path / "c")]) == 0
+    written = tmp_path / "c" / "sub-SA08_desc-jmmdagan_dwi.nii.gz"
+    assert nib.load(written).shape == (40, 40, 6, 1)
+    assert not list((tmp_path / "o").glob("*dwi.nii.gz"))
+
+
+def test_a_multib_model_is_refused_by_ct2dwi():
+    from dwisynth.ct2dwi import check_ct2dwi_model
+    from dwisynth.inference import SynthesisModel
+
+    model = SynthesisModel(torch.nn.Identity(), {"task": "multib", "method": "dc2anet", "organ": "brain"},
+                           torch.device("cpu"))
+    with pytest.raises(ConfigError, match="multi-b model .* use `dwisynth synthesize`"):
+        check_ct2dwi_model(model, "results/models/dc2anet/brain/model.pt")
