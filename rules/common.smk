@@ -2,6 +2,15 @@ import pandas as pd
 
 from dwisynth import layout
 from dwisynth.config import adc_settings, bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
+from dwisynth.ct2dwi import (
+    GRIDS,
+    cell_params,
+    experiment_cells,
+    find_cell,
+    network_block,
+    read_lesion_table,
+    training_members,
+)
 from dwisynth.dataset import check_ct2dwi_subjects, subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
 from dwisynth.networks.base import code_digest, config_block_name, network_class, networks
@@ -194,3 +203,117 @@ def report_inputs(wildcards):
         files["reader_scores"] = rules.reader_scores.output[0]
     files["ct2dwi"] = ct2dwi_report_inputs()
     return files
+
+
+# --- CT -> DWI (stroke): experiment cells, their inputs, scores and report (rules/jmmda.smk) ---------
+CT2DWI = config["ct2dwi"]
+CT2DWI_CENTERS = sorted(SUBJECTS.loc[SUBJECTS["task"] == "ct2dwi", "center"].unique())
+CT2DWI_CELLS = experiment_cells(config, CT2DWI_CENTERS)
+CT2DWI_NETWORKS = "|".join(networks("ct2dwi"))
+LESION_TABLE = read_lesion_table(CT2DWI["lesion_masks"]) if CT2DWI["lesion_masks"] else {}
+
+
+def ct2dwi_cell(wildcards):
+    return find_cell(CT2DWI_CELLS, wildcards.experiment, wildcards.method)
+
+
+def ct2dwi_cells(experiment):
+    return [c for c in CT2DWI_CELLS if c.experiment == experiment]
+
+
+def ct2dwi_experiments_of(grids):
+    return list(dict.fromkeys(c.experiment for c in CT2DWI_CELLS if c.grid in grids))
+
+
+def lesion_mask_path(cohort, subject):
+    """The lesion mask of a stroke subject: the demo's truth, or ct2dwi.lesion_masks; None when unknown."""
+    if (cohort, subject) in LESION_TABLE:
+        return LESION_TABLE[(cohort, subject)]
+    if config["demo"]["enabled"]:
+        return f"{layout.demo_truth_stem(config['demo']['outdir'], cohort, subject)}_desc-lesion_mask.nii.gz"
+    return None
+
+
+def ct2dwi_training_subjects(wildcards):
+    return training_members(_split().to_dict("records"), ct2dwi_cell(wildcards))
+
+
+def ct2dwi_training_shards(wildcards):
+    return [layout.shard(s["cohort"], s["subject"]) for s in ct2dwi_training_subjects(wildcards)]
+
+
+def ct2dwi_lesion_inputs(wildcards):
+    """Lesion masks of the training subjects, only for a network trained with a lesion-weighted loss."""
+    block = network_block(config, ct2dwi_cell(wildcards))
+    if not block.get("weights", {}).get("lesion", 0):
+        return {}
+    paths = {}
+    for s in ct2dwi_training_subjects(wildcards):
+        path = lesion_mask_path(s["cohort"], s["subject"])
+        if path is None:
+            raise ValueError(f"jmmdagan.weights.lesion > 0, but sub-{s['subject']} ({s['cohort']}) has no lesion "
+                             "mask; list every training subject in ct2dwi.lesion_masks or set weights.lesion: 0")
+        paths[f"{s['cohort']}/{s['subject']}"] = {"mask": path,
+                                                  "reference": layout.preproc(s["cohort"], s["subject"])["dwi"]}
+    return paths
+
+
+def ct2dwi_test_subjects():
+    return task_members(_split(), "ct2dwi", "test")
+
+
+def ct2dwi_methods(experiment):
+    """The methods scored in an experiment (main adds the noise-free reference on the demo)."""
+    methods = [c.method for c in ct2dwi_cells(experiment)]
+    return methods + (["noisefree"] if experiment == "main" and config["demo"]["enabled"] else [])
+
+
+def ct2dwi_score_records(experiment):
+    records = []
+    for s in ct2dwi_test_subjects():
+        pre = layout.preproc(s["cohort"], s["subject"])
+        synth = {}
+        for method in ct2dwi_methods(experiment):
+            files = layout.ct2dwi_synth(experiment, method, s["cohort"], s["subject"])
+            synth[method] = (files["dwi"], files["bval"])
+        records.append({**{k: s[k] for k in ("cohort", "center", "subject")}, "acquired": (pre["dwi"], pre["bval"]),
+                        "mask": pre["mask"], "lesion": lesion_mask_path(s["cohort"], s["subject"]), "synth": synth})
+    return records
+
+
+def ct2dwi_score_inputs(wildcards):
+    records = ct2dwi_score_records(wildcards.experiment)
+    files = [f for r in records for f in (*r["acquired"], r["mask"], *[p for pair in r["synth"].values() for p in pair])]
+    lesions = [r["lesion"] for r in records if r["lesion"]]
+    if config["demo"]["enabled"]:
+        return {"files": files, "truth": rules.demo_cohort.output.truth}
+    return {"files": files, "lesions": lesions}
+
+
+def ct2dwi_grid_experiments(grids):
+    return [layout.ct2dwi_scores(e) for e in ["main", *ct2dwi_experiments_of(grids)]]
+
+
+def ct2dwi_report(wildcards=None):
+    """What the report's CT -> DWI section reads (records of main's test subjects, with their CT)."""
+    if not CT2DWI_CENTERS:
+        return {"records": [], "tables": {}}
+    records = [{**r, "ct": layout.preproc(r["cohort"], r["subject"])["ct"]} for r in ct2dwi_score_records("main")]
+    tables = {g: layout.ct2dwi_grid(g) for g in CT2DWI["grids"]} | {"compute": layout.CT2DWI_COMPUTE}
+    return {"records": records, "tables": tables, "hu_window": CT2DWI["hu_window"]}
+
+
+def ct2dwi_report_inputs():
+    """The report's CT -> DWI files: the tables and every image the figures show."""
+    if not CT2DWI_CENTERS:
+        return []
+    spec = ct2dwi_report(None)
+    return [*ct2dwi_targets(), *[f for r in spec["records"] for f in
+                                 (r["ct"], *r["acquired"], r["mask"], *[p for pair in r["synth"].values() for p in pair])]]
+
+
+def ct2dwi_targets():
+    """What `rule all` asks of the CT -> DWI task (nothing without stroke subjects)."""
+    if not CT2DWI_CENTERS:
+        return []
+    return [layout.CT2DWI_EXPERIMENTS, layout.CT2DWI_COMPUTE, *[layout.ct2dwi_grid(g) for g in CT2DWI["grids"]]]

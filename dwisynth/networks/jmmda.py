@@ -9,15 +9,19 @@ is our reading, chosen small enough to train on a CPU. The generator, a wavelet 
   so the anatomy is a spatial prior on every later layer.
 - Multi-frequency attention encoder (paper: "multi-frequency attention encoder" with "dual-path attention"):
   per level, a Haar (or db2, sym4, coif1) DWT splits the features into LL and the LH/HL/HH details.
-  Low path: multi-head self-attention over the LL tokens (global context). High path: channel and spatial
-  attention (CBAM-like) on the details (edges), its spatial gate also reading the low path, so global
-  context decides which edges pass. Cross-scale: a stride-2 conv of the level's input (the finer scale)
-  is a third path, the plain CNN view. Channels double per level.
+  Low path: multi-head self-attention over the LL tokens (global context; keys and values pooled to the
+  bottleneck grid). High path: channel and spatial attention (CBAM-like) on the details (edges), its
+  spatial gate also reading the low path, so global context decides which edges pass. Cross-scale: a
+  stride-2 conv of the level's input (the finer scale) is a third path, the plain CNN view. Channels
+  double per level.
 - Adaptive fusion weighting (paper: "adaptive fusion weighting module"): a conv plus global pooling and a
   linear layer give softmax weights over the paths, per sample and channel (selective-kernel style), in
   each encoder level (low, high, CNN paths) and each decoder level (upsampled coarse and skip features).
 - Decoder: inverse DWT with the decoder feature as LL and the encoder's attended details as the high
   bands, so edges return at the scale they were taken from; then the skip fusion, a 3x3 conv and tanh.
+
+LeakyReLU throughout; group norm at the coarse levels only, never on the full-resolution path (see
+`_group_norm`).
 
 Ablation switches: mask_fusion=False keeps the CT stem only (the mask channel is ignored); dwt=False puts
 a stride-2 conv in place of the DWT (no high path; resize-conv upsampling in the decoder); adaptive_fusion
@@ -82,12 +86,19 @@ def _act() -> nn.Module:
     return nn.LeakyReLU(0.2, True)
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """Group norm for the coarse levels. Without it, Adam can inflate the layers until the tanh saturates at
+    the background value (-1), where the generator stops learning (the dwt=False ablation did so in 1 of 8
+    seeds on the unit-test phantom at lr 1e-3). The full-resolution path (stem, last decoder level) stays
+    unnormalized: it carries the CT's absolute HU level."""
+    return nn.GroupNorm(min(8, channels // 4), channels)
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, he_init: bool = True) -> nn.Conv2d:
     """A conv with zero padding (reflection's CUDA backward is not deterministic; the wavelets wrap anyway).
 
     he_init, for convs that feed a LeakyReLU: PyTorch's default init shrinks the signal at every layer, and
-    without a normalization (which would drop the CT's absolute HU level) Adam then inflates the layers
-    until the tanh saturates at the background value, -1, where the generator stops learning."""
+    the unnormalized full-resolution path would start near zero."""
     conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2)
     if he_init:
         nn.init.kaiming_normal_(conv.weight, a=0.2, nonlinearity="leaky_relu")
@@ -121,9 +132,9 @@ class MaskGuidedFusion(nn.Module):
 class LowFrequencyAttention(nn.Module):
     """Multi-head self-attention over the LL tokens: (N, C, h, w) -> (N, C, h, w), residual.
 
-    Keys and values are average-pooled by `kv_stride` so they sit on the bottleneck grid (H / 2**levels):
-    a fixed ratio (not a fixed token count) makes a training crop and a whole slice attend alike, and
-    the cost grows with h*w instead of (h*w)^2.
+    Keys and values are average-pooled by `kv_stride` onto the bottleneck grid (H / 2**levels), which cuts
+    the cost kv_stride^2-fold; a fixed ratio (not a fixed token count) makes a training crop and a whole
+    slice attend alike.
     """
 
     def __init__(self, channels: int, heads: int, kv_stride: int = 1):
@@ -173,7 +184,7 @@ class AdaptiveFusion(nn.Module):
 
     def __init__(self, channels: int, n_paths: int, adaptive: bool = True):
         super().__init__()
-        self.adaptive, self.n_paths = adaptive, n_paths
+        self.adaptive = adaptive
         if adaptive:
             hidden = max(channels // 4, 8)
             self.local = nn.Sequential(_conv(channels, hidden), _act())
@@ -207,7 +218,7 @@ class EncoderLevel(nn.Module):
             self.edge_attention = EdgeAttention(channels)
             self.high_out = _conv(3 * channels, out_channels)
         self.fusion = AdaptiveFusion(out_channels, 3 if dwt else 2, adaptive_fusion)
-        self.act = _act()
+        self.out = nn.Sequential(_group_norm(out_channels), _act())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(self.split, DWT2d):
@@ -220,14 +231,14 @@ class EncoderLevel(nn.Module):
         if high is not None:
             edges = self.edge_attention(high, low)
             paths.append(self.high_out(edges))
-        return self.act(self.fusion(paths)), edges
+        return self.out(self.fusion(paths)), edges
 
 
 class DecoderLevel(nn.Module):
     """Coarse features (N, 2C, h, w), skip features (N, C, 2h, 2w) and details (N, 3C, h, w) or None
-    -> (N, C, 2h, 2w)."""
+    -> (N, C, 2h, 2w); group-normalized unless it is the full-resolution level."""
 
-    def __init__(self, channels: int, wavelet: str, dwt: bool, adaptive_fusion: bool):
+    def __init__(self, channels: int, wavelet: str, dwt: bool, adaptive_fusion: bool, normalize: bool = True):
         super().__init__()
         if dwt:
             self.to_ll = nn.Conv2d(2 * channels, channels, 1)
@@ -237,14 +248,14 @@ class DecoderLevel(nn.Module):
         self.from_coarse = _conv(channels, channels)
         self.from_skip = _conv(channels, channels)
         self.fusion = AdaptiveFusion(channels, 2, adaptive_fusion)
-        self.act = _act()
+        self.out = nn.Sequential(_group_norm(channels) if normalize else nn.Identity(), _act())
 
     def forward(self, coarse: torch.Tensor, skip: torch.Tensor, details: torch.Tensor | None) -> torch.Tensor:
         if details is not None:
             up = self.idwt(self.to_ll(coarse), details)
         else:
             up = self.upsample(coarse)
-        return self.act(self.fusion([self.from_coarse(up), self.from_skip(skip)]))
+        return self.out(self.fusion([self.from_coarse(up), self.from_skip(skip)]))
 
 
 class JMMDAGenerator(nn.Module):
@@ -262,7 +273,8 @@ class JMMDAGenerator(nn.Module):
         self.encoder = nn.ModuleList(
             EncoderLevel(c, heads, 2 ** (levels - 1 - level), wavelet, dwt, adaptive_fusion)
             for level, c in enumerate(channels))
-        self.decoder = nn.ModuleList(DecoderLevel(c, wavelet, dwt, adaptive_fusion) for c in reversed(channels))
+        self.decoder = nn.ModuleList(DecoderLevel(c, wavelet, dwt, adaptive_fusion, normalize=level > 0)
+                                     for level, c in reversed(list(enumerate(channels))))
         self.head = nn.Sequential(_conv(ngf, out_channels, he_init=False), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

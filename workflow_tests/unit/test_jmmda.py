@@ -85,7 +85,7 @@ def test_heads_not_dividing_ngf_is_refused_naming_the_key_and_valid_values():
     assert schema["levels"]["maximum"] == 4 and schema["weights"]["properties"]["lesion"]["default"] == 0.0
 
 
-def _l1_after_training(block: dict, seed: int, steps: int = 15) -> tuple[float, float]:
+def _l1_before_and_after_training(block: dict, seed: int, steps: int = 40) -> tuple[float, float]:
     model = build_network("jmmdagan", block, 2, 1, seed=seed)
     optimizers = adam_like_the_trainer(model)
     batch = stroke_batch(seed=seed)
@@ -106,8 +106,10 @@ def _l1_after_training(block: dict, seed: int, steps: int = 15) -> tuple[float, 
 def test_every_module_switched_off_still_trains(switch):
     block = {**TINY, **({switch: False} if switch else {})}
     for seed in (0, 1):
-        before, after = _l1_after_training(block, seed)
-        assert after < 0.6 * before, (switch, seed, before, after)
+        before, after = _l1_before_and_after_training(block, seed)
+        # an all-background image (-1) is where an unnormalized tanh generator can get stuck: beat it well
+        background = float((stroke_batch(seed=seed).targets + 1).abs().mean())
+        assert after < 0.6 * before and after < 0.5 * background, (switch, seed, before, after, background)
 
 
 def test_without_mask_fusion_the_mask_channel_is_ignored():
