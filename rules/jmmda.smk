@@ -15,7 +15,7 @@ rule train_ct2dwi:
         block=lambda wc: network_block(config, ct2dwi_cell(wc)),
         lesions=ct2dwi_lesion_inputs,
         training=config["training"],
-        ct2dwi=CT2DWI,
+        ct2dwi={k: CT2DWI[k] for k in ("target_b", "hu_window")},  # only what shapes the model: a new grid retrains nothing
         seed=config["seed"],
         device=config["device"],
         code=lambda wc: code_digest(wc.method),  # a change to the network's code retrains it
