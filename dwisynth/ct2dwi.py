@@ -126,6 +126,8 @@ def read_lesion_table(path) -> dict[tuple[str, str], str]:
     """`ct2dwi.lesion_masks`: a TSV with cohort, subject, path -> {(cohort, subject): path}."""
     import pandas as pd
 
+    if not Path(path).is_file():
+        raise ConfigError(f"ct2dwi.lesion_masks: {path} not found; give a TSV with cohort, subject, path, or null")
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     missing = {"cohort", "subject", "path"} - set(table.columns)
     if missing:
@@ -224,14 +226,11 @@ def synthesize_ct2dwi(model_path, ct_path, ct_mask_path, out: dict, subject: str
 def noise_free_ct2dwi(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, out: dict, target_b,
                       b0_max: float = 10.0) -> None:
     """The demo's noise-free DWI at target_b on the acquisition's normalized scale (the noise floor)."""
-    from dwisynth.inference import noise_free_reference
-    from dwisynth.io import load_dwi, save_nifti, write_bval
+    from dwisynth.io import save_nifti, write_bval
+    from dwisynth.synthesis import noise_free_volume
 
-    truth, truth_b = load_dwi(truth_dwi, truth_bval, canonical=True)
-    raw, raw_b = load_dwi(raw_dwi, raw_bval)
-    norm, norm_b = load_dwi(norm_dwi, norm_bval)
-    reference = noise_free_reference(truth, truth_b, raw[..., raw_b <= b0_max].mean(-1),
-                                     norm[..., norm_b <= b0_max].mean(-1), [float(b) for b in target_b])
+    reference, _, _ = noise_free_volume(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, target_b,
+                                        b0_max)
     Path(out["dwi"]).parent.mkdir(parents=True, exist_ok=True)
     save_nifti(reference, nib.load(norm_dwi).affine, out["dwi"])
     write_bval([float(b) for b in target_b], out["bval"])
@@ -242,9 +241,7 @@ def lesion_metrics(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray, lesion:
     """Metrics inside the lesion on the brain mask's scale (both divided by the reference's robust maximum
     in the brain, as the whole-brain metrics), and the lesion contrast ratio (lesion mean / mean of the
     rest of the brain, synthetic over acquired)."""
-    from skimage.metrics import structural_similarity
-
-    from dwisynth.metrics import robust_max
+    from dwisynth.metrics import robust_max, ssim_in_mask
 
     lesion = lesion & brain
     if lesion.sum() == 0:
@@ -252,11 +249,9 @@ def lesion_metrics(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray, lesion:
     scale = robust_max(ref, brain)
     p, r = pred / scale, ref / scale
     mse = float(np.mean((p[lesion] - r[lesion]) ** 2))
-    ssim_values = []
-    for z in np.flatnonzero(lesion.reshape(-1, lesion.shape[-1]).any(0)):
-        _, ssim_map = structural_similarity(r[..., z], p[..., z], data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                            use_sample_covariance=False, full=True)
-        ssim_values.append(ssim_map[lesion[..., z]])
+    slices = np.flatnonzero(lesion.reshape(-1, lesion.shape[-1]).any(0))
+    ssim = np.average([ssim_in_mask(p[..., z], r[..., z], lesion[..., z]) for z in slices],
+                      weights=[lesion[..., z].sum() for z in slices])  # the mean over every lesion voxel
     rest = brain & ~lesion
 
     def contrast(x):
@@ -264,25 +259,28 @@ def lesion_metrics(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray, lesion:
 
     ref_contrast = contrast(r)
     return {"lesion_psnr": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
-            "lesion_ssim": float(np.concatenate(ssim_values).mean()), "lesion_mse": mse,
+            "lesion_ssim": float(ssim), "lesion_mse": mse,
             "lesion_mae": float(np.mean(np.abs(p[lesion] - r[lesion]))),
             "lesion_contrast": contrast(p) / ref_contrast if ref_contrast and np.isfinite(ref_contrast) else float("nan")}
 
 
-def score_subject(pred_path, pred_bval, acquired_dwi, acquired_bval, mask_path, lesion: np.ndarray | None,
+def volume_at(dwi_path, bval_path, b: float, what: str) -> np.ndarray:
+    """The 3D volume at b of a DWI (an error naming the file when it holds no such b)."""
+    from dwisynth.io import load_dwi
+
+    dwi, bvals = load_dwi(dwi_path, bval_path)
+    bvals = [float(v) for v in bvals]
+    if float(b) not in bvals:
+        raise DwisynthError(f"{dwi_path}: the {what} DWI holds no b={b:g}")
+    return dwi[..., bvals.index(float(b))]
+
+
+def score_subject(p: np.ndarray, r: np.ndarray, mask: np.ndarray, lesion: np.ndarray | None,
                   target_b: float) -> list[dict]:
-    """Per-slice rows and the volume row (with the lesion metrics) of one synthetic DWI at target_b."""
-    from dwisynth.io import load_dwi, load_mask
+    """Per-slice rows and the volume row (with the lesion metrics) of one synthetic volume p against the
+    acquired r at target_b, inside the mask."""
     from dwisynth.metrics import volume_metrics
 
-    pred, pred_b = load_dwi(pred_path, pred_bval)
-    acquired, acquired_b = load_dwi(acquired_dwi, acquired_bval)
-    for what, bvals, source in (("synthetic", pred_b, pred_path), ("acquired", acquired_b, acquired_dwi)):
-        if float(target_b) not in [float(b) for b in bvals]:
-            raise DwisynthError(f"{source}: the {what} DWI holds no b={target_b:g}")
-    p = pred[..., list(map(float, pred_b)).index(float(target_b))]
-    r = acquired[..., list(map(float, acquired_b)).index(float(target_b))]
-    mask = load_mask(mask_path)
     slices, volume = volume_metrics(p, r, mask)
     volume = {**volume, **(lesion_metrics(p, r, mask, lesion) if lesion is not None
                            else dict.fromkeys(LESION_METRICS, float("nan")))}
@@ -299,16 +297,19 @@ def score_experiment(records: list[dict], cells: list[Cell], blocks: dict, targe
     import pandas as pd
 
     from dwisynth.evaluate import METRICS, TABLE_KEYS
+    from dwisynth.io import load_mask
 
     rows = []
     for i, s in enumerate(records, 1):
         lesion = load_lesion_mask(s["lesion"], s["acquired"][0], s["subject"]) if s.get("lesion") else None
+        acquired, mask = volume_at(*s["acquired"], target_b, "acquired"), load_mask(s["mask"])
         ids = {"task": "ct2dwi", "cohort": s["cohort"], "center": s["center"], "organ": "brain",
                "subject": s["subject"]}
         for cell in cells:
             if cell.method not in s["synth"]:
                 continue
-            scores = score_subject(*s["synth"][cell.method], *s["acquired"], s["mask"], lesion, target_b)
+            synthetic = volume_at(*s["synth"][cell.method], target_b, "synthetic")
+            scores = score_subject(synthetic, acquired, mask, lesion, target_b)
             rows += [{**ids, "method": cell.method, **cell.describe(blocks.get(cell.method, {})), **row}
                      for row in scores]
         progress(f"[ct2dwi] {i}/{len(records)} sub-{s['subject']} scored")

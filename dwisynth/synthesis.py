@@ -124,17 +124,24 @@ def cdwi_subject(dwi_path, bval_path, mask_path, out: dict, adc: dict, input_b, 
     _write_synthetic(img, inputs, input_b, cdwi, [float(b) for b in target_b], out, mask_path, adc, bvals, norm_record)
 
 
-def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, mask_path, out: dict,
-                       adc: dict, input_b, target_b, b0_max: float = 10.0, norm_record=None) -> None:
-    """The demo's noise-free truth at target_b on the acquisition's normalized scale (the noise-free reference)."""
+def noise_free_volume(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, target_b, b0_max: float = 10.0):
+    """(noise-free truth at target_b on the normalized scale, the normalized DWI, its b-values)."""
     from dwisynth.inference import noise_free_reference
 
-    img = nib.load(norm_dwi)
     truth, truth_b = load_dwi(truth_dwi, truth_bval, canonical=True)  # the truth keeps the DICOM's LPS order
     raw, raw_b = load_dwi(raw_dwi, raw_bval)
     norm, norm_b = load_dwi(norm_dwi, norm_bval)
     reference = noise_free_reference(truth, truth_b, raw[..., raw_b <= b0_max].mean(-1),
-                                     norm[..., norm_b <= b0_max].mean(-1), target_b)
+                                     norm[..., norm_b <= b0_max].mean(-1), [float(b) for b in target_b])
+    return reference, norm, norm_b
+
+
+def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval, mask_path, out: dict,
+                       adc: dict, input_b, target_b, b0_max: float = 10.0, norm_record=None) -> None:
+    """The demo's noise-free truth at target_b on the acquisition's normalized scale (the noise-free reference)."""
+    img = nib.load(norm_dwi)
+    reference, norm, norm_b = noise_free_volume(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_bval,
+                                                target_b, b0_max)
     input_b = [float(b) for b in input_b]
     inputs = norm[..., [list(map(float, norm_b)).index(b) for b in input_b]]
     _write_synthetic(img, inputs, input_b, reference, [float(b) for b in target_b], out, mask_path, adc, norm_b,

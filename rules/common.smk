@@ -210,6 +210,8 @@ CT2DWI = config["ct2dwi"]
 CT2DWI_CENTERS = sorted(SUBJECTS.loc[SUBJECTS["task"] == "ct2dwi", "center"].unique())
 CT2DWI_CELLS = experiment_cells(config, CT2DWI_CENTERS)
 CT2DWI_NETWORKS = "|".join(networks("ct2dwi"))
+# the cells `rule all` trains (main and ct2dwi.grids; a cell that reuses another's model trains nothing)
+CT2DWI_TRAINED = [c for c in CT2DWI_CELLS if c.grid in ("main", *CT2DWI["grids"]) and not c.model_experiment]
 LESION_TABLE = read_lesion_table(CT2DWI["lesion_masks"]) if CT2DWI["lesion_masks"] else {}
 
 

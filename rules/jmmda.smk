@@ -113,14 +113,12 @@ rule ct2dwi_experiment_table:
 
 rule ct2dwi_compute:
     input:
-        models=[layout.ct2dwi_model(c.experiment, c.method) for c in CT2DWI_CELLS
-                if c.grid in ("main", *CT2DWI["grids"]) and not c.model_experiment],
+        models=[layout.ct2dwi_model(c.experiment, c.method) for c in CT2DWI_TRAINED],
     output:
         layout.CT2DWI_COMPUTE,
     params:
-        cells=[cell_params(c) for c in CT2DWI_CELLS if c.grid in ("main", *CT2DWI["grids"]) and not c.model_experiment],
-        benchmarks=[layout.benchmark("train_ct2dwi", c.experiment, c.method) for c in CT2DWI_CELLS
-                    if c.grid in ("main", *CT2DWI["grids"]) and not c.model_experiment],
+        cells=[cell_params(c) for c in CT2DWI_TRAINED],
+        benchmarks=[layout.benchmark("train_ct2dwi", c.experiment, c.method) for c in CT2DWI_TRAINED],
     log:
         "logs/ct2dwi_compute.log",
     conda:
