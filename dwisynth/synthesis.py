@@ -68,7 +68,8 @@ def trainer_config(training: dict, network_config, steps: int, intensity_max, se
                          progress=progress, validation_subjects=training.get("validation_subjects", 1),
                          validate_every=training.get("validate_every", 50),
                          warmup_steps=training.get("warmup_steps", 0), grad_clip=training.get("grad_clip"),
-                         collapse_db=training.get("collapse_db", 6.0))
+                         collapse_db=training.get("collapse_db", 6.0),
+                         lesion_oversample=training.get("lesion_oversample", 0.0))
 
 
 def _write_synthetic(reference_img, inputs: np.ndarray, input_b, synthetic: np.ndarray, target_b,

@@ -73,6 +73,7 @@ class TrainerConfig:
     grad_clip: float | None = None  # max global gradient norm per optimizer step; None: no clipping
     collapse_db: float = 6.0  # validation PSNR this far below its best, twice in a row, stops the run
     loss_limit: float = 1e4  # a loss above this (or NaN/inf) is a blow-up
+    lesion_oversample: float = 0.0  # share of batch items drawn from lesion slices, cropped around the lesion
 
 
 class TrainingDiverged(DwisynthError):
@@ -220,13 +221,14 @@ class Trainer:
                 orders[epoch] = self._order(epoch)
             indices.append(int(orders[epoch][k % n]))
         d = self.data
+        on_lesion = self._lesion_items(indices, generator)
         inputs = torch.from_numpy(d.inputs[indices])
         targets = torch.from_numpy(d.targets[indices])
         present = torch.from_numpy(d.present[indices])
         mask = torch.from_numpy(d.masks[indices])
         extra = [] if d.lesions is None else [torch.from_numpy(d.lesions[indices])[:, None].float()]
         stack = torch.cat([inputs, targets, *extra, mask[:, None].float()], 1)  # the mask stays last (_crop)
-        stack = self._crop(stack, generator)
+        stack = self._crop(stack, generator, on_lesion)
         n_in, n_t = inputs.shape[1], targets.shape[1]
         imax = self.intensity_max
         lesion = (stack[:, n_in + n_t] > 0.5).to(self.device) if extra else None
@@ -234,8 +236,31 @@ class Trainer:
                      to_network(stack[:, n_in:n_in + n_t], imax).to(self.device),
                      present.to(self.device), (stack[:, -1] > 0.5).to(self.device), lesion)
 
-    def _crop(self, stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Square crops centred on a random voxel of the organ mask (the stack's last channel).
+    def _lesion_items(self, indices: list[int], generator: torch.Generator) -> list[bool]:
+        """Lesion oversampling (nnU-Net's foreground oversampling, for lesion masks): each batch item is
+        replaced, with probability `lesion_oversample`, by a random lesion-bearing slice whose crop is then
+        centred on the lesion. A lesion covers a few percent of the slices, so without it most batches hold
+        none and the lesion-weighted loss rarely acts. Draws nothing when off, so other runs keep their batches."""
+        share, lesions = self.config.lesion_oversample, self.data.lesions
+        if not share or lesions is None:
+            return [False] * len(indices)
+        if not hasattr(self, "_lesion_slices"):
+            self._lesion_slices = np.flatnonzero(lesions.reshape(len(lesions), -1).any(1))
+        if not len(self._lesion_slices):
+            return [False] * len(indices)
+        chosen = []
+        for i in range(len(indices)):
+            if float(torch.rand(1, generator=generator)) < share:
+                pick = int(torch.randint(len(self._lesion_slices), (1,), generator=generator))
+                indices[i] = int(self._lesion_slices[pick])
+                chosen.append(True)
+            else:
+                chosen.append(False)
+        return chosen
+
+    def _crop(self, stack: torch.Tensor, generator: torch.Generator, on_lesion=None) -> torch.Tensor:
+        """Square crops centred on a random voxel of the organ mask (the stack's last channel), or of the
+        lesion (the channel before it) for the items marked in on_lesion.
 
         Foreground sampling (nnU-Net's habit): a random crop of a large field of view is
         mostly background, where predicting a constant already scores well.
@@ -247,8 +272,8 @@ class Trainer:
         stack = F.pad(stack, (0, max(0, size - w), 0, max(0, size - h)))  # zero intensity = background
         h, w = stack.shape[-2:]
         out = []
-        for item in stack:
-            inside = torch.nonzero(item[-1] > 0.5)
+        for i, item in enumerate(stack):
+            inside = torch.nonzero(item[-2 if on_lesion and on_lesion[i] else -1] > 0.5)
             if len(inside):
                 cy, cx = inside[int(torch.randint(len(inside), (1,), generator=generator))].tolist()
             else:

@@ -213,3 +213,31 @@ def test_a_multib_model_is_refused_by_ct2dwi():
                            torch.device("cpu"))
     with pytest.raises(ConfigError, match="multi-b model .* use `dwisynth synthesize`"):
         check_ct2dwi_model(model, "results/models/dc2anet/brain/model.pt")
+
+
+def test_lesion_oversampling_puts_the_lesion_in_the_crops_and_leaves_other_runs_alone(tmp_path):
+    from dwisynth.networks.base import build_network
+    from dwisynth.training import Trainer, TrainerConfig
+
+    subjects = [write_stroke_subject(tmp_path, f"SA0{i}", i) for i in range(2)]
+    lesions = {("stroke", f"SA0{i}"): np.moveaxis(head(i)[3], -1, 0) for i in range(2)}
+    shards = [s["shard"] for s in subjects]
+
+    def batches(share, with_lesions, steps=6):
+        data = SliceDataset.from_ct(shards, 1000.0, [0, 80], lesions if with_lesions else None)
+        model = build_network("unet", {"ngf": 8, "levels": 2, "steps": steps}, 2, 1, 0)
+        config = TrainerConfig(steps=steps, batch_size=8, crop=8, validation_subjects=0, device="cpu",
+                               progress=False, lesion_oversample=share)
+        trainer = Trainer(model, data, config, tmp_path / f"run{share}{with_lesions}", {"method": "unet"})
+        return [trainer.batch(step, torch.Generator().manual_seed(step)) for step in range(steps)]
+
+    lesion_share = lambda runs: np.mean([bool(b.lesion[i].any()) for b in runs for i in range(len(b.lesion))])  # noqa: E731
+    # an 8-px crop centred on a random brain voxel holds the 3-px-radius lesion in a minority of items
+    baseline = lesion_share(batches(0.0, True))
+    assert baseline < 0.5
+    assert lesion_share(batches(1.0, True)) == 1.0
+    assert baseline + 0.2 < lesion_share(batches(0.5, True)) < 1.0
+    # off (or without lesion masks) it draws nothing: the same crops as a run that never heard of lesions
+    plain, off = batches(0.0, False), batches(0.5, False)
+    for a, b in zip(plain, off):
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)

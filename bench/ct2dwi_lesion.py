@@ -1,0 +1,132 @@
+"""CT -> DWI lesion fidelity on train-split subjects only: choose JMMDA-GAN's lesion settings without the test split.
+
+Usage: .venv/bin/python bench/ct2dwi_lesion.py [RUN_DIR] [--lesion-weights 0,10,30,100]
+                                               [--oversample 0,0.5] [--baselines pix2pix,unet] [--steps N]
+       (RUN_DIR defaults to this checkout, after `make demo`)
+
+Folds: the run's train-split stroke subjects, sorted within each center; fold k holds out the k-th subject
+of every center (the demo: 3 train subjects per center, so 3 folds of 4 training and 2 held-out subjects).
+In each fold every setting trains on the fold's training subjects exactly as the workflow trains a cell
+(`dwisynth.ct2dwi.train_ct2dwi`, the run's config block, ct2dwi.steps and lr, the trainer's own validation
+subject), and the held-out subjects are scored as the workflow scores test subjects
+(`dwisynth.ct2dwi.score_subject`: brain PSNR, lesion PSNR, lesion contrast, superpixel r). The test split is
+never read.
+
+Settings: JMMDA-GAN at each `jmmdagan.weights.lesion` x `training.lesion_oversample`, beside the baselines
+(which never see a lesion mask). Writes bench/results/ct2dwi_lesion.tsv (one row per fold, setting and
+held-out subject) and prints the mean per setting. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dwisynth import layout
+from dwisynth.ct2dwi import PROPOSED, Cell, load_lesion_mask, network_block, score_subject, train_ct2dwi
+from dwisynth.dataset import task_members
+from dwisynth.inference import load_model, synthesize_slices
+
+OUT = Path(__file__).resolve().parent / "results"
+COLUMNS = ["psnr", "ssim", "superpixel_r", "lesion_psnr", "lesion_contrast"]
+
+
+def run_config(run: Path) -> dict:
+    return json.loads((run / "results/provenance/provenance.json").read_text())["config"]
+
+
+def folds(train: list[dict]) -> list[list[dict]]:
+    """Fold k holds out the k-th train subject (sorted) of every center."""
+    by_center: dict[str, list[dict]] = {}
+    for s in sorted(train, key=lambda s: (s["center"], s["subject"])):
+        by_center.setdefault(s["center"], []).append(s)
+    n = min(len(v) for v in by_center.values())
+    return [[v[k] for v in by_center.values()] for k in range(n)]
+
+
+def lesion_truth(run: Path, config: dict, s: dict) -> np.ndarray:
+    """The subject's lesion mask on its DWI grid (X, Y, Z): the demo truth or ct2dwi.lesion_masks."""
+    table = config["ct2dwi"].get("lesion_masks")
+    if table:
+        rows = pd.read_csv(table, sep="\t")
+        path = rows[(rows["cohort"] == s["cohort"]) & (rows["subject"] == s["subject"])]["path"].iloc[0]
+    else:
+        path = run / f"{layout.demo_truth_stem(config['demo']['outdir'], s['cohort'], s['subject'])}_desc-lesion_mask.nii.gz"
+    return load_lesion_mask(path, run / layout.preproc(s["cohort"], s["subject"])["dwi"], s["subject"])
+
+
+def score_heldout(model_path: Path, run: Path, s: dict, lesion: np.ndarray, target_b: float) -> dict:
+    """Score one held-out subject's shard slices (X, Y, Z order) like a workflow test subject."""
+    model = load_model(model_path, "cpu")
+    with np.load(run / layout.shard(s["cohort"], s["subject"])) as shard:
+        grid = [float(b) for b in shard["bvals"]]
+        slices = np.stack([shard["ct"], shard["ct_mask"]], 1).astype(np.float32)
+        reference = shard["images"][:, grid.index(target_b)].astype(np.float32)
+        mask, index = shard["mask"].astype(bool), shard["slice_index"]
+    synthetic = synthesize_slices(model, slices, [target_b])[:, 0]
+    to_xyz = lambda a: np.moveaxis(a, 0, -1)  # noqa: E731 (shards hold slices first)
+    rows = score_subject(to_xyz(synthetic), to_xyz(reference), to_xyz(mask), to_xyz(np.moveaxis(lesion, -1, 0)[index]),
+                         target_b)
+    return rows[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", nargs="?", default=Path(__file__).resolve().parents[1], type=Path)
+    parser.add_argument("--lesion-weights", default="0,10,30,100")
+    parser.add_argument("--oversample", default="0", help="training.lesion_oversample values for JMMDA-GAN")
+    parser.add_argument("--baselines", default="pix2pix")
+    parser.add_argument("--steps", type=int, default=None, help="default: the run's ct2dwi.steps")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    run = args.run.resolve()
+    config = run_config(run)
+    if args.steps:
+        config = {**config, "ct2dwi": {**config["ct2dwi"], "steps": args.steps}}
+    torch.set_num_threads(args.threads)
+    split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
+    train = task_members(split, "ct2dwi", "train")
+    target_b = float(config["ct2dwi"]["target_b"][0])
+    truth = {s["subject"]: lesion_truth(run, config, s) for s in train}
+    settings = [(m, 0.0, 0.0) for m in args.baselines.split(",") if m] + [
+        (PROPOSED, float(w), float(o)) for w in args.lesion_weights.split(",") for o in args.oversample.split(",")]
+    rows = []
+    for k, heldout in enumerate(folds(train)):
+        held = {s["subject"] for s in heldout}
+        members = [s for s in train if s["subject"] not in held]
+        shards = [run / layout.shard(s["cohort"], s["subject"]) for s in members]
+        for method, weight, oversample in settings:
+            cell = Cell("main", method, "main")
+            block = network_block(config, cell)
+            if method == PROPOSED:
+                block = {**block, "weights": {**block.get("weights", {}), "lesion": weight}}
+            lesions = {(s["cohort"], s["subject"]): truth[s["subject"]] for s in members} if weight or oversample else None
+            training = {**config["training"], "threads": args.threads, "lesion_oversample": oversample}
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                path = train_ct2dwi(cell, shards, tmp, block, training, config["ct2dwi"], config["seed"], "cpu",
+                                    lesions, progress=False)
+                seconds = time.perf_counter() - start
+                for s in heldout:
+                    scores = score_heldout(path, run, s, truth[s["subject"]], target_b)
+                    rows.append({"fold": k, "method": method, "lesion_weight": weight, "lesion_oversample": oversample,
+                                 "subject": s["subject"], "train_seconds": round(seconds, 1),
+                                 **{c: scores[c] for c in COLUMNS}})
+            print(f"fold {k} {method} lesion {weight:g} oversample {oversample:g}: "
+                  + ", ".join(f"{c} {np.mean([r[c] for r in rows[-len(heldout):]]):.3f}" for c in COLUMNS), flush=True)
+    table = pd.DataFrame(rows)
+    OUT.mkdir(exist_ok=True)
+    table.to_csv(OUT / "ct2dwi_lesion.tsv", sep="\t", index=False)
+    summary = table.groupby(["method", "lesion_weight", "lesion_oversample"], sort=False)[COLUMNS + ["train_seconds"]].mean()
+    print(summary.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
