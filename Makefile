@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: demo test bench lint dryrun lock clean-demo system-deps
+.PHONY: demo test bench lint dryrun lock clean-demo system-deps slurm-profile
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/synthesis.py
 	$(BIN)/python bench/quality.py --organ abdomen --long & pid=$$!; $(BIN)/python bench/quality.py --organ brain --long && wait $$pid
 	$(BIN)/python bench/quality.py --summary
+	$(BIN)/python bench/ct2dwi_lesion.py --lesion-weights 0,30,100 --oversample 0,0.5
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
@@ -43,6 +44,18 @@ lock:
 	rm -rf /tmp/dwisynth-lock && $(PYTHON) -m venv /tmp/dwisynth-lock
 	/tmp/dwisynth-lock/bin/pip install --quiet '.[test]'
 	/tmp/dwisynth-lock/bin/pip freeze --exclude dwisynth > requirements.lock
+
+# `snakemake --profile slurm` looks in ./slurm, $XDG_CONFIG_HOME/snakemake/slurm (~/.config/...), then
+# /etc/xdg/snakemake/slurm. A link, not a copy: the partition and account edited in profiles/slurm and
+# every `git pull` reach `--profile slurm`, which can never disagree with `--profile profiles/slurm`.
+SLURM_PROFILE := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
+slurm-profile:
+	@if [ -e "$(SLURM_PROFILE)" ] && [ ! -L "$(SLURM_PROFILE)" ]; then \
+	  echo "$(SLURM_PROFILE) exists and is not a link (another Slurm profile?): move it away, or run" \
+	    "snakemake --profile $(CURDIR)/profiles/slurm" >&2; exit 1; fi
+	mkdir -p "$(dir $(SLURM_PROFILE))"
+	ln -sfn "$(CURDIR)/profiles/slurm" "$(SLURM_PROFILE)"
+	@echo "snakemake --profile slurm now uses $(CURDIR)/profiles/slurm: set slurm_partition and slurm_account there"
 
 clean-demo:
 	rm -rf results logs benchmarks data/demo .snakemake

@@ -9,6 +9,7 @@ from dwisynth.dicom import PatientInfo, series_uids
 from dwisynth.geometry import Grid
 
 from helpers import TINY_CONFIG, snakemake
+from slurm_cluster import SlurmCluster, cannot_run_here, install_missing_packages
 
 
 @pytest.fixture
@@ -50,3 +51,19 @@ def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     snakemake("--cores", "2", workdir=workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm cluster (munged, slurmctld, slurmd) in a temp folder, installed with apt when missing;
+    its daemons are stopped at the end, also when a test fails."""
+    reason = cannot_run_here()
+    if reason:
+        pytest.skip(reason)
+    install_missing_packages()
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
