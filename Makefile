@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: demo test bench lint dryrun lock clean-demo system-deps slurm-profile
+.PHONY: demo test bench lint dryrun lock clean-demo system-deps slurm-profile reproduce
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,18 @@ slurm-profile:
 	mkdir -p "$(dir $(SLURM_PROFILE))"
 	ln -sfn "$(CURDIR)/profiles/slurm" "$(SLURM_PROFILE)"
 	@echo "snakemake --profile slurm now uses $(CURDIR)/profiles/slurm: set slurm_partition and slurm_account there"
+
+# A reviewer's check: rerun the whole study from scratch (a clone of the committed code in a fresh folder; the
+# demo regenerates its data) and compare every table and model with results/ here. Bit-identical on the same
+# CPU type; elsewhere give a tolerance: make reproduce RTOL=1e-4.
+REPRODUCE_DIR ?= $(CURDIR)/reproduce
+RTOL ?= 0
+reproduce: $(STAMP)
+	@test -d results/tables || { echo "make reproduce: no results/tables to compare with; run make demo first" >&2; exit 1; }
+	@git diff --quiet HEAD || echo "make reproduce: uncommitted changes here; the rerun uses the committed code (HEAD)" >&2
+	rm -rf "$(REPRODUCE_DIR)" && git clone --quiet "$(CURDIR)" "$(REPRODUCE_DIR)"
+	cd "$(REPRODUCE_DIR)" && PYTHONPATH="$(REPRODUCE_DIR)" "$(CURDIR)/$(BIN)/snakemake" --cores $(CORES)
+	$(BIN)/dwisynth compare-runs results "$(REPRODUCE_DIR)/results" --rtol $(RTOL)
 
 clean-demo:
 	rm -rf results logs benchmarks data/demo .snakemake

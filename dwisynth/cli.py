@@ -138,6 +138,22 @@ def _scan(args) -> None:
     print(f"[scan] {len(sheet)} series -> {args.output}; check the columns marked for review")
 
 
+def _compare_runs(args) -> int:
+    from dwisynth.reproduce import compare_runs
+
+    for folder in (args.reference, args.rerun):
+        if not (folder / "tables").is_dir():
+            raise ValueError(f"{folder}: no tables/ here; give a workflow's results/ folder (run `make demo` first)")
+    differences, counts = compare_runs(args.reference, args.rerun, args.rtol)
+    for d in differences:
+        print(f"DIFFERS {d.path}: {d.what}")
+    verdict = "identical" if args.rtol == 0 else f"equal within rtol {args.rtol:g}"
+    print(f"[compare-runs] {counts['tables']} tables, {counts['models']} models compared: "
+          + (f"{len(differences)} differences" if differences else verdict)
+          + " (wall-time columns are not compared)")
+    return 1 if differences else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dwisynth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=_ct2dwi)
 
+    p = sub.add_parser("compare-runs", help="compare every table and model of two results/ folders (make reproduce)")
+    p.add_argument("reference", type=Path, help="the results/ folder to check")
+    p.add_argument("rerun", type=Path, help="the results/ folder of a rerun from scratch")
+    p.add_argument("--rtol", type=float, default=0.0,
+                   help="relative tolerance for numbers (default 0: bit-identical, expected on the same CPU type)")
+    p.set_defaults(func=_compare_runs)
+
     p = sub.add_parser("scan", help="draft a sample sheet from a DICOM tree, one row per series")
     p.add_argument("dicom_root", type=Path)
     p.add_argument("--cohort", default="study")
@@ -214,11 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0  # a command may return 1 for "ran, and found a difference"
     except (DwisynthError, ValueError) as exc:
         print(f"dwisynth {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

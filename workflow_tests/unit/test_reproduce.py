@@ -1,0 +1,60 @@
+"""make reproduce's comparison: every table and model of two results folders."""
+
+import shutil
+
+import pandas as pd
+import torch
+
+from dwisynth.cli import main as cli
+from dwisynth.reproduce import compare_runs, model_checksum
+
+
+def write_run(root, psnr=17.25, seconds=44.3, weight=0.5):
+    (root / "tables/ct2dwi").mkdir(parents=True)
+    (root / "datasets").mkdir()
+    pd.DataFrame({"method": ["jmmdagan", "pix2pix"], "psnr": [psnr, 16.4], "note": ["a", "b"]}).to_csv(
+        root / "tables/ct2dwi/main.tsv", sep="\t", index=False)
+    pd.DataFrame({"method": ["jmmdagan"], "train_seconds": [seconds]}).to_csv(
+        root / "tables/ct2dwi_compute.tsv", sep="\t", index=False)
+    pd.DataFrame({"subject": ["S01"], "split": ["train"]}).to_csv(root / "datasets/split.tsv", sep="\t", index=False)
+    (root / "models/pix2pix/brain").mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.full((2, 2), weight)}, "fingerprint": "abc", "selected_step": 300},
+               root / "models/pix2pix/brain/model.pt")
+    return root
+
+
+def test_identical_runs_agree_and_wall_time_is_not_compared(tmp_path):
+    a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b", seconds=51.0)
+    differences, counts = compare_runs(a, b)
+    assert differences == [] and counts == {"tables": 3, "models": 1}
+
+
+def test_a_changed_number_weight_or_missing_table_is_named(tmp_path, capsys):
+    a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b", psnr=17.2500001, weight=0.5000001)
+    (b / "datasets/split.tsv").unlink()
+    found = {(d.path, d.what.split(":")[0]) for d in compare_runs(a, b)[0]}
+    assert found == {("tables/ct2dwi/main.tsv", "psnr"), ("models/pix2pix/brain/model.pt", "weights or record differ"),
+                     ("datasets/split.tsv", "missing in the rerun")}
+    # a tolerance accepts the small numeric difference, never a different model
+    found = {d.path for d in compare_runs(a, b, rtol=1e-4)[0]}
+    assert found == {"models/pix2pix/brain/model.pt", "datasets/split.tsv"}
+    assert cli(["compare-runs", str(a), str(b)]) == 1
+    assert "DIFFERS tables/ct2dwi/main.tsv: psnr: 1 values differ" in capsys.readouterr().out
+
+
+def test_the_model_checksum_follows_weights_and_record_not_file_bytes(tmp_path):
+    a = write_run(tmp_path / "a")
+    path = a / "models/pix2pix/brain/model.pt"
+    before = model_checksum(path)
+    record = torch.load(path, weights_only=True)
+    torch.save(dict(reversed(list(record.items()))), path)  # same content, other bytes
+    assert model_checksum(path) == before
+    torch.save({**record, "selected_step": 250}, path)
+    assert model_checksum(path) != before
+
+
+def test_compare_runs_refuses_a_folder_without_tables(tmp_path, capsys):
+    a = write_run(tmp_path / "a")
+    shutil.rmtree(a / "tables")
+    assert cli(["compare-runs", str(a), str(a)]) == 2
+    assert "no tables/ here" in capsys.readouterr().err
