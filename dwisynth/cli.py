@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from dwisynth.errors import DwisynthError
@@ -95,7 +96,7 @@ def _ct2dwi(args) -> None:
     import nibabel as nib
 
     from dwisynth.config import load_config
-    from dwisynth.ct2dwi import check_ct2dwi_model, synthesize_ct2dwi
+    from dwisynth.ct2dwi import check_ct2dwi_model, check_voxel_size, synthesize_ct2dwi
     from dwisynth.inference import load_model
     from dwisynth.io import save_nifti
     from dwisynth.preprocess.steps import ct_brain_mask
@@ -104,29 +105,41 @@ def _ct2dwi(args) -> None:
     model = load_model(args.model, "cpu")  # refuse a multi-b model before converting anything
     check_ct2dwi_model(model, str(args.model))
     out = args.output
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    ct_path = args.input
-    if args.input.is_dir():  # a CT DICOM series: convert it first (HU, de-identified), as the workflow does
-        from dwisynth.convert import convert_series
+    try:  # everything is written in a scratch folder and moved to out only when the DWI exists
+        with tempfile.TemporaryDirectory(prefix=".ct2dwi-", dir=out) as scratch:
+            work = Path(scratch)
+            ct_path = args.input
+            if args.input.is_dir():  # a CT DICOM series: convert it first (HU, de-identified), as the workflow does
+                from dwisynth.convert import convert_series
 
-        convert_series(args.input, out, args.subject, "CT")
-        ct_path = out / f"sub-{args.subject}_ct.nii.gz"
-    img = nib.load(ct_path)
-    if args.grid:  # onto the grid the model was trained on (e.g. the patient's DWI), same scanner space
-        from nibabel.processing import resample_from_to
+                convert_series(args.input, work, args.subject, "CT")
+                ct_path = work / f"sub-{args.subject}_ct.nii.gz"
+            img = nib.load(ct_path)
+            if args.grid:  # onto the grid the model was trained on (e.g. the patient's DWI), same scanner space
+                from nibabel.processing import resample_from_to
 
-        img = resample_from_to(img, nib.load(args.grid), order=1, cval=-1000.0)
-    img = nib.as_closest_canonical(img)  # RAS voxel order, as every image under results/
-    stem = out / f"sub-{args.subject}"
-    grid_ct = f"{stem}_space-synth_ct.nii.gz"
-    save_nifti(img.get_fdata(dtype="float32"), img.affine, grid_ct)
-    mask = f"{stem}_space-synth_desc-ctbrain_mask.nii.gz"
-    ct_brain_mask(grid_ct, mask, f"{stem}_space-synth_desc-ctbrain_mask.json", args.subject,
-                  config["ct2dwi"]["brain_hu"])
-    method = model.record["method"]
-    outputs = {"dwi": f"{stem}_desc-{method}_dwi.nii.gz", "bval": f"{stem}_desc-{method}_dwi.bval"}
-    b = synthesize_ct2dwi(args.model, grid_ct, mask, outputs, args.subject, config["device"])
-    print(f"[ct2dwi] sub-{args.subject}: DWI b = {b:g} from CT -> {outputs['dwi']}")
+                grid = nib.load(args.grid)  # a 4D DWI gives its 3D grid
+                img = resample_from_to(img, (grid.shape[:3], grid.affine), order=1, cval=-1000.0)
+            img = nib.as_closest_canonical(img)  # RAS voxel order, as every image under results/
+            check_voxel_size(model, img.header.get_zooms(), f"sub-{args.subject} {args.grid or args.input}")
+            stem = work / f"sub-{args.subject}"
+            grid_ct = f"{stem}_space-synth_ct.nii.gz"
+            save_nifti(img.get_fdata(dtype="float32"), img.affine, grid_ct)
+            mask = f"{stem}_space-synth_desc-ctbrain_mask.nii.gz"
+            ct_brain_mask(grid_ct, mask, f"{stem}_space-synth_desc-ctbrain_mask.json", args.subject,
+                          config["ct2dwi"]["brain_hu"])
+            method = model.record["method"]
+            outputs = {"dwi": f"{stem}_desc-{method}_dwi.nii.gz", "bval": f"{stem}_desc-{method}_dwi.bval"}
+            b = synthesize_ct2dwi(args.model, grid_ct, mask, outputs, args.subject, config["device"])
+            for path in sorted(work.iterdir()):
+                path.replace(out / path.name)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    print(f"[ct2dwi] sub-{args.subject}: DWI b = {b:g} from CT -> {out / Path(outputs['dwi']).name}")
 
 
 def _scan(args) -> None:

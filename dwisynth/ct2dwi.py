@@ -23,6 +23,7 @@ contrast ratio (lesion / rest of brain, synthetic over acquired: 1 is a faithful
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,13 +184,45 @@ def train_ct2dwi(cell: Cell, shards, out_dir, block: dict, training: dict, ct2dw
     config = trainer_config(training, model.config, model.training_steps(), training.get("intensity_max"), seed,
                             device, progress)
     meta = {"method": cell.method, "task": "ct2dwi", "organ": "brain", "input_b": [], "target_b": [target_b],
+            "voxel_sizes": shard_voxel_sizes(shards),
             "input_scaling": data.input_scaling, "input_channels": ["ct", "ct_brain_mask"],
             "experiment": cell.experiment, "train_centers": list(cell.train_centers),
             "train_subjects": [[c, s] for c, s in subjects], "seed": seed, "upstream": {}, **model.describe()}
     return Trainer(model, data, config, out_dir, meta).fit()
 
 
+def shard_voxel_sizes(shards) -> list[list[float]]:
+    """The distinct in-plane voxel sizes (mm) of the shards' DWI grids (shards written before they were
+    recorded give none)."""
+    sizes = set()
+    for path in shards:
+        with np.load(path) as shard:
+            size = json.loads(str(shard["metadata"])).get("voxel_size")
+        if size:
+            sizes.add(tuple(size[:2]))
+    return [list(s) for s in sorted(sizes)]
+
+
 # --- synthesis --------------------------------------------------------------------------------
+VOXEL_TOLERANCE = 0.25  # relative in-plane voxel size difference a model still accepts
+
+
+def check_voxel_size(model, zooms, source: str) -> None:
+    """Refuse a grid whose in-plane voxel size is far from every one the model was trained on: its
+    convolutions learned anatomy in pixels, so a 1 mm CT fed to a 3 mm model gives a plausible-looking
+    wrong image."""
+    trained = model.record.get("voxel_sizes") or []
+    if not trained:
+        return
+    size = np.asarray(zooms[:2], float)
+    if any(np.all(np.abs(size / np.asarray(t) - 1) <= VOXEL_TOLERANCE) for t in trained):
+        return
+    have = ", ".join("x".join(f"{v:g}" for v in t) for t in trained)
+    raise DwisynthError(f"{source}: voxel size {'x'.join(f'{v:.3g}' for v in size)} mm in-plane, but the model "
+                        f"was trained on {have} mm; synthesize on the patient's DWI grid (`dwisynth ct2dwi ... "
+                        "--grid DWI.nii.gz`) or resample the CT to the training voxel size")
+
+
 def check_ct2dwi_model(model, source: str) -> None:
     if model.record.get("task") != "ct2dwi":
         raise ConfigError(f"{source} is a multi-b model ({model.record.get('method')}, {model.record.get('organ')}): "
@@ -208,6 +241,7 @@ def synthesize_ct2dwi(model_path, ct_path, ct_mask_path, out: dict, subject: str
     model = load_model(model_path, device)
     check_ct2dwi_model(model, str(model_path))
     img = nib.load(ct_path)
+    check_voxel_size(model, img.header.get_zooms(), f"sub-{subject} {ct_path}")
     ct = np.asarray(img.dataobj, dtype=np.float32)
     check_ct_hu(ct, f"sub-{subject} {ct_path}")
     mask = np.asarray(nib.load(ct_mask_path).dataobj) > 0

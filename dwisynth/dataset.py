@@ -133,6 +133,8 @@ def write_slice_shard(dwi_path, bval_path, mask_path, out_path, grid_bvals, meta
     bvals = np.loadtxt(bval_path, ndmin=1)
     mask = np.asarray(nib.load(mask_path).dataobj) > 0
     shard = slice_shard(dwi, bvals, mask, grid_bvals)
+    # networks see pixels, not millimetres: model.pt records the voxel size it was trained on
+    metadata = {**metadata, "voxel_size": [round(float(z), 4) for z in img.header.get_zooms()[:3]]}
     for key, path, dtype in (("ct", ct_path, np.float32), ("ct_mask", ct_mask_path, np.uint8)):
         if path is None:
             continue

@@ -205,6 +205,25 @@ def test_models_refuse_the_other_task(trained_jmmda, tmp_path, capsys):
     assert not list((tmp_path / "o").glob("*dwi.nii.gz"))
 
 
+def test_a_ct_at_another_voxel_size_is_refused_until_put_on_the_training_grid(trained_jmmda, tmp_path, capsys):
+    model_path, _ = trained_jmmda
+    assert torch.load(model_path, weights_only=True)["voxel_sizes"] == [[3.0, 3.0]]
+    new = write_stroke_subject(tmp_path, "SA07", 7)
+    ct = nib.load(new["ct"])
+    fine = tmp_path / "fine_ct.nii.gz"  # the same head CT, labelled 1 mm in-plane (a thin-slice scan's grid)
+    save_nifti(np.asarray(ct.dataobj), np.diag([1.0, 1.0, 4.0, 1.0]), fine)
+    out = tmp_path / "refused"
+    assert cli(["ct2dwi", str(model_path), str(fine), "--subject", "SA07", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "voxel size 1x1 mm in-plane, but the model was trained on 3x3 mm" in err and "--grid" in err
+    assert not out.exists()  # nothing written
+    # on the patient's 3 mm DWI grid it runs
+    assert cli(["ct2dwi", str(model_path), new["ct"], "--grid", new["dwi"], "--subject", "SA07", "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sub-SA07_desc-jmmdagan_dwi.bval", "sub-SA07_desc-jmmdagan_dwi.nii.gz", "sub-SA07_space-synth_ct.nii.gz",
+        "sub-SA07_space-synth_desc-ctbrain_mask.json", "sub-SA07_space-synth_desc-ctbrain_mask.nii.gz"]
+
+
 def test_a_multib_model_is_refused_by_ct2dwi():
     from dwisynth.ct2dwi import check_ct2dwi_model
     from dwisynth.inference import SynthesisModel
