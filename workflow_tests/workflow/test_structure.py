@@ -96,3 +96,28 @@ def test_adding_a_test_subject_schedules_no_training_job(shared_id_run, demo_run
     assert {"synthesize", "cdwi", "evaluate_synthesis", "report"} <= set(planned)
     jobs = re.findall(r"wildcards: (.*)", plan)
     assert any("subject=S0003" in w for w in jobs) and not any("subject=S000" in w and "S0003" not in w for w in jobs)
+
+
+def test_adding_a_training_subject_schedules_its_chain_and_only_its_organs_models(shared_id_run, demo_run, tmp_path):
+    """One-cohort rerun (README): a new brain training subject in siteB converts and preprocesses that one
+    series and trains the brain models; no other subject's chain reruns and no abdomen model retrains."""
+    workdir = tmp_path / "run"
+    shutil.copytree(shared_id_run, workdir, symlinks=True)
+    sheet = _sheet(demo_run, ROWS + [("siteB", "S0010", "train", "HAbrain01")])
+    sheet.loc[sheet["subject"] == "S0010", "organ"] = "brain"
+    sheet.to_csv(workdir / "samples.tsv", sep="\t", index=False)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["samples"] = str(workdir / "samples.tsv")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    run = dict(workdir=workdir, configfile=workdir / "config.yaml", env=_plugin_env())
+    snakemake("--cores", "2", "results/datasets/split.tsv", **run)  # the split checkpoint first, as above
+    plan = snakemake("-n", "--cores", "2", **run).stdout
+    planned = _planned_rules(plan)
+    blocks = re.split(r"^(?=(?:local)?rule \w+:)", plan, flags=re.M)
+    jobs = [(re.match(r"(?:local)?rule (\w+):", b).group(1), (re.findall(r"wildcards: (.*)", b) or [""])[0])
+            for b in blocks if re.match(r"(?:local)?rule \w+:", b)]
+    trained = [w for rule, w in jobs if rule == "train"]
+    assert trained and all("organ=brain" in w for w in trained), trained
+    per_subject = [w for _, w in jobs if "subject=" in w]
+    assert per_subject and all("subject=S0010" in w for w in per_subject), per_subject
+    assert {"register_dwi", "organ_mask", "normalize_dwi", "slice_shard", "train", "report"} <= set(planned), planned
