@@ -20,7 +20,6 @@ held-out subject) and prints the mean per setting. It asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,16 +29,14 @@ import pandas as pd
 import torch
 
 from dwisynth import layout
-from dwisynth.ct2dwi import PROPOSED, Cell, load_lesion_mask, network_block, score_subject, train_ct2dwi
+from dwisynth.ct2dwi import (PROPOSED, Cell, lesion_mask_path, load_lesion_mask, network_block, read_lesion_table,
+                             score_subject, train_ct2dwi)
 from dwisynth.dataset import task_members
 from dwisynth.inference import load_model, synthesize_slices
+from dwisynth.provenance import run_config
 
 OUT = Path(__file__).resolve().parent / "results"
 COLUMNS = ["psnr", "ssim", "superpixel_r", "lesion_psnr", "lesion_contrast"]
-
-
-def run_config(run: Path) -> dict:
-    return json.loads((run / "results/provenance/provenance.json").read_text())["config"]
 
 
 def folds(train: list[dict]) -> list[list[dict]]:
@@ -52,14 +49,12 @@ def folds(train: list[dict]) -> list[list[dict]]:
 
 
 def lesion_truth(run: Path, config: dict, s: dict) -> np.ndarray:
-    """The subject's lesion mask on its DWI grid (X, Y, Z): the demo truth or ct2dwi.lesion_masks."""
-    table = config["ct2dwi"].get("lesion_masks")
-    if table:
-        rows = pd.read_csv(table, sep="\t")
-        path = rows[(rows["cohort"] == s["cohort"]) & (rows["subject"] == s["subject"])]["path"].iloc[0]
-    else:
-        path = run / f"{layout.demo_truth_stem(config['demo']['outdir'], s['cohort'], s['subject'])}_desc-lesion_mask.nii.gz"
-    return load_lesion_mask(path, run / layout.preproc(s["cohort"], s["subject"])["dwi"], s["subject"])
+    """The subject's lesion mask on its DWI grid (X, Y, Z), found as the workflow finds it."""
+    table = read_lesion_table(config["ct2dwi"]["lesion_masks"]) if config["ct2dwi"].get("lesion_masks") else {}
+    path = lesion_mask_path(config, table, s["cohort"], s["subject"])
+    if path is None:
+        raise SystemExit(f"sub-{s['subject']}: no lesion mask; list it in ct2dwi.lesion_masks")
+    return load_lesion_mask(run / path, run / layout.preproc(s["cohort"], s["subject"])["dwi"], s["subject"])
 
 
 def score_heldout(model_path: Path, run: Path, s: dict, lesion: np.ndarray, target_b: float) -> dict:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from dwisynth.config import adc_settings
 from dwisynth.preprocess.qa import adc_error_by_tissue, dice, registration_residual_mm, voxel_centres_lps
+from dwisynth.provenance import run_config
 
 STEPS = ["convert_dwi", "convert_ct", "register_dwi", "organ_mask", "normalize_dwi", "adc_acquired", "register_ct",
          "slice_shard"]
@@ -88,7 +89,7 @@ def noise_floor_effect(run: Path) -> pd.DataFrame:
 
     tissues = pd.read_csv(run / "data/demo/truth/dseg.tsv", sep="\t")
     names = dict(zip(tissues["index"], tissues["name"]))
-    allowed = adc_settings(json.loads((run / "results/provenance/provenance.json").read_text())["config"])["bvalues"]
+    allowed = adc_settings(run_config(run))["bvalues"]
     rows = []
     for dwi_path in sorted((run / "results").glob("*/preproc/sub-*/sub-*_desc-norm_dwi.nii.gz")):
         cohort, subject = dwi_path.parts[-4], dwi_path.parent.name[4:]

@@ -24,7 +24,6 @@ Writes bench/results/quality_<organ>.tsv (and long_training_<organ>.tsv, long_tr
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import yaml
 
 from dwisynth import layout
 from dwisynth.dataset import task_members
+from dwisynth.provenance import run_config
 from dwisynth.evaluate import score_synthesis
 from dwisynth.inference import load_model, synthesize_volume
 from dwisynth.io import load_dwi, load_mask
@@ -48,10 +48,6 @@ OUT = Path(__file__).resolve().parent / "results"
 FULL_SIZE_KEYS = ("ngf", "ndf", "n_residual", "lr", "betas")  # not pix2pix levels: those follow the crop
 FULL_SIZE_TRAINING = ("validation_subjects", "warmup_steps", "grad_clip")
 DEVICE = "cpu"
-
-
-def run_config(run: Path) -> dict:
-    return json.loads((run / "results/provenance/provenance.json").read_text())["config"]
 
 
 def with_full_size(config: dict, path: Path) -> dict:

@@ -17,7 +17,6 @@ method's PSNR minus the reference's.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 
 from dwisynth import layout
 from dwisynth.inference import load_model, synthesize_slices
+from dwisynth.provenance import run_config
 
 
 def quality(run: Path) -> pd.DataFrame:
@@ -72,7 +72,7 @@ def monotonic(run: Path) -> pd.DataFrame:
     from dwisynth.io import load_dwi, load_mask
 
     split = pd.read_csv(run / layout.SPLIT, sep="\t", dtype=str, keep_default_na=False)
-    config = json.loads((run / "results/provenance/provenance.json").read_text())["config"]
+    config = run_config(run)
     n_inputs = len(config["bvalues"]["inputs"])  # every synthetic file starts with its copied inputs
     counts: dict[str, list[int]] = {}
     for s in split[(split["task"] == "multib") & (split["split"] == "test")].to_dict("records"):

@@ -137,6 +137,18 @@ def read_lesion_table(path) -> dict[tuple[str, str], str]:
     return {(r.cohort, r.subject): r.path for r in table.itertuples()}
 
 
+def lesion_mask_path(config: dict, table: dict, cohort: str, subject: str) -> str | None:
+    """A stroke subject's lesion mask: its row of ct2dwi.lesion_masks (`table`, from read_lesion_table),
+    else the demo's truth when the demo is on; None when unknown."""
+    from dwisynth import layout
+
+    if (cohort, subject) in table:
+        return table[(cohort, subject)]
+    if config["demo"]["enabled"]:
+        return f"{layout.demo_truth_stem(config['demo']['outdir'], cohort, subject)}_desc-lesion_mask.nii.gz"
+    return None
+
+
 def load_lesion_mask(path, reference_path, subject: str) -> np.ndarray:
     """A lesion mask as bool on the grid of the reference (the normalized DWI, RAS voxel order).
 

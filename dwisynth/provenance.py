@@ -70,3 +70,11 @@ def write_provenance(config: dict, sheet: pd.DataFrame, repo, out_json, out_chec
 
     write_table(input_checksums(sheet), out_checksums)
     Path(out_json).write_text(json.dumps(provenance_record(config, repo), indent=2, default=str) + "\n")
+
+
+def run_config(run: str | Path) -> dict:
+    """The validated config a finished run used (its provenance record), for tools that read a run."""
+    path = Path(run) / "results/provenance/provenance.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no provenance record; run the workflow (`make demo`) in {run} first")
+    return json.loads(path.read_text())["config"]

@@ -167,6 +167,9 @@ class Trainer:
         else:
             self.validation = None
         self.data, self.meta = data, meta
+        # training slices that hold a lesion (lesion oversampling draws from them)
+        self.lesion_slices = (np.zeros(0, int) if data.lesions is None
+                              else np.flatnonzero(data.lesions.reshape(len(data.lesions), -1).any(1)))
         self.out_dir = Path(out_dir)
         self.device = resolve_device(config.device)
         if config.threads:
@@ -241,18 +244,14 @@ class Trainer:
         replaced, with probability `lesion_oversample`, by a random lesion-bearing slice whose crop is then
         centred on the lesion. A lesion covers a few percent of the slices, so without it most batches hold
         none and the lesion-weighted loss rarely acts. Draws nothing when off, so other runs keep their batches."""
-        share, lesions = self.config.lesion_oversample, self.data.lesions
-        if not share or lesions is None:
-            return [False] * len(indices)
-        if not hasattr(self, "_lesion_slices"):
-            self._lesion_slices = np.flatnonzero(lesions.reshape(len(lesions), -1).any(1))
-        if not len(self._lesion_slices):
+        share = self.config.lesion_oversample
+        if not share or not len(self.lesion_slices):
             return [False] * len(indices)
         chosen = []
         for i in range(len(indices)):
             if float(torch.rand(1, generator=generator)) < share:
-                pick = int(torch.randint(len(self._lesion_slices), (1,), generator=generator))
-                indices[i] = int(self._lesion_slices[pick])
+                pick = int(torch.randint(len(self.lesion_slices), (1,), generator=generator))
+                indices[i] = int(self.lesion_slices[pick])
                 chosen.append(True)
             else:
                 chosen.append(False)

@@ -7,6 +7,7 @@ from dwisynth.ct2dwi import (
     cell_params,
     experiment_cells,
     find_cell,
+    lesion_mask_path,
     network_block,
     read_lesion_table,
     training_members,
@@ -227,15 +228,6 @@ def ct2dwi_experiments_of(grids):
     return list(dict.fromkeys(c.experiment for c in CT2DWI_CELLS if c.grid in grids))
 
 
-def lesion_mask_path(cohort, subject):
-    """The lesion mask of a stroke subject: the demo's truth, or ct2dwi.lesion_masks; None when unknown."""
-    if (cohort, subject) in LESION_TABLE:
-        return LESION_TABLE[(cohort, subject)]
-    if config["demo"]["enabled"]:
-        return f"{layout.demo_truth_stem(config['demo']['outdir'], cohort, subject)}_desc-lesion_mask.nii.gz"
-    return None
-
-
 def ct2dwi_training_subjects(wildcards):
     return training_members(_split().to_dict("records"), ct2dwi_cell(wildcards))
 
@@ -251,7 +243,7 @@ def ct2dwi_lesion_inputs(wildcards):
         return {}
     paths = {}
     for s in ct2dwi_training_subjects(wildcards):
-        path = lesion_mask_path(s["cohort"], s["subject"])
+        path = lesion_mask_path(config, LESION_TABLE, s["cohort"], s["subject"])
         if path is None:
             raise ValueError(f"jmmdagan.weights.lesion > 0, but sub-{s['subject']} ({s['cohort']}) has no lesion "
                              "mask; list every training subject in ct2dwi.lesion_masks or set weights.lesion: 0")
@@ -279,7 +271,7 @@ def ct2dwi_score_records(experiment):
             files = layout.ct2dwi_synth(experiment, method, s["cohort"], s["subject"])
             synth[method] = (files["dwi"], files["bval"])
         records.append({**{k: s[k] for k in ("cohort", "center", "subject")}, "acquired": (pre["dwi"], pre["bval"]),
-                        "mask": pre["mask"], "lesion": lesion_mask_path(s["cohort"], s["subject"]), "synth": synth})
+                        "mask": pre["mask"], "lesion": lesion_mask_path(config, LESION_TABLE, s["cohort"], s["subject"]), "synth": synth})
     return records
 
 
