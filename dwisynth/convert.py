@@ -20,6 +20,7 @@ import numpy as np
 
 from dwisynth.dicom import read_bvalue, read_series_headers, vendor_from_manufacturer
 from dwisynth.errors import DicomSeriesError, HeaderQCError
+from dwisynth.identifiers import find_identifiers, series_identifiers
 
 MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
 DICOM_MODALITY = {"DWI": "MR", "CT": "CT"}
@@ -33,10 +34,13 @@ IDENTIFYING_SIDECAR_KEYS = {
     "SeriesInstanceUID", "AcquisitionDateTime", "StudyDate", "SeriesDate", "AcquisitionDate",
     "ProcedureStepDescription", "PatientWeight", "PatientSize",
 }
-IDENTIFYING_DICOM_ATTRIBUTES = (
-    "PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "AccessionNumber",
-    "InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "StudyInstanceUID",
-    "SeriesInstanceUID", "SOPInstanceUID",
+
+# Sidecar keys whose values dcm2niix writes from fixed vocabularies (never typed by a person).
+SIDECAR_DESCRIPTOR_KEYS = (
+    "Modality", "Manufacturer", "ManufacturersModelName", "BodyPart", "PatientPosition", "MRAcquisitionType",
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "SequenceName", "PulseSequenceType", "ImageType",
+    "PhaseEncodingAxis", "PhaseEncodingDirection", "InPlanePhaseEncodingDirectionDICOM", "BidsGuess",
+    "ConversionSoftware", "ConversionSoftwareVersion",
 )
 
 
@@ -52,58 +56,22 @@ def dcm2niix_version() -> str:
     return next((line for line in text if "v1." in line), text[-1] if text else "unknown").strip()
 
 
-def identifiers_in_headers(headers) -> set[str]:
-    """Every identifying value the series carries, in the forms it may be written."""
-    found: set[str] = set()
-    for ds in headers:
-        for attribute in IDENTIFYING_DICOM_ATTRIBUTES:
-            value = ds.get(attribute)
-            if value in (None, ""):
-                continue
-            text = str(value).strip()
-            if len(text) < 4:
-                continue
-            found.add(text)
-            if attribute == "PatientName":
-                found.update(part for part in text.replace("^", " ").split() if len(part) >= 4)
-            if attribute == "PatientBirthDate" and len(text) == 8:
-                found.add(f"{text[:4]}-{text[4:6]}-{text[6:]}")
-    return found
+def _file_label(ds, headers, pseudonymous: bool) -> str:
+    """A file of the series as messages may name it: its name, or its position when the folder and file
+    names must stay out of logs (they can hold a patient's name)."""
+    if not pseudonymous:
+        return Path(ds.filename).name
+    return f"file {sorted(str(h.filename) for h in headers).index(str(ds.filename)) + 1} of {len(headers)} (by name)"
 
 
-def find_identifiers(paths, identifiers: set[str]) -> list[tuple[str, str]]:
-    """(file, identifier) for every identifier found in a file's name or text, ignoring case.
-
-    NIfTI headers are read decompressed; JSON is decoded, so an escaped
-    non-ASCII name (M\\u00fcller) is found as well as a plain one.
-    """
-    hits = []
-    needles = [(i, i.casefold()) for i in identifiers]
-    for path in paths:
-        path = Path(path)
-        if path.name.endswith(".nii.gz"):
-            img = nib.load(path)
-            blob = img.header.binaryblock + b"".join(bytes(e.get_content() or b"") for e in img.header.extensions)
-            text = blob.decode("utf-8", errors="ignore")
-        else:
-            text = path.read_text(errors="ignore")
-            if path.suffix == ".json":
-                text += json.dumps(json.loads(text), ensure_ascii=False)
-        haystack = (path.name + "\n" + text).casefold()
-        for original, needle in needles:
-            if needle in haystack:
-                hits.append((str(path), original))
-    return hits
-
-
-def _check_dwi_headers(folder: Path, headers) -> dict:
+def _check_dwi_headers(folder: str, headers, pseudonymous: bool = False) -> dict:
     vendor = vendor_from_manufacturer(str(headers[0].get("Manufacturer", "")))
     per_image = []
     for ds in headers:
         b = read_bvalue(ds)
         if b is None:
             raise HeaderQCError(
-                f"{folder}: image {Path(ds.filename).name} has no diffusion b-value in the tags dcm2niix reads "
+                f"{folder}: image {_file_label(ds, headers, pseudonymous)} has no diffusion b-value in the tags dcm2niix reads "
                 f"for {vendor} ({ds.get('Manufacturer', 'no Manufacturer')}); is this a DWI series?"
             )
         position = tuple(round(float(x), 2) for x in ds.get("ImagePositionPatient", [0, 0, 0]))
@@ -122,7 +90,7 @@ def _check_dwi_headers(folder: Path, headers) -> dict:
     return {"vendor": vendor, "header_bvals": sorted(images_per_b)}
 
 
-def _pick_output(tmp: Path, stem: str, folder: Path) -> Path:
+def _pick_output(tmp: Path, stem: str, folder: str) -> Path:
     """The one image dcm2niix wrote; with uneven slice spacing or gantry tilt, its equalized copy."""
     equalized = sorted(tmp.glob(f"{stem}_Eq*.nii.gz"))
     if len(equalized) == 1:
@@ -146,20 +114,25 @@ def convert_series(
     modality: str = "DWI",
     b0_max: float = 10.0,
     log=print,
+    source: str | None = None,
 ) -> dict:
     """Convert one DICOM series folder to BIDS-named NIfTI in out_dir.
 
     Writes sub-<subject>_<dwi|ct>.nii.gz and .json (+ .bval/.bvec for DWI) and a
     QC record sub-<subject>_<dwi|ct>_qc.json; returns the QC record.
+    source: how messages and the log name the series, e.g. "multicenter/sub-HA01 DWI (dicom_dir in the
+    sample sheet)"; the workflow gives one so that no folder or file name (which can hold a patient's
+    name) reaches logs/. Without it messages show the folder path.
     """
-    folder = Path(dicom_dir)
+    path = Path(dicom_dir)
+    folder = source or str(path)  # what messages say
     out = Path(out_dir)
     if modality not in MODALITY_SUFFIX:
         raise HeaderQCError(f"{folder}: modality {modality!r} unknown; use one of {sorted(MODALITY_SUFFIX)}")
     suffix = MODALITY_SUFFIX[modality]
     stem = f"sub-{subject}_{suffix}"
 
-    headers = read_series_headers(folder)
+    headers = read_series_headers(path, source)
     log(f"[convert] {folder}: {len(headers)} DICOM files read")
     found_modality = {str(ds.get("Modality", "")) for ds in headers}
     if found_modality != {DICOM_MODALITY[modality]}:
@@ -178,17 +151,17 @@ def convert_series(
               "vendor": vendor_from_manufacturer(str(headers[0].get("Manufacturer", ""))),
               "dcm2niix": dcm2niix_version()}
     if modality == "DWI":
-        record.update(_check_dwi_headers(folder, headers))
-    identifiers = identifiers_in_headers(headers)
+        record.update(_check_dwi_headers(folder, headers, source is not None))
 
     out.mkdir(parents=True, exist_ok=True)
     # Stage outside results/: a killed job must not leave raw (identifying) sidecars there.
     tmp = Path(tempfile.mkdtemp(prefix=f"dwisynth-{stem}-"))
     try:
-        cmd = [dcm2niix_binary(), "-b", "y", "-ba", "y", "-z", "y", "-f", stem, "-o", str(tmp), str(folder)]
+        cmd = [dcm2niix_binary(), "-b", "y", "-ba", "y", "-z", "y", "-f", stem, "-o", str(tmp), str(path)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise DicomSeriesError(f"{folder}: dcm2niix failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            said = (proc.stderr.strip() or proc.stdout.strip()).replace(str(path), folder)
+            raise DicomSeriesError(f"{folder}: dcm2niix failed (exit {proc.returncode}): {said}")
         image = _pick_output(tmp, stem, folder)
         final = {"image": out / f"{stem}.nii.gz", "json": out / f"{stem}.json"}
         # dcm2niix writes the sidecar (and bval/bvec) under the base name even for an _Eq image
@@ -209,15 +182,20 @@ def convert_series(
             del sidecar[key]
         staged["json"].write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         record["sidecar_keys_removed"] = removed
+        # dcm2niix's own enumerations ("Gradient Echo EPI") are not identifiers, even for a patient named Echo
+        identifiers = series_identifiers(headers, also_ambiguous=[record["dcm2niix"]] + [
+            json.dumps(sidecar[k]) for k in SIDECAR_DESCRIPTOR_KEYS if k in sidecar])
         qc_path = tmp / f"{stem}_qc.json"
         record["checks"] = "passed"
         qc_path.write_text(json.dumps(record, indent=2) + "\n")
         staged["qc"], final["qc"] = qc_path, out / f"{stem}_qc.json"
         leaks = find_identifiers(staged.values(), identifiers)
         if leaks:
-            where = "; ".join(f"{Path(f).name} holds {t!r}" for f, t in leaks[:5])
+            # name the attribute, never the value: this message reaches logs/
+            where = "; ".join(f"{Path(f).name} holds the {i.attribute}" for f, i in leaks[:5])
             raise HeaderQCError(f"{folder}: patient or site identifiers survived de-identification ({where}); "
-                                "nothing was written")
+                                "nothing was written. Remove the identifier from the DICOM field that carries "
+                                "it (often SeriesDescription, ProtocolName or ImageComments) and convert again")
         for key, src in staged.items():  # copy beside the target, then rename: no partial file under its name
             partial = final[key].with_name(f".{final[key].name}.partial")
             shutil.copyfile(src, partial)
@@ -229,7 +207,7 @@ def convert_series(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_dwi_output(folder: Path, img, bval_path: Path, header_bvals, b0_max: float) -> dict:
+def _check_dwi_output(folder: str, img, bval_path: Path, header_bvals, b0_max: float) -> dict:
     if not bval_path.exists():
         raise HeaderQCError(f"{folder}: dcm2niix wrote no .bval; the series has no diffusion information")
     bvals = np.loadtxt(bval_path, ndmin=1)

@@ -103,20 +103,23 @@ def _first_number(value) -> float:
     return float(value)
 
 
-def read_series_headers(dicom_dir: str | Path) -> list[Dataset]:
+def read_series_headers(dicom_dir: str | Path, source: str | None = None) -> list[Dataset]:
     """Read every file's header in a series folder, failing on the first bad file.
 
     dcm2niix skips unreadable files with a warning; a series silently missing
     slices is worse than a clear stop, so each file is opened here first.
+    source: the series as messages name it instead of its path, whose folder and file names can hold a
+    patient's name (`dwisynth.convert.convert_series`); a bad file is then named by its position.
     """
     folder = Path(dicom_dir)
+    where = source or str(folder)
     if not folder.is_dir():
-        raise DicomSeriesError(f"{folder}: DICOM folder does not exist; check dicom_dir in the sample sheet")
+        raise DicomSeriesError(f"{where}: DICOM folder does not exist; check dicom_dir in the sample sheet")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise DicomSeriesError(f"{folder}: folder holds no files; check dicom_dir in the sample sheet")
+        raise DicomSeriesError(f"{where}: folder holds no files; check dicom_dir in the sample sheet")
     headers = []
-    for path in files:
+    for index, path in enumerate(files, 1):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=False)
             # Touch the pixel data: a truncated file often has a complete header.
@@ -128,8 +131,9 @@ def read_series_headers(dicom_dir: str | Path) -> list[Dataset]:
                 if len(ds.PixelData) < expected:
                     raise ValueError(f"pixel data has {len(ds.PixelData)} of {expected} bytes")
         except Exception as exc:  # pydicom raises many types for broken files
+            named = path if source is None else f"{source}: file {index} of {len(files)} (by name)"
             raise DicomSeriesError(
-                f"{path}: not a readable DICOM image ({exc}; {path.stat().st_size} bytes); "
+                f"{named}: not a readable DICOM image ({exc}; {path.stat().st_size} bytes); "
                 "remove or re-export this file"
             ) from exc
         headers.append(ds)

@@ -13,4 +13,7 @@ convert_series(
     snakemake.wildcards.subject,  # noqa: F821
     snakemake.params.modality,  # noqa: F821
     b0_max=snakemake.params.b0_max,  # noqa: F821
+    # the pseudonym, never the sheet's path: folder names can hold a patient's name and this reaches logs/
+    source=f"{snakemake.wildcards.cohort}/sub-{snakemake.wildcards.subject} {snakemake.params.modality} "  # noqa: F821
+           "(dicom_dir in the sample sheet)",
 )

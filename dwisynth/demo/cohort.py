@@ -297,7 +297,7 @@ def generate_demo_cohort(config: dict, progress=print) -> pd.DataFrame:
         write_subject(sim)
         uids = series_uids(f"dwisynth-demo-{plan.subject}", 1)
         planted[plan.subject] = {**sim.patient.__dict__, "study_uid": uids["study"], "series_uid": uids["series"],
-                                 "accession": uids["accession"]}
+                                 "accession": uids["accession"], "scan_date": uids["date"]}
         progress(f"[demo-cohort] {i}/{len(plans)} {plan.cohort}/{plan.subject} ({plan.organ}, {plan.vendor}, "
                  f"b={','.join(f'{b:g}' for b in plan.bvals)}{', +CT' if plan.stroke else ''})")
     sheet = sample_sheet(plans)

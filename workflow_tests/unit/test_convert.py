@@ -133,6 +133,72 @@ def test_identifier_typed_into_a_kept_field_is_caught_even_non_ascii(tmp_path, s
     assert _only_outputs(tmp_path / "out") == []
 
 
+def test_patient_named_like_the_vendor_or_a_header_key_converts(tmp_path, small_grid, small_dwi, uids):
+    """Identifiers are matched as whole tokens of values: the surname Philips on a Philips scanner and the
+    given name Echo (sidecar key EchoTime) used to make conversion refuse this clean series."""
+    from dwisynth.dicom import PatientInfo
+
+    patient = PatientInfo("Philips^Echo", "MRN4445556", "19620304", "Clinic West", "1 Elm Street, Town 1234")
+    volumes, bvals = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "philips", patient, uids)
+    record = convert_series(tmp_path / "dcm", tmp_path / "out", "T20", "DWI", log=lambda *_: None)
+    sidecar = json.loads((tmp_path / "out" / "sub-T20_dwi.json").read_text())
+    assert record["checks"] == "passed" and sidecar["Manufacturer"] == "Philips" and "EchoTime" in sidecar
+    assert "4445556" not in json.dumps(sidecar) and "19620304" not in json.dumps(sidecar)
+
+
+@pytest.mark.parametrize("typed, attribute", [
+    ("DWI Li", "PatientName"),             # a two-letter name part, as a whole token
+    ("DWI scan 2025-01-01", "StudyDate"),  # the scan date, in another spelling than the DICOM's
+    ("DWI 01.01.2025", "StudyDate"),
+])
+def test_short_name_parts_and_scan_dates_typed_into_a_kept_field_are_caught(tmp_path, small_grid, small_dwi, uids,
+                                                                             typed, attribute):
+    from dwisynth.dicom import PatientInfo
+
+    patient = PatientInfo("Li^Wu", "MRN9998887", "19700101", "Clinic East", "2 Oak Road, City 4321")
+    volumes, bvals = small_dwi
+    write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "ge", patient, uids, series_description=typed)
+    with pytest.raises(HeaderQCError, match=f"identifiers survived.*{attribute}") as error:
+        convert_series(tmp_path / "dcm", tmp_path / "out", "T21", "DWI", log=lambda *_: None)
+    assert "2025" not in str(error.value) and "Li" not in str(error.value).split("identifiers")[1]
+    assert _only_outputs(tmp_path / "out") == []
+
+
+def test_workflow_messages_name_the_pseudonym_never_the_folder_or_file(tmp_path, small_grid, small_dwi, patient,
+                                                                       uids):
+    """Folder and file names of an export can hold the patient's name; logs/ must not."""
+    volumes, bvals = small_dwi
+    folder = tmp_path / "Testpatient_Herbert_MRN7654321" / "DWI"
+    files = write_dwi_series(folder, volumes, bvals, small_grid, "siemens", patient, uids)
+    bad = files[5].rename(folder / "Herbert_slice6.dcm")
+    intact = bad.read_bytes()
+    bad.write_bytes(intact[:300])
+    said = []
+    with pytest.raises(DicomSeriesError) as error:
+        convert_series(folder, tmp_path / "out", "T22", "DWI", log=said.append,
+                       source="multicenter/sub-T22 DWI (dicom_dir in the sample sheet)")
+    message = str(error.value)
+    assert message.startswith("multicenter/sub-T22 DWI") and f"of {len(files)} (by name)" in message
+    assert "herbert" not in (message + " ".join(said)).casefold() and "MRN" not in message
+    bad.write_bytes(intact)
+    convert_series(folder, tmp_path / "out", "T22", "DWI", log=said.append, source="multicenter/sub-T22 DWI")
+    assert said and not any("herbert" in line.casefold() or str(folder) in line for line in said)
+
+
+def test_identifier_tokens_match_values_never_keys_or_substrings():
+    from dwisynth.identifiers import Identifier, find_identifiers_in_text, tokens
+
+    ann, doe = Identifier(("ann",), "PatientName"), Identifier(("doe", "ann"), "PatientName")
+    date = Identifier(("2025", "01", "02"), "StudyDate")
+    assert tokens("Doe^Ann 2025-01-02T12:00") == ("doe", "ann", "2025", "01", "02", "t", "12", "00")
+    assert find_identifiers_in_text("annual report; AnnotationKey", {ann, doe, date}) == set()
+    assert find_identifiers_in_text("Ann Doe", {ann, doe}) == {ann}  # the pair in the other order is another form
+    assert find_identifiers_in_text("doe, ANN", {doe}) == {doe}
+    assert find_identifiers_in_text("acquired 2025/01/02 at noon", {date}) == {date}
+    assert find_identifiers_in_text("2025-01-03", {date}) == set()
+
+
 def test_repeated_b0_volumes_are_accepted(tmp_path, small_grid, small_dwi, patient, uids):
     volumes, _ = small_dwi
     write_dwi_series(tmp_path / "dcm", volumes, [0, 0, 500, 1000], small_grid, "siemens", patient, uids)

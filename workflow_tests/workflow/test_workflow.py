@@ -46,24 +46,44 @@ def _png_text(blob: bytes) -> str:
     return "\n".join(f"{k}: {v}" for k, v in Image.open(io.BytesIO(blob)).info.items() if isinstance(v, str))
 
 
+def _strings(obj) -> list[str]:
+    """The text leaves of a nested record (tensors and arrays left out: their bytes are not text)."""
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in [str(k), *_strings(v)]]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in _strings(v)]
+    return [] if hasattr(obj, "shape") else [str(obj)]
+
+
 def _readable_text(path: Path) -> str:
-    """A file's content as text a leak would show in: decompressed, decoded, arrays included."""
+    """A file's content as text a leak would show in: decompressed, decoded, arrays of text included.
+
+    Binary payloads (voxels, weights, PNG pixels, base64) are left out or decoded: random bytes read as
+    letters would match short name parts by chance."""
+    import base64
     import gzip
 
+    if path.parent.name == "metadata" and path.parent.parent.name == ".snakemake":
+        # Snakemake names each record by its output path in base64 and stores the conda env file in base64
+        record = json.loads(path.read_text())
+        record["conda_env"] = base64.b64decode(record.get("conda_env") or "").decode("utf-8", errors="ignore")
+        return base64.b64decode(path.name).decode("utf-8", errors="ignore") + "\n" + "\n".join(_strings(record))
+    if path.suffix == ".pt":
+        import torch
+
+        return "\n".join(_strings(torch.load(path, map_location="cpu", weights_only=False)))
     if path.suffix == ".npz":
         with np.load(path) as data:
             return "\n".join(str(data[key].tolist()) for key in data.files if data[key].dtype.kind in "USO")
     if path.name.endswith(".nii.gz"):
-        # header and extensions hold the text; voxel bytes would match short names by chance
-        header = nib.load(path).header
-        return (header.binaryblock + b"".join(bytes(e.get_content() or b"") for e in header.extensions)).decode(
-            "latin-1")
+        from dwisynth.identifiers import searchable_text
+
+        return searchable_text(path)  # the header's text fields and extensions
     if path.suffix == ".png":
         return _png_text(path.read_bytes())
     blob = path.read_bytes()
     if path.suffix == ".html":
-        # embedded figures: their pixel bytes would match short names by chance; keep their text chunks
-        import base64
+        # embedded figures: keep their text chunks
         import re
 
         html = blob.decode("utf-8")
@@ -77,22 +97,30 @@ def _readable_text(path: Path) -> str:
     return text
 
 
-def test_no_planted_identifier_reaches_results(demo_run):
+PLANTED_ATTRIBUTES = {"name": "PatientName", "patient_id": "PatientID", "birth_date": "PatientBirthDate",
+                      "institution": "InstitutionName", "institution_address": "InstitutionAddress",
+                      "study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID",
+                      "accession": "AccessionNumber", "scan_date": "StudyDate"}
+
+
+def test_no_planted_identifier_reaches_any_output_log_or_metadata(demo_run):
+    """Every place a run writes: results/ (the report too), logs/, benchmarks/ and Snakemake's own
+    metadata and logs under .snakemake/. Identifiers are whole tokens of values (dwisynth.identifiers), so
+    name parts of any length and dates in any spelling are checked."""
+    from dwisynth.identifiers import find_identifiers_in_text, identifiers_from_values
+
     planted = json.loads((demo_run / "data/demo/planted_phi.json").read_text())
-    needles = set()
-    for person in planted.values():
-        needles |= {person[k] for k in ("name", "patient_id", "birth_date", "institution", "institution_address",
-                                        "study_uid", "series_uid", "accession")}
-        needles |= {part for part in person["name"].split("^") if len(part) >= 4}
-        b = person["birth_date"]
-        needles.add(f"{b[:4]}-{b[4:6]}-{b[6:]}")
-    needles = {n.casefold() for n in needles}
-    files = [p for p in (demo_run / "results").rglob("*") if p.is_file()]
-    assert len(files) > 20 and any(p.suffix == ".npz" for p in files)
+    identifiers = identifiers_from_values({(attribute, person[key]) for person in planted.values()
+                                           for key, attribute in PLANTED_ATTRIBUTES.items()})
+    assert {i.attribute for i in identifiers} == set(PLANTED_ATTRIBUTES.values())
+    roots = ["results", "logs", "benchmarks", ".snakemake/metadata", ".snakemake/log"]
+    files = [p for root in roots for p in (demo_run / root).rglob("*") if p.is_file()]
+    for root in roots:
+        assert any(p.is_relative_to(demo_run / root) for p in files), f"nothing under {root} to scan"
+    assert any(p.suffix == ".npz" for p in files) and (demo_run / "results/report.html") in files
     for path in files:
-        text = (str(path.relative_to(demo_run)) + "\n" + _readable_text(path)).casefold()
-        for needle in needles:
-            assert needle not in text, f"{needle!r} found in {path}"
+        found = find_identifiers_in_text(str(path.relative_to(demo_run)) + "\n" + _readable_text(path), identifiers)
+        assert not found, f"{sorted(map(str, found))} found in {path}"
 
 
 def test_rerun_has_nothing_to_do(demo_run):
