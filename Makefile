@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: demo test bench lint dryrun lock clean-demo system-deps slurm-profile reproduce
+.PHONY: demo test bench lint dryrun lock envs clean-demo system-deps slurm-profile reproduce
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ lock:
 	rm -rf /tmp/dwisynth-lock && $(PYTHON) -m venv /tmp/dwisynth-lock
 	/tmp/dwisynth-lock/bin/pip install --quiet '.[test]'
 	/tmp/dwisynth-lock/bin/pip freeze --exclude dwisynth > requirements.lock
+
+# One conda env per rule group (pyproject.toml's extras) for `snakemake --sdm conda`.
+envs: $(STAMP)
+	$(BIN)/python -m dwisynth.envs envs
 
 # `snakemake --profile slurm` looks in ./slurm, $XDG_CONFIG_HOME/snakemake/slurm (~/.config/...), then
 # /etc/xdg/snakemake/slurm. A link, not a copy: the partition and account edited in profiles/slurm and

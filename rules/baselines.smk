@@ -19,7 +19,7 @@ rule cdwi:
     log:
         layout.log("cdwi", "{cohort}", "{subject}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/cdwi.py"
 
@@ -40,7 +40,7 @@ rule dc2anet_interpolation:
     log:
         layout.log("dc2anet_interpolation", "{cohort}", "{subject}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/dc2anet_interpolation.py"
 
@@ -67,6 +67,6 @@ if config["demo"]["enabled"]:
         log:
             layout.log("noise_free_reference", "{cohort}", "{subject}"),
         conda:
-            "../envs/dwisynth.yaml"
+            "../envs/networks.yaml"
         script:
             "../scripts/noise_free_reference.py"

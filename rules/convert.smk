@@ -11,7 +11,7 @@ rule convert_dwi:
     benchmark:
         layout.benchmark("convert_dwi", "{cohort}", "{subject}")
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/convert.yaml"
     script:
         "../scripts/convert.py"
 
@@ -29,6 +29,6 @@ rule convert_ct:
     benchmark:
         layout.benchmark("convert_ct", "{cohort}", "{subject}")
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/convert.yaml"
     script:
         "../scripts/convert.py"

@@ -12,7 +12,7 @@ checkpoint split_manifest:
     log:
         "logs/split_manifest.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     script:
         "../scripts/split_manifest.py"
 
@@ -35,6 +35,6 @@ rule slice_shard:
     benchmark:
         layout.benchmark("slice_shard", "{cohort}", "{subject}")
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     script:
         "../scripts/slice_shard.py"

@@ -18,6 +18,6 @@ rule evaluate_synthesis:
     benchmark:
         "benchmarks/evaluate_synthesis.tsv"
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/evaluate.yaml"
     script:
         "../scripts/evaluate_synthesis.py"

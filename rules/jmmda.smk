@@ -30,7 +30,7 @@ rule train_ct2dwi:
     benchmark:
         layout.benchmark("train_ct2dwi", "{experiment}", "{method}")
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/train_ct2dwi.py"
 
@@ -51,7 +51,7 @@ rule synthesize_ct2dwi:
     log:
         layout.log("synthesize_ct2dwi", "{experiment}", "{method}", "{cohort}", "{subject}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/synthesize_ct2dwi.py"
 
@@ -74,7 +74,7 @@ if config["demo"]["enabled"]:
         log:
             layout.log("noise_free_ct2dwi", "{cohort}", "{subject}"),
         conda:
-            "../envs/dwisynth.yaml"
+            "../envs/networks.yaml"
         script:
             "../scripts/noise_free_ct2dwi.py"
 
@@ -93,7 +93,7 @@ rule score_ct2dwi:
     log:
         layout.log("score_ct2dwi", "{experiment}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/score_ct2dwi.py"
 
@@ -106,7 +106,7 @@ rule ct2dwi_experiment_table:
     log:
         "logs/ct2dwi_experiment_table.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/ct2dwi_tables.py"
 
@@ -122,7 +122,7 @@ rule ct2dwi_compute:
     log:
         "logs/ct2dwi_compute.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/ct2dwi_compute.py"
 
@@ -137,7 +137,7 @@ rule ct2dwi_grid:
     log:
         "logs/ct2dwi_grid_{grid}.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/ct2dwi_tables.py"
 

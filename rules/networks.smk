@@ -29,7 +29,7 @@ rule train:
     benchmark:
         layout.benchmark("train", "{method}", "{organ}")
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/train.py"
 
@@ -51,6 +51,6 @@ rule synthesize:
     benchmark:
         layout.benchmark("synthesize", "{method}", "{cohort}", "{subject}")
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/networks.yaml"
     script:
         "../scripts/synthesize.py"

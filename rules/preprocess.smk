@@ -17,7 +17,7 @@ rule register_dwi:
     log:
         layout.log("register_dwi", "{cohort}", "{subject}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("register_dwi", "{cohort}", "{subject}")
     script:
@@ -35,7 +35,7 @@ if config["masking"]["method"] == "hd-bet-v2":
         log:
             "logs/install_hdbet_v2_weights.log",
         conda:
-            "../envs/dwisynth.yaml"
+            "../envs/preprocess.yaml"
         script:
             "../scripts/install_hdbet_v2_weights.py"
 
@@ -58,7 +58,7 @@ rule organ_mask:
     threads: lambda wildcards: config["masking"]["brain_threads"] if series_row(wildcards, "DWI")["organ"] == "brain" else 1
     priority: 10
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("organ_mask", "{cohort}", "{subject}")
     script:
@@ -82,7 +82,7 @@ rule normalize_dwi:
     log:
         layout.log("normalize_dwi", "{cohort}", "{subject}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("normalize_dwi", "{cohort}", "{subject}")
     script:
@@ -104,7 +104,7 @@ rule adc_acquired:
     benchmark:
         layout.benchmark("adc_acquired", "{cohort}", "{subject}")
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     script:
         "../scripts/adc.py"
 
@@ -124,7 +124,7 @@ rule register_ct:
     log:
         layout.log("register_ct", "{cohort}", "{subject}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("register_ct", "{cohort}", "{subject}")
     script:
@@ -142,6 +142,6 @@ rule ct_brain_mask:
     log:
         layout.log("ct_brain_mask", "{cohort}", "{subject}"),
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/preprocess.yaml"
     script:
         "../scripts/ct_brain_mask.py"

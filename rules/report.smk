@@ -12,7 +12,7 @@ rule summarize:
     log:
         "logs/summarize.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/evaluate.yaml"
     script:
         "../scripts/summarize.py"
 
@@ -33,7 +33,7 @@ rule reader_study_export:
     log:
         "logs/reader_study_export.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/evaluate.yaml"
     script:
         "../scripts/reader_study_export.py"
 
@@ -47,7 +47,7 @@ rule reader_scores:
     log:
         "logs/reader_scores.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/evaluate.yaml"
     script:
         "../scripts/reader_scores.py"
 
@@ -66,7 +66,7 @@ rule provenance:
     log:
         "logs/provenance.log",
     conda:
-        "../envs/dwisynth.yaml"
+        "../envs/evaluate.yaml"
     script:
         "../scripts/provenance.py"
 
