@@ -46,6 +46,7 @@ from dwisynth.networks.base import code_digest
 from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"  # the one before: what a corrupt checkpoint falls back to
 MODEL = "model.pt"
 LOG = "training_log.csv"
 # Trainer settings that change how a run is carried out, never what it learns.
@@ -283,10 +284,22 @@ class Trainer:
         return torch.stack(out)
 
     # --- checkpoints -----------------------------------------------------------------------
-    def _atomic_save(self, obj, path: Path) -> None:
+    def _atomic_save(self, obj, path: Path, keep_previous: Path | None = None) -> None:
+        """Write, fsync, then rename into place: a kill or a power cut mid-write never leaves a broken
+        file under `path`; keep_previous: move the file `path` replaces there first."""
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)  # a kill mid-write never leaves a broken checkpoint
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the renames themselves reach the disk
+        finally:
+            os.close(directory)
 
     def save_checkpoint(self) -> None:
         self._atomic_save({
@@ -296,15 +309,31 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "torch_rng": torch.get_rng_state(), "log_rows": self.log_rows,
             "best": self.best, "collapses": self.collapses,
-        }, self.out_dir / CHECKPOINT)
+        }, self.out_dir / CHECKPOINT, keep_previous=self.out_dir / PREVIOUS_CHECKPOINT)
+
+    def _load_checkpoint(self) -> tuple[Path, dict] | None:
+        """The newest readable checkpoint: checkpoint.pt, or the previous one when it is corrupt."""
+        for path in (self.out_dir / CHECKPOINT, self.out_dir / PREVIOUS_CHECKPOINT):
+            if not path.exists():
+                continue
+            try:
+                # On CPU: the RNG state must stay a CPU tensor (torch.set_rng_state rejects a CUDA one);
+                # load_state_dict moves weights and optimizer state to the parameters' device.
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                if not isinstance(state, dict) or "step" not in state or "model" not in state:
+                    raise ValueError("not a dwisynth checkpoint")
+                return path, state
+            except Exception as exc:  # torch raises many types for a truncated or garbled file
+                print(f"[train] {path} is unreadable ({type(exc).__name__}: {exc}); "
+                      + ("trying the previous checkpoint" if path.name == CHECKPOINT else "training from scratch"),
+                      file=sys.stderr)
+        return None
 
     def try_resume(self) -> bool:
-        path = self.out_dir / CHECKPOINT
-        if not path.exists():
+        loaded = self._load_checkpoint()
+        if loaded is None:
             return False
-        # On CPU: the RNG state must stay a CPU tensor (torch.set_rng_state rejects a CUDA one);
-        # load_state_dict moves weights and optimizer state to the parameters' device.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        path, state = loaded
         if state.get("fingerprint") != self.fingerprint:
             changed = _changed(state.get("fingerprint_sources", {}), self.fingerprint_sources)
             print(f"[train] {path} was trained with other settings or data (changed: {', '.join(changed)}); "

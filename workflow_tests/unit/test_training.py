@@ -166,6 +166,29 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_result(cohort, tmp
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_and_says_so(cohort, tmp_path, capsys):
+    """A disk that filled up or a node that died mid-sync can leave a garbled checkpoint.pt; the
+    previous checkpoint is kept beside it, and resuming from it still ends at the uninterrupted weights."""
+    tiny_trainer(cohort, "pix2pix", tmp_path / "run", steps=12, checkpoint_every=5).fit(stop_after=10)
+    checkpoint, previous = tmp_path / "run" / "checkpoint.pt", tmp_path / "run" / "checkpoint.previous.pt"
+    assert torch.load(previous, weights_only=False)["step"] == 5
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated
+    resumed = tiny_trainer(cohort, "pix2pix", tmp_path / "run", steps=12, checkpoint_every=5)
+    assert resumed.try_resume() and resumed.step == 5
+    said = capsys.readouterr().err
+    assert "checkpoint.pt is unreadable" in said and "trying the previous checkpoint" in said
+    resumed.fit()
+    straight = tiny_trainer(cohort, "pix2pix", tmp_path / "straight", steps=12, checkpoint_every=5)
+    straight.fit()
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    previous.write_bytes(b"garbage")
+    checkpoint.write_bytes(b"garbage")
+    fresh = tiny_trainer(cohort, "pix2pix", tmp_path / "run", steps=12, checkpoint_every=5)
+    assert not fresh.try_resume() and fresh.step == 0
+    assert "training from scratch" in capsys.readouterr().err
+
+
 def test_checkpoint_from_another_configuration_is_not_resumed(cohort, tmp_path):
     tiny_trainer(cohort, "pix2pix", tmp_path, steps=6).fit(stop_after=5)
     other = tiny_trainer(cohort, "pix2pix", tmp_path, steps=6, lr=1e-3)
