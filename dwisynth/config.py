@@ -130,6 +130,10 @@ def validate_config(config: dict, source: str = "config") -> dict:
     _validate(config, schema, source)
     _check_network_blocks(config, source)
     b = config["bvalues"]
+    both = sorted(set(b["inputs"]) & set(b["targets"]))
+    if both:
+        raise ConfigError(f"{source}: bvalues {both} are both inputs and targets; a network cannot be trained to "
+                          "synthesize an image it is given: remove them from one list")
     overlap = set(b["heldout"]) & (set(b["inputs"]) | set(b["targets"]))
     if overlap:
         raise ConfigError(f"{source}: bvalues.heldout {sorted(overlap)} also appear in inputs/targets; "
@@ -189,6 +193,20 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
     except Exception as exc:
         raise SampleSheetError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
     return validate_sample_sheet(sheet, str(path))
+
+
+def check_data_root(sheet: pd.DataFrame, data_root: str | Path | None, source: str) -> None:
+    """Every dicom_dir, with '..' and links resolved, lies inside data_root (default: the working
+    directory). Rows are named by cohort and subject, never by path: a folder name can hold a patient's name."""
+    root = Path(data_root or ".").resolve()
+    outside = [f"row {i + 2} ({row['cohort']}/{row['subject']} {row['modality']})" for i, row in sheet.iterrows()
+               if not Path(row["dicom_dir"]).resolve().is_relative_to(root)]
+    if outside:
+        raise SampleSheetError(
+            f"{source}: dicom_dir of {', '.join(outside[:5])}{' and more' if len(outside) > 5 else ''} leads outside "
+            f"the data root {'(data_root in the config)' if data_root else '(the working directory)'}; move the "
+            "series under it or set data_root to the folder that holds the study's DICOM"
+        )
 
 
 def adc_settings(config: dict) -> dict:

@@ -7,6 +7,7 @@ every check has passed, so a failure leaves no half-written output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,9 +19,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dwisynth.dicom import read_bvalue, read_series_headers, vendor_from_manufacturer
+from dwisynth.dicom import first_number, read_bvalue, read_series_headers, vendor_from_manufacturer
 from dwisynth.errors import DicomSeriesError, HeaderQCError
 from dwisynth.identifiers import find_identifiers, series_identifiers
+from dwisynth.io import check_image_values
 
 MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
 DICOM_MODALITY = {"DWI": "MR", "CT": "CT"}
@@ -87,14 +89,38 @@ def _check_dwi_headers(folder: str, headers, pseudonymous: bool = False) -> dict
             f"{folder}: inconsistent b-values, not every b-value covers the {len(positions)} slice positions "
             f"({detail}); the export is incomplete or mixes series: re-export the series"
         )
+    if len(images_per_b) == 1:
+        raise HeaderQCError(
+            f"{folder}: every image has b={next(iter(images_per_b)):g}; an ADC and a synthesis need a b0 and at "
+            "least one higher b-value: export the series with all its b-values into this folder"
+        )
     return {"vendor": vendor, "header_bvals": sorted(images_per_b)}
 
 
+def _check_slice_spacing(folder: str, headers) -> None:
+    """Slices evenly spaced along the slice normal. dcm2niix fills a gap by interpolation (its _Eq image),
+    which would hide a missing slice from every later step; mixed 5/10 mm head-CT reconstructions too."""
+    row_col = np.asarray(headers[0].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float).reshape(2, 3)
+    normal = np.cross(row_col[0], row_col[1])
+    depths = sorted({round(float(np.dot(normal, np.asarray(ds.get("ImagePositionPatient", [0, 0, 0]), float))), 2)
+                     for ds in headers})
+    steps = np.diff(depths)
+    if steps.size < 2 or steps.max() <= 1.1 * steps.min():
+        return
+    jump = int(np.argmax(np.abs(steps - np.median(steps)))) + 1
+    raise HeaderQCError(
+        f"{folder}: slice spacing is uneven ({steps.min():.2f} to {steps.max():.2f} mm; the gap of "
+        f"{steps[jump - 1]:.2f} mm follows slice {jump} of {len(depths)}): slices are missing or reconstructions "
+        "with different spacing are mixed; re-export the complete series with one slice spacing"
+    )
+
+
 def _pick_output(tmp: Path, stem: str, folder: str) -> Path:
-    """The one image dcm2niix wrote; with uneven slice spacing or gantry tilt, its equalized copy."""
-    equalized = sorted(tmp.glob(f"{stem}_Eq*.nii.gz"))
-    if len(equalized) == 1:
-        return equalized[0]
+    """The one image dcm2niix wrote; with gantry tilt its tilt-corrected copy (stroke head CT is often
+    tilted away from the orbits; the uncorrected image has sheared geometry NIfTI cannot hold)."""
+    corrected = sorted(tmp.glob(f"{stem}_Tilt*.nii.gz")) or sorted(tmp.glob(f"{stem}_Eq*.nii.gz"))
+    if len(corrected) == 1:
+        return corrected[0]
     # dcm2niix splits volumes it takes for derived maps into _ADC files (Philips isotropic
     # convention); they are dropped here, and the b-value check reports what is missing.
     images = sorted(p for p in tmp.glob("*.nii.gz") if not p.name.startswith(f"{stem}_ADC"))
@@ -152,10 +178,17 @@ def convert_series(
               "dcm2niix": dcm2niix_version()}
     if modality == "DWI":
         record.update(_check_dwi_headers(folder, headers, source is not None))
+    _check_slice_spacing(folder, headers)
+    tilt = first_number(headers[0].get("GantryDetectorTilt", 0) or 0)
+    if tilt:
+        record["gantry_tilt_deg"] = tilt
 
     out.mkdir(parents=True, exist_ok=True)
-    # Stage outside results/: a killed job must not leave raw (identifying) sidecars there.
-    tmp = Path(tempfile.mkdtemp(prefix=f"dwisynth-{stem}-"))
+    # Stage outside results/: a killed job must not leave raw (identifying) sidecars there. The folder is
+    # named after the destination, so a rerun after a kill (which runs no `finally`) removes what it left.
+    tmp = staging_folder(out, stem)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
         cmd = [dcm2niix_binary(), "-b", "y", "-ba", "y", "-z", "y", "-f", stem, "-o", str(tmp), str(path)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -167,6 +200,7 @@ def convert_series(
         # dcm2niix writes the sidecar (and bval/bvec) under the base name even for an _Eq image
         staged = {"image": image, "json": tmp / f"{stem}.json"}
         img = nib.load(image)
+        check_image_values(np.asanyarray(img.dataobj), folder)
         record["shape"] = list(img.shape)
         record["voxel_mm"] = [round(float(z), 4) for z in img.header.get_zooms()[:3]]
         if modality == "DWI":
@@ -205,6 +239,12 @@ def convert_series(
         return record
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging_folder(out_dir: Path, stem: str) -> Path:
+    """Where one conversion stages dcm2niix's raw output: in the temp folder, one per destination."""
+    key = hashlib.sha256(f"{Path(out_dir).resolve()}/{stem}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"dwisynth-convert-{key}"
 
 
 def _check_dwi_output(folder: str, img, bval_path: Path, header_bvals, b0_max: float) -> dict:

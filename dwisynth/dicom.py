@@ -86,13 +86,13 @@ def read_bvalue(ds: Dataset) -> float | None:
         value = ds.get_private_item(group, element, creator).value
     except KeyError:
         return None
-    value = _first_number(value)
+    value = first_number(value)
     if vendor == "ge":
         return float(int(value) % GE_B_OFFSET)
     return float(value)
 
 
-def _first_number(value) -> float:
+def first_number(value) -> float:
     """First value of a (possibly multi-valued, possibly undecoded) element as a number."""
     if isinstance(value, (bytes, bytearray)):
         value = value.decode(errors="ignore").strip("\x00 ")

@@ -10,8 +10,32 @@ import numpy as np
 from dwisynth.errors import DwisynthError
 
 
-def load_dwi(dwi_path: str | Path, bval_path: str | Path, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """4D DWI (x, y, z, n_b) as float and its b-values (s/mm²).
+def check_image_values(data: np.ndarray, source, bvals=None) -> None:
+    """Refuse an image no later step can use, naming it: no voxels, NaN/Inf voxels, or a volume
+    that is zero everywhere (an aborted export or a damaged file). bvals label the volumes of a 4D DWI."""
+    data = np.asanyarray(data)
+    if data.size == 0:
+        raise DwisynthError(f"{source}: the image is empty (shape {data.shape}); re-export or reconvert it")
+    volumes = data.reshape(*data.shape[:3], -1) if data.ndim >= 3 else data.reshape(*data.shape, 1)
+    def name(v):
+        label = f"b={float(bvals[v]):g}" if bvals is not None and len(bvals) == volumes.shape[-1] else f"{v + 1}"
+        return f"volume {v + 1} of {volumes.shape[-1]} ({label})" if volumes.shape[-1] > 1 else "the image"
+    for v in range(volumes.shape[-1]):
+        volume = volumes[..., v]
+        if np.issubdtype(volume.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(volume)))
+            if bad:
+                raise DwisynthError(f"{source}: {name(v)} holds {bad} NaN/Inf voxels; the file is damaged or marks "
+                                    "missing data with NaN: re-export it from the scanner or PACS")
+        if not np.any(volume):
+            raise DwisynthError(f"{source}: {name(v)} is zero everywhere; the export is incomplete or the file "
+                                "is damaged: re-export the series")
+
+
+def load_dwi(dwi_path: str | Path, bval_path: str | Path, canonical: bool = False,
+             check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """4D DWI (x, y, z, n_b) as float and its b-values (s/mm²), refused with a message naming the file when
+    it is empty, non-finite or holds an all-zero volume (`check_image_values`).
 
     canonical: reorient to RAS (nibabel's closest canonical), the voxel order of every
     image under results/ (the demo truth is written in the DICOM's LPS order).
@@ -22,9 +46,13 @@ def load_dwi(dwi_path: str | Path, bval_path: str | Path, canonical: bool = Fals
     data = np.asarray(img.dataobj, dtype=np.float64)
     if data.ndim == 3:
         data = data[..., None]
+    if check and data.size == 0:
+        check_image_values(data, dwi_path)
     bvals = np.loadtxt(bval_path, ndmin=1)
     if bvals.size != data.shape[-1]:
         raise DwisynthError(f"{bval_path}: {bvals.size} b-values for {data.shape[-1]} volumes in {dwi_path}")
+    if check:
+        check_image_values(data, dwi_path, bvals)
     return data, bvals
 
 

@@ -31,7 +31,10 @@ def robust_max(reference: np.ndarray, mask: np.ndarray) -> float:
     if values.size == 0:
         raise ValueError("the mask is empty: nothing to score")
     top = float(np.percentile(values, ROBUST_MAX_PERCENTILE))
-    return top if top > 0 else 1.0
+    if not top > 0:  # no scale to put errors on: a score would be a number without meaning
+        raise ValueError(f"the reference is {top:g} at its {ROBUST_MAX_PERCENTILE}th percentile inside the mask: "
+                         "nothing to score against; check that the mask covers the organ")
+    return top
 
 
 def superpixel_correlation(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, n_segments: int = 100,

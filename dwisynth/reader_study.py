@@ -91,12 +91,12 @@ def score_ratings(ratings: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
                "readers": table["reader"].nunique(), "mean_score": table["score"].mean(),
                "percent_excellent": 100.0 * (table["score"] >= EXCELLENT).mean()}
         for kind in ("ICC2", "ICC2k"):
-            try:
-                result = icc(table, "image", "reader", "score", kind)
-                row[kind.lower()] = result["icc"]
-                row[f"{kind.lower()}_label"] = result["icc_label"]
-            except (AssertionError, ValueError, KeyError):  # fewer than 2 readers or images
-                row[kind.lower()], row[f"{kind.lower()}_label"] = float("nan"), "n/a"
+            if row["readers"] < 2 or row["images"] < 2:  # an ICC needs two of each; anything else is an error
+                row[kind.lower()], row[f"{kind.lower()}_label"] = float("nan"), "n/a (fewer than 2 readers or images)"
+                continue
+            result = icc(table, "image", "reader", "score", kind)
+            row[kind.lower()] = result["icc"]
+            row[f"{kind.lower()}_label"] = result["icc_label"]
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -1,7 +1,14 @@
 import pandas as pd
 
 from dwisynth import layout
-from dwisynth.config import adc_settings, bvalue_grid, read_sample_sheet, validate_config, validate_sample_sheet
+from dwisynth.config import (
+    adc_settings,
+    bvalue_grid,
+    check_data_root,
+    read_sample_sheet,
+    validate_config,
+    validate_sample_sheet,
+)
 from dwisynth.ct2dwi import (
     GRIDS,
     cell_params,
@@ -27,6 +34,7 @@ if config["demo"]["enabled"]:
 else:
     DEMO_SHEET = None
     SAMPLES = read_sample_sheet(config["samples"])
+    check_data_root(SAMPLES, config["data_root"], config["samples"])
 
 COHORTS = config["cohorts"] or sorted(SAMPLES["cohort"].unique())
 _unknown = sorted(set(COHORTS) - set(SAMPLES["cohort"]))

@@ -14,7 +14,7 @@ import numpy as np
 
 from dwisynth.diffusion import adc_fit_bvalues, fit_adc, noise_sigma_background, noise_sigma_repeats, trace_average
 from dwisynth.errors import DwisynthError
-from dwisynth.io import save_nifti, write_bval
+from dwisynth.io import check_image_values, save_nifti, write_bval
 from dwisynth.preprocess.masking import (BRAIN_METHODS, body_mask, check_ct_hu, check_mask, hd_bet_v1_mask,
                                         hd_bet_v2_mask)
 from dwisynth.preprocess.normalize import check_finite, normalize_dwi, snap_bvalues
@@ -32,6 +32,7 @@ def _load_dwi(dwi_path, bval_path, b0_max: float):
     if dwi.ndim == 3:
         dwi = dwi[..., None]
     bvals = np.loadtxt(bval_path, ndmin=1)
+    check_image_values(dwi, dwi_path, bvals)
     return img, dwi, bvals, dwi[..., bvals <= b0_max].mean(-1)
 
 
