@@ -27,6 +27,14 @@ def test_workflow_stops_on_sheet_with_missing_column(tmp_path):
     assert str(path) in proc.stdout + proc.stderr
 
 
+def test_workflow_stops_on_a_sheet_path_outside_the_data_root(tmp_path):
+    path = _sheet(tmp_path)  # dicom_dir /data/x, outside the run's working directory
+    proc = _dry_run(tmp_path, {"samples": str(path), "bvalues": {}, "demo": {"enabled": False}})
+    assert proc.returncode != 0
+    assert "dicom_dir of row 2 (c1/S0001 DWI) leads outside the data root (the working directory)" in proc.stdout + proc.stderr
+    assert "/data/x" not in proc.stdout + proc.stderr
+
+
 def _dry_run(tmp_path, config: dict):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -39,7 +47,7 @@ def _dry_run(tmp_path, config: dict):
 
 def test_workflow_stops_on_a_stroke_subject_without_its_ct_row(tmp_path):
     path = _sheet(tmp_path)  # one DWI row, cohort c1, no CT row
-    proc = _dry_run(tmp_path, {"samples": str(path), "bvalues": {}, "demo": {"enabled": False},
+    proc = _dry_run(tmp_path, {"samples": str(path), "bvalues": {}, "demo": {"enabled": False}, "data_root": "/data",
                                "ct2dwi": {"cohorts": ["c1"]}})
     assert proc.returncode != 0
     assert "c1/S0001 in the CT -> DWI cohort(s) c1 have no CT row" in proc.stdout + proc.stderr
@@ -51,6 +59,7 @@ def test_workflow_stops_on_a_stroke_subject_without_its_ct_row(tmp_path):
     ({"jmmdagan": {"wavelet": "db4"}}, "jmmdagan.wavelet: 'db4' is not one of"),
 ])
 def test_workflow_stops_on_a_bad_jmmdagan_block(tmp_path, block, message):
-    proc = _dry_run(tmp_path, {"samples": str(_sheet(tmp_path)), "bvalues": {}, "demo": {"enabled": False}, **block})
+    proc = _dry_run(tmp_path, {"samples": str(_sheet(tmp_path)), "bvalues": {}, "demo": {"enabled": False},
+                               "data_root": "/data", **block})
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr

@@ -43,7 +43,7 @@ def shared_id_run(demo_run, tmp_path_factory):
     _sheet(demo_run, ROWS).to_csv(workdir / "samples.tsv", sep="\t", index=False)
     config = yaml.safe_load(TINY_CONFIG.read_text())
     # the plugin network's block is the only config it needs; `methods` defaults to every registered network
-    config.update({"samples": str(workdir / "samples.tsv"), "demo": {"enabled": False},
+    config.update({"samples": str(workdir / "samples.tsv"), "demo": {"enabled": False}, "data_root": str(demo_run),
                    "tinyconv": {"steps": 10, "width": 4}})
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake("--cores", "2", workdir=workdir, configfile=workdir / "config.yaml", env=_plugin_env())
