@@ -308,6 +308,8 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "torch_rng": torch.get_rng_state(), "log_rows": self.log_rows,
+            # dropout and noise drawn on the GPU use its own generator: without it a resumed CUDA run diverges
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "best": self.best, "collapses": self.collapses,
         }, self.out_dir / CHECKPOINT, keep_previous=self.out_dir / PREVIOUS_CHECKPOINT)
 
@@ -346,6 +348,8 @@ class Trainer:
         for k, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][k])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
         self.log_rows = [row for row in state["log_rows"] if row["step"] <= self.step]
         self.best, self.collapses = state.get("best"), state.get("collapses", 0)
