@@ -4,6 +4,10 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+from dwisynth.workflow_scheduler import coalesce_scheduler_timers
+
+coalesce_scheduler_timers()  # Snakemake 9's wake-up timers multiply with every finished job
+
 
 configfile: "config/config.yaml"
 
