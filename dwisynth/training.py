@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from dwisynth.errors import ConfigError, DwisynthError
 from dwisynth.inference import MODEL_FORMAT, resolve_device
-from dwisynth.loader import inputs_to_network
+from dwisynth.loader import chunked_percentile, inputs_to_network
 from dwisynth.networks.base import code_digest
 from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
 
@@ -132,8 +132,8 @@ def intensity_range(data, percentile: float = 99.9, margin: float = 1.1) -> floa
     Fluid is many times brighter than the median tissue the images are normalized to
     (up to 9x in the abdomen), so a fixed range would clip it.
     """
-    inside = data.signal_reference()
-    return float(np.percentile(inside, percentile) * margin) if inside.size else 1.5
+    top = chunked_percentile(data.signal_chunks, percentile)  # the cohort's voxels are never all in memory
+    return float(top * margin) if top is not None else 1.5
 
 
 def _changed(old, new, prefix: str = "") -> list[str]:

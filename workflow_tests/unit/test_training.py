@@ -1,9 +1,12 @@
 """The shared trainer, DC²Anet, pix2pix and synthesis: behaviour on a small IVIM phantom."""
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from dwisynth.errors import ConfigError
 from dwisynth.layout import synth_folder_files
 from dwisynth.inference import ModelFileError, cdwi_volume, load_model, synthesize_volume
 from dwisynth.io import save_nifti, write_bval
-from dwisynth.loader import SliceDataset
+from dwisynth.loader import SliceDataset, chunked_percentile
 from dwisynth.networks.base import build_network
 from dwisynth.synthesis import synthesize_subject, train_model
 from dwisynth.training import Batch, Trainer, TrainerConfig
@@ -92,6 +95,64 @@ def fixed_batch(cohort, n=4):
     return Batch(2 * inputs / scale - 1, 2 * targets / scale - 1, present, mask)
 
 
+@pytest.mark.parametrize("n, q", [(1, 99.9), (2, 50.0), (1000, 99.9), (70001, 99.5), (70001, 0.0), (70001, 100.0)])
+def test_percentile_over_chunks_is_numpys_bit_for_bit(n, q):
+    rng = np.random.default_rng(n)
+    values = np.concatenate([rng.lognormal(0, 1, n - n // 3), -rng.exponential(1, n // 6),
+                             np.full(n // 3 - n // 6, 0.75)]).astype(np.float32)  # negatives and many ties
+    rng.shuffle(values)
+    chunks = lambda: np.array_split(values, 7)  # noqa: E731 - a fresh pass over the values per call
+    assert chunked_percentile(chunks, q) == float(np.percentile(values, q))
+    assert chunked_percentile(lambda: [values[:0]], q) is None
+
+
+def test_slices_are_read_from_unlinked_files_with_the_shards_values_and_the_in_memory_digest(
+        cohort, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the dataset's files would be
+    monkeypatch.setattr("dwisynth.loader.CHUNK_ROWS", 5)  # several chunks per pass
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+    assert isinstance(data.inputs.base, np.memmap) and list(tmp_path.iterdir()) == []
+    # the arrays as the shards hold them, loaded whole
+    images, masks = [], []
+    for path in cohort["shards"][:6]:
+        with np.load(path) as shard:
+            images.append(shard["images"])
+            masks.append(shard["mask"].astype(bool))
+    images, masks = np.concatenate(images), np.concatenate(masks)
+    grid = [float(b) for b in np.load(cohort["shards"][0])["bvals"]]
+    np.testing.assert_array_equal(data.inputs, images[:, [grid.index(b) for b in INPUT_B]])
+    np.testing.assert_array_equal(data.targets[:, 2], images[:, grid.index(1000.0)])
+    np.testing.assert_array_equal(data.masks, masks)
+    # a split copies rows chunk by chunk and gives the rows boolean indexing gives
+    held = data.subject_keys()[:1]
+    train, validation = data.split_subjects(held)
+    keep = np.array([s not in held for s in data.subjects])
+    np.testing.assert_array_equal(train.targets, data.targets[keep])
+    np.testing.assert_array_equal(validation.masks, data.masks[~keep])
+    # the digest streams the same bytes an in-memory hash of each whole array reads: fingerprints unchanged
+    whole = hashlib.sha256(json.dumps([data.input_b, data.target_b, data.subjects, [], None]).encode())
+    for array in (data.inputs, data.targets, data.present, data.masks):
+        whole.update(str((array.dtype, array.shape)).encode())
+        whole.update(np.array(array).tobytes())
+    assert data.digest() == whole.hexdigest()[:16]
+    assert len(data) > 5 and list(tmp_path.iterdir()) == []  # more than one chunk; no file left
+
+
+def test_a_full_temp_disk_is_a_clear_error_before_any_slice_is_written(cohort, tmp_path, monkeypatch):
+    import errno
+
+    from dwisynth.errors import DwisynthError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(DwisynthError, match=rf"{tmp_path}: no room for .* GB of training slices; point TMPDIR"):
+        SliceDataset(cohort["shards"][:2], INPUT_B, TARGET_B)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("method", ["dc2anet", "pix2pix"])
 def test_training_steps_lower_the_voxel_loss_on_a_fixed_batch(cohort, method):
     model = build_network(method, TINY[method], len(INPUT_B), len(TARGET_B), seed=1)
@@ -135,6 +196,7 @@ def test_trainer_writes_log_and_model_and_resumes_to_the_same_weights(cohort, tm
 
 KILL_RUNNER = """
 import sys
+import tempfile
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_training import tiny_trainer
