@@ -7,6 +7,7 @@ every check has passed, so a failure leaves no half-written output.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ def dcm2niix_binary() -> str:
     return dcm2niix.bin
 
 
+@functools.lru_cache(maxsize=1)  # one binary per installation: asked once per process, not per series
 def dcm2niix_version() -> str:
     out = subprocess.run([dcm2niix_binary(), "--version"], capture_output=True, text=True)
     text = (out.stdout + out.stderr).strip().splitlines()
