@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 CORES ?= all
 
 .PHONY: demo test bench lint dryrun lock envs clean-demo system-deps slurm-profile reproduce
@@ -26,12 +27,22 @@ system-deps:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian chromium for the report test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+# Every benchmark, on the finished demo run in results/ (about 2 h on 2 cores), then one table.
+bench: $(BENCH_STAMP)
+	@test -d results/models || { echo "make bench measures a finished demo run: run make demo first" >&2; exit 1; }
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/conversion.py
+	$(BIN)/python bench/adc.py
 	$(BIN)/python bench/synthesis.py
 	$(BIN)/python bench/quality.py --organ abdomen --long & pid=$$!; $(BIN)/python bench/quality.py --organ brain --long && wait $$pid
 	$(BIN)/python bench/quality.py --summary
 	$(BIN)/python bench/ct2dwi_lesion.py --lesion-weights 0,30,100 --oversample 0,0.5
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/summary.py
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
@@ -42,7 +53,7 @@ dryrun: $(STAMP)
 # Regenerate the full pin list from pyproject.toml's direct pins.
 lock:
 	rm -rf /tmp/dwisynth-lock && $(PYTHON) -m venv /tmp/dwisynth-lock
-	/tmp/dwisynth-lock/bin/pip install --quiet '.[test]'
+	/tmp/dwisynth-lock/bin/pip install --quiet '.[test,bench]'
 	/tmp/dwisynth-lock/bin/pip freeze --exclude dwisynth > requirements.lock
 
 # One conda env per rule group (pyproject.toml's extras) for `snakemake --sdm conda`.

@@ -101,16 +101,23 @@ def adc_difference(run: Path) -> pd.DataFrame:
 def speed(run: Path, threads: int = 2) -> pd.DataFrame:
     torch.set_num_threads(threads)
     rows = []
-    for model_path in sorted((run / "results/models").glob("*/*/model.pt")):
+    # every multi-b model, and the CT -> DWI main experiment's (JMMDA-GAN and its baselines)
+    models = sorted((run / "results/models").glob("*/*/model.pt")) + sorted(
+        (run / "results/models/ct2dwi/main").glob("*/model.pt"))
+    for model_path in models:
         model = load_model(model_path, device="cpu")
         method, organ = model.record["method"], model.record["organ"]
-        log = pd.read_csv(run / layout.training_log(method, organ))
-        bench = run / layout.benchmark("train", method, organ)
+        ct = model.record.get("task") == "ct2dwi"
+        log = pd.read_csv(model_path.parent / "training_log.csv")
+        bench = run / (layout.benchmark("train_ct2dwi", "main", method) if ct else layout.benchmark("train", method, organ))
         wall = pd.read_csv(bench, sep="\t")["s"].iloc[0] if bench.exists() else np.nan
         cohort, subject = model.record["train_subjects"][0]
         with np.load(run / layout.shard(cohort, subject)) as data:
             grid = [float(b) for b in data["bvals"]]
-            slices = data["images"][:, [grid.index(b) for b in model.input_b]]
+            slices = (np.stack([data["ct"], data["ct_mask"]], 1).astype(np.float32) if ct
+                      else data["images"][:, [grid.index(b) for b in model.input_b]])
+        if ct:
+            method = f"ct2dwi {method}"
         synthesize_slices(model, slices[:2])  # warm-up
         runs = []
         for _ in range(3):  # the fastest of three: first calls pay for allocation
