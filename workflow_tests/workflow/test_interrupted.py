@@ -26,11 +26,11 @@ TARGET = layout.model("dc2anet", "abdomen")
 
 
 def _config(workdir: Path) -> Path:
-    """The tiny abdomen study, trained long enough (300 steps, a checkpoint every 20) to be killed mid-way."""
+    """The tiny abdomen study, trained long enough (120 steps, a checkpoint every 10) to be killed mid-way."""
     config = yaml.safe_load(TINY_CONFIG.read_text())
     config["organs"] = ["abdomen"]
-    config["training"]["checkpoint_every"] = 20
-    config["dc2anet"]["steps"] = 300
+    config["training"]["checkpoint_every"] = 10
+    config["dc2anet"]["steps"] = 120
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -88,7 +88,7 @@ def test_a_run_interrupted_in_conversion_and_killed_in_training_reruns_to_the_un
     proc.wait(timeout=60)
     checkpoint = workdir / Path(TARGET).parent / "checkpoint.pt"
     killed_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
-    assert 0 < killed_at < 300 and not (workdir / TARGET).exists()
+    assert 0 < killed_at < 120 and not (workdir / TARGET).exists()
 
     # the rerun a user makes: unlock, then the same command (rerun-incomplete is in the profile)
     snakemake("--unlock", workdir=workdir, configfile=workdir / "config.yaml", env=env)
