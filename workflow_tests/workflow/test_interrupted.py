@@ -78,7 +78,8 @@ def test_a_run_interrupted_in_conversion_and_killed_in_training_reruns_to_the_un
     _wait_for(lambda: any(staging_root.glob("dwisynth-convert-*")) or any(workdir.glob("logs/convert_dwi/*/*.log")),
               proc, "conversion")
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) != 0
+    proc.wait(timeout=120)  # its exit status varies with where the interrupt lands; what it leaves is the point
+    assert not (workdir / TARGET).exists()
     assert not list(staging_root.glob("dwisynth-convert-*")), "a stopped conversion left its staged files"
 
     # SIGKILL to every process once DC²Anet has checkpointed: nothing gets to clean up, the lock stays
