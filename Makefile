@@ -31,7 +31,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,bench]'
 	@touch $(BENCH_STAMP)
 
-# Every benchmark, on the finished demo run in results/ (about 2 h on 2 cores), then one table.
+# Every benchmark, on the finished demo run in results/, then one table (times per bench: README).
 bench: $(BENCH_STAMP)
 	@test -d results/models || { echo "make bench measures a finished demo run: run make demo first" >&2; exit 1; }
 	$(BIN)/python bench/preprocess.py

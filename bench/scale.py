@@ -71,16 +71,15 @@ class PeakMemory:
 
 
 def demo_config() -> dict:
-    import yaml
+    from dwisynth.config import load_config
 
-    from dwisynth.config import validate_config
-
-    return validate_config(yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text()))
+    return load_config(Path(__file__).resolve().parents[1] / "config/config.yaml")
 
 
 # --- workers: one step in one process ------------------------------------------------------------
 def work_subject(organ: str, index: int, folder: str) -> dict:
     """Simulate a demo subject of `organ`, write its DICOM, convert it, write its shard; time each step."""
+    from dwisynth.config import bvalue_grid
     from dwisynth.convert import convert_series
     from dwisynth.dataset import write_slice_shard
     from dwisynth.demo.cohort import plan_demo_cohort, simulate_subject, write_subject
@@ -104,9 +103,8 @@ def work_subject(organ: str, index: int, folder: str) -> dict:
     stem = nifti / f"sub-{plan.subject}_dwi"
     mask = root / "mask.nii.gz"  # the phantom's organ mask: masking and registration are bench/preprocess.py's
     save_nifti(sim.organ_mask.astype(np.uint8), sim.grid.affine_ras(), mask, np.uint8)
-    grid_b = sorted({float(b) for k in ("inputs", "targets", "heldout") for b in config["bvalues"][k]})
     start = time.perf_counter()
-    n = write_slice_shard(f"{stem}.nii.gz", f"{stem}.bval", mask, root / "shard.npz", grid_b,
+    n = write_slice_shard(f"{stem}.nii.gz", f"{stem}.bval", mask, root / "shard.npz", bvalue_grid(config),
                           {"cohort": "scale", "subject": f"{organ}{index:05d}", "organ": organ})
     times["shard"] = time.perf_counter() - start
     return {"slices": n, "seconds": times}

@@ -102,8 +102,7 @@ def speed(run: Path, threads: int = 2) -> pd.DataFrame:
     torch.set_num_threads(threads)
     rows = []
     # every multi-b model, and the CT -> DWI main experiment's (JMMDA-GAN and its baselines)
-    models = sorted((run / "results/models").glob("*/*/model.pt")) + sorted(
-        (run / "results/models/ct2dwi/main").glob("*/model.pt"))
+    models = sorted(run.glob(layout.model("*", "*"))) + sorted(run.glob(layout.ct2dwi_model("main", "*")))
     for model_path in models:
         model = load_model(model_path, device="cpu")
         method, organ = model.record["method"], model.record["organ"]

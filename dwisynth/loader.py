@@ -261,12 +261,12 @@ class SliceDataset(torch.utils.data.Dataset):
             data.subjects += [plan[-1][2]] * len(index)
             data.slice_index += [int(i) for i in index]
         total = len(data.subjects)
-        data.inputs = disk_array((total, 2, *size), np.float32) if plan else np.zeros((0, 2, 0, 0), np.float32)
-        data.targets = disk_array((total, 1, *size), np.float32) if plan else np.zeros((0, 1, 0, 0), np.float32)
-        data.masks = disk_array((total, *size), bool) if plan else np.zeros((0, 0, 0), bool)
+        size = size if plan else (0, 0)
+        data.inputs = disk_array((total, 2, *size), np.float32)
+        data.targets = disk_array((total, 1, *size), np.float32)
+        data.masks = disk_array((total, *size), bool)
         data.present = np.ones((total, 1), bool)
-        data.lesions = None if lesion_masks is None else (disk_array((total, *size), bool) if plan
-                                                          else np.zeros((0, 0, 0), bool))
+        data.lesions = disk_array((total, *size), bool) if lesion_masks is not None and plan else None
         row = 0
         for path, target, key, index in plan:
             with np.load(path) as shard:
@@ -289,11 +289,6 @@ class SliceDataset(torch.utils.data.Dataset):
                 yield self.inputs[rows, kinds.index("signal")][self.masks[rows]]
             else:
                 yield self.targets[rows, 0][self.masks[rows] & self.present[rows, 0][:, None, None]]
-
-    def signal_reference(self) -> np.ndarray:
-        """All of `signal_chunks` in one array."""
-        chunks = list(self.signal_chunks())
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
     def with_extra(self, source: "SliceDataset", picked: dict[float, np.ndarray], share: float) -> "SliceDataset":
         """These slices plus rows of `source` (same b-values) showing only their picked held-out b:

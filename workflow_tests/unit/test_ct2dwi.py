@@ -105,7 +105,7 @@ def test_ct_dataset_inputs_hold_the_ct_and_its_mask_and_no_dwi_voxel(tmp_path):
     np.testing.assert_array_equal(data.inputs[:, 0], np.moveaxis(ct, -1, 0))
     assert data.input_scaling == [hu_window_scaling([0, 80]), MASK]
     # the network's S/S0 range comes from the DWI target (there is no signal input)
-    np.testing.assert_array_equal(data.signal_reference(), data.targets[:, 0][data.masks])
+    np.testing.assert_array_equal(np.concatenate(list(data.signal_chunks())), data.targets[:, 0][data.masks])
 
 
 def test_a_shard_without_ct_or_a_ct_off_the_dwi_grid_is_refused(tmp_path):
