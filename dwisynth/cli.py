@@ -142,6 +142,15 @@ def _ct2dwi(args) -> None:
     print(f"[ct2dwi] sub-{args.subject}: DWI b = {b:g} from CT -> {out / Path(outputs['dwi']).name}")
 
 
+def _view(args) -> None:
+    from dwisynth.config import load_config
+    from dwisynth.viewer.server import serve
+
+    roots = args.root or [Path.cwd()]
+    serve(args.models, args.results, load_config(args.config), [*roots, args.results], args.host, args.port,
+          args.max_upload_mb, args.study)
+
+
 def _scan(args) -> None:
     from dwisynth.scan import scan_dicom_tree
 
@@ -231,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="ct2dwi and device settings")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=_ct2dwi)
+
+    p = sub.add_parser("view", help="a local web viewer: open a study, synthesize any b-value, compare with the "
+                                     "acquisition, export NIfTI or DICOM")
+    p.add_argument("study", nargs="?", help="open at start: a DICOM series folder, a NIfTI (with .bval beside it) "
+                                             "or COHORT/SUBJECT of the results folder")
+    p.add_argument("--models", type=Path, default=Path("results/models"), help="folder searched for model.pt files")
+    p.add_argument("--results", type=Path, default=Path("results"), help="a workflow's results/ (its subjects)")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"),
+                   help="the workflow config (preprocessing, ADC b-values, device)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--root", type=Path, action="append",
+                   help="a folder the page may open files from (repeatable; default: the current folder); "
+                        "the results folder is always allowed")
+    p.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted (and unpacked zip)")
+    p.set_defaults(func=_view)
 
     p = sub.add_parser("compare-runs", help="compare every table and model of two results/ folders (make reproduce)")
     p.add_argument("reference", type=Path, help="the results/ folder to check")

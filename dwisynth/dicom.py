@@ -308,9 +308,56 @@ def write_ct_series(
         ds.RescaleIntercept = -1024
         ds.RescaleSlope = 1
         ds.RescaleType = "HU"
-        ds.PixelRepresentation = 1
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-        path = out / f"CT_{k + 1:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        written.append(path)
+        written.append(_save_slice(ds, stored[:, :, k], out / f"CT_{k + 1:05d}.dcm"))
+    return written
+
+
+def _save_slice(ds: Dataset, pixels: np.ndarray, path: Path) -> Path:
+    """Store one (x, y) slice as rows = y, columns = x, and write the file."""
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.PixelData = np.ascontiguousarray(pixels.T).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_derived_series(out_dir: str | Path, volume: np.ndarray, affine: np.ndarray, bval: float, pseudonym: str,
+                         description: str, seed_text: str) -> list[Path]:
+    """A synthetic DWI volume (x, y, z floats on a NIfTI grid, RAS affine) as a derived MR series a PACS can show.
+
+    New UIDs (from seed_text), ImageType DERIVED\\SECONDARY\\DIFFUSION, the b-value in the standard
+    DiffusionBValue (0018,9087), and the pseudonym in place of every patient attribute: nothing of the source
+    series' header is copied. Pixels are unsigned 16-bit with a RescaleSlope that keeps 1/60000 of the range.
+    """
+    volume = np.nan_to_num(np.asarray(volume, np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+    slope = float(volume.max()) / 60000.0 if volume.max() > 0 else 1.0
+    stored = np.round(volume / slope).astype("<u2")
+    to_lps = np.diag([-1.0, -1.0, 1.0])
+    axes = to_lps @ np.asarray(affine, float)[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    row_dir, col_dir = axes[:, 0] / spacing[0], axes[:, 1] / spacing[1]  # along a row: voxel axis 0; a column: 1
+    uids = series_uids(seed_text, 900)
+    patient = PatientInfo(pseudonym, pseudonym, "", "", "")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in range(volume.shape[2]):
+        ds = _base_dataset(MR_IMAGE_STORAGE, "MR", patient, "standard", uids)
+        for attribute in ("InstitutionName", "InstitutionAddress", "PatientBirthDate", "AccessionNumber"):
+            delattr(ds, attribute)
+        ds.Manufacturer = "dwisynth"
+        ds.SeriesDescription = ds.ProtocolName = description
+        ds.ImageType = ["DERIVED", "SECONDARY", "DIFFUSION"]
+        ds.DerivationDescription = "synthesized by dwisynth from the acquired low-b images"
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in to_lps @ (np.asarray(affine, float) @ [0, 0, k, 1])[:3]]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing, column spacing
+        ds.SliceThickness = ds.SpacingBetweenSlices = float(spacing[2])
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
+        ds.InstanceNumber = k + 1
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[seed_text, "derived", str(k)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.add_new((0x0018, 0x9087), "FD", float(bval))
+        ds.add_new((0x0018, 0x9075), "CS", "NONE" if bval == 0 else "ISOTROPIC")
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}"[:16], "0"
+        written.append(_save_slice(ds, stored[:, :, k], out / f"SYN_{k + 1:05d}.dcm"))
     return written

@@ -101,6 +101,8 @@ def synthesize_subject(model_path, dwi_path, bval_path, mask_path, out: dict, ad
     dwi, bvals = load_dwi(dwi_path, bval_path)
     synthetic = synthesize_volume(model, dwi, bvals, subject, wanted)
     inputs = dwi[..., [list(map(float, bvals)).index(b) for b in model.input_b]]
+    if not adc_as_acquired:  # the ADC of what was synthesized includes the b-values asked for (b 850 too)
+        adc = {**adc, "bvalues": sorted({*map(float, adc["bvalues"]), *wanted})}
     _write_synthetic(img, inputs, model.input_b, synthetic, wanted, out, mask_path, adc,
                      bvals if adc_as_acquired else None, norm_record)
     return model.input_b + wanted
