@@ -42,6 +42,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/quality.py --summary
 	$(BIN)/python bench/ct2dwi_lesion.py --lesion-weights 0,30,100 --oversample 0,0.5
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/summary.py
 
 lint: $(STAMP)

@@ -98,12 +98,23 @@ def scale(rows):
     return True
 
 
+def viewer(rows):
+    table = read("viewer.tsv")
+    if table is None:
+        return False
+    later = table[~table["first"]]
+    for organ, part in later.groupby("organ"):
+        rows.append(("viewer", f"{organ}: a new b, request to loaded volume, median / max s",
+                     part["latency_s"].median(), part["latency_s"].max()))
+    return True
+
+
 def main() -> None:
     rows: list[tuple] = []
     missing = [name for name, fill in (("bench/preprocess.py", preprocess), ("bench/conversion.py", conversion),
                                        ("bench/adc.py", adc), ("bench/synthesis.py", synthesis),
                                        ("bench/quality.py", quality), ("bench/ct2dwi_lesion.py", ct2dwi),
-                                       ("bench/scale.py", scale)) if not fill(rows)]
+                                       ("bench/scale.py", scale), ("bench/viewer.py", viewer)) if not fill(rows)]
     table = pd.DataFrame(rows, columns=["benchmark", "measure", "value", "second_value"])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
     stamp = datetime.date.today().isoformat()

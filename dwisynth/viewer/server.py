@@ -71,6 +71,7 @@ class Viewer:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "dwisynth-view"))
     _queue: list = field(default_factory=list)
+    startup_job: Job | None = None  # the study named on the command line, opened as the page loads
 
     def next_id(self, prefix: str) -> str:
         with self._lock:
@@ -212,6 +213,8 @@ def create_app(viewer: Viewer) -> Starlette:
                              "subjects": studies.results_subjects(viewer.results_dir),
                              "studies": [viewer.describe_study(s) for s in viewer.studies.values()],
                              "roots": [str(r) for r in viewer.roots],
+                             "startup_job": viewer.startup_job.describe(viewer.position(viewer.startup_job.id))
+                             if viewer.startup_job else None,
                              "max_upload_mb": viewer.max_upload_bytes // 2**20})
 
     async def open_study(request):
@@ -346,6 +349,16 @@ def create_app(viewer: Viewer) -> Starlette:
     return Starlette(routes=routes, exception_handlers={ViewerError: refused, DwisynthError: dwisynth_error})
 
 
+def warm_up() -> dict:
+    """Import what opening and synthesizing use (ANTs, SimpleITK, MONAI: seconds on a cold start)."""
+    import dwisynth.ct2dwi  # noqa: F401
+    import dwisynth.inference  # noqa: F401
+    import dwisynth.preprocess.steps  # noqa: F401
+    import dwisynth.synthesis  # noqa: F401
+
+    return {}
+
+
 def serve(models_dir: Path, results_dir: Path, config: dict, roots: list[Path], host: str = "127.0.0.1",
           port: int = 8765, max_upload_mb: int = 1024, open_study: str | None = None, workspace: Path | None = None):
     """Run the viewer until Ctrl-C; its workspace (every converted or synthesized file) is removed at the end."""
@@ -357,12 +370,13 @@ def serve(models_dir: Path, results_dir: Path, config: dict, roots: list[Path], 
     print(f"[view] {len(viewer.models())} models from {models_dir}; "
           f"{len(studies.results_subjects(results_dir))} subjects in {results_dir}; "
           f"reads files under {', '.join(map(str, viewer.roots))}")
+    viewer.submit("warm-up", lambda job: warm_up())  # the first synthesis should not pay for the imports
     if open_study:
         if "/" in open_study and not Path(open_study).exists():
             cohort, subject = open_study.split("/", 1)
-            viewer.open_results(cohort, subject.removeprefix("sub-"))
+            viewer.startup_job = viewer.open_results(cohort, subject.removeprefix("sub-"))
         else:
-            viewer.open_path(viewer.allowed(open_study), None)
+            viewer.startup_job = viewer.open_path(viewer.allowed(open_study), None)
     print(f"[view] open http://{host}:{port}/ in a browser (Ctrl-C stops the viewer)", flush=True)
     try:
         uvicorn.run(create_app(viewer), host=host, port=port, access_log=False, log_level="warning")

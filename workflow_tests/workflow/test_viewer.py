@@ -33,7 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--
 class Server:
     """`dwisynth view` in a subprocess, on a free port, with its own TMPDIR (its workspace) and log file."""
 
-    def __init__(self, run: Path, tmp: Path, *extra):
+    def __init__(self, run: Path, config: Path, tmp: Path, *extra):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -44,7 +44,7 @@ class Server:
         env = {**os.environ, "TMPDIR": str(self.tmp)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dwisynth.cli", "view", "--models", str(run / "results/models"),
-             "--results", str(run / "results"), "--config", str(TINY_CONFIG), "--port", str(self.port),
+             "--results", str(run / "results"), "--config", str(config), "--port", str(self.port),
              "--root", str(run / "data"), *extra],
             cwd=run, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 120
@@ -102,20 +102,44 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(demo_run, tmp_path_factory):
-    server = Server(demo_run, tmp_path_factory.mktemp("viewer"))
+def viewer_run(request):
+    """(run folder, its config): the tiny workflow's run, or a finished `make demo` checkout named by
+    DWISYNTH_VIEWER_RUN (how the README's screenshot is made: see test_page_...)."""
+    if os.environ.get("DWISYNTH_VIEWER_RUN"):
+        run = Path(os.environ["DWISYNTH_VIEWER_RUN"]).resolve()
+        return run, run / "config/config.yaml"
+    return request.getfixturevalue("demo_run"), TINY_CONFIG
+
+
+@pytest.fixture(scope="module")
+def server(viewer_run, tmp_path_factory):
+    server = Server(*viewer_run, tmp_path_factory.mktemp("viewer"))
     yield server
     server.stop()
 
 
-def cli_synthesis(run, tmp_path, b):
+def page_subject(run) -> tuple[str, str, str]:
+    """(cohort, subject, organ) of the first test-split multicenter subject that acquired b 850 and whose organ has
+    a MineGAN model (the tiny run: SUBJECT)."""
+    import pandas as pd
+
+    split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t", dtype=str)
+    for row in split[(split["split"] == "test") & (split["cohort"] == "multicenter")].itertuples():
+        bval = Path(f"{preproc_stem(run, row.cohort, row.subject)}_desc-norm_dwi.bval")
+        if (run / f"results/models/minegan/{row.organ}/model.pt").is_file() and 850 in np.loadtxt(bval, ndmin=1):
+            return row.cohort, row.subject, row.organ
+    raise AssertionError("no test subject acquired b 850")
+
+
+def cli_synthesis(run, config, subject, tmp_path, b):
     """`dwisynth synthesize` of the same subject at b: the file the page's values must equal."""
-    stem = preproc_stem(run, *SUBJECT)
+    cohort, name, organ = subject
+    stem = preproc_stem(run, cohort, name)
     out = tmp_path / "cli"
-    subprocess.run([sys.executable, "-m", "dwisynth.cli", "synthesize", str(run / "results/models/minegan/abdomen/model.pt"),
+    subprocess.run([sys.executable, "-m", "dwisynth.cli", "synthesize", str(run / f"results/models/minegan/{organ}/model.pt"),
                     f"{stem}_desc-norm_dwi.nii.gz", "--bval", f"{stem}_desc-norm_dwi.bval", "--normalized",
                     "--mask", f"{stem}_desc-organ_mask.nii.gz", "--b", str(b), "--subject", "cli",
-                    "--config", str(TINY_CONFIG), "-o", str(out)], check=True, cwd=run, capture_output=True)
+                    "--config", str(config), "-o", str(out)], check=True, cwd=run, capture_output=True)
     dwi = nib.load(out / "sub-cli_desc-minegan_dwi.nii.gz")
     bvals = np.loadtxt(out / "sub-cli_desc-minegan_dwi.bval", ndmin=1)
     assert bvals[-1] == b
@@ -130,11 +154,15 @@ def non_blank(png: bytes, min_std: float = 10.0) -> float:
     return pixels.std()
 
 
-def test_page_synthesizes_b850_shows_the_cli_values_and_exports_dicom(server, demo_run, tmp_path):
+def test_page_synthesizes_b850_shows_the_cli_values_and_exports_dicom(server, viewer_run, tmp_path):
+    """Also makes the README's picture: DWISYNTH_VIEWER_RUN=$PWD DWISYNTH_SCREENSHOT=docs/viewer.png after make demo."""
     from playwright.sync_api import sync_playwright
 
-    synthetic_cli, adc_cli = cli_synthesis(demo_run, tmp_path, 850)
-    mask = np.asarray(nib.load(f"{preproc_stem(demo_run, *SUBJECT)}_desc-organ_mask.nii.gz").dataobj) > 0
+    run, config = viewer_run
+    subject = page_subject(run)
+    stem = preproc_stem(run, *subject[:2])
+    synthetic_cli, adc_cli = cli_synthesis(run, config, subject, tmp_path, 850)
+    mask = np.asarray(nib.load(f"{stem}_desc-organ_mask.nii.gz").dataobj) > 0
     i, j, k = np.argwhere(mask)[len(np.argwhere(mask)) // 2]  # a voxel inside the organ
     errors = []
     with sync_playwright() as playwright:
@@ -143,10 +171,10 @@ def test_page_synthesizes_b850_shows_the_cli_values_and_exports_dicom(server, de
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(server.url)
         page.wait_for_function("window.viewer && window.viewer.ready", timeout=60_000)
-        page.select_option("#subject", "/".join(SUBJECT))
+        page.select_option("#subject", "/".join(subject[:2]))
         page.click("#open-results button")
         page.wait_for_function("viewer.study !== null && !viewer.busy", timeout=60_000)
-        assert page.input_value("#model") == "minegan/abdomen"  # the organ's any-b model is picked
+        assert page.input_value("#model") == f"minegan/{subject[2]}"  # the organ's any-b model is picked
         page.eval_on_selector("#b", "el => { el.value = 850; el.dispatchEvent(new Event('change')); }")
         page.wait_for_function("viewer.synthesis && viewer.synthesis.b === 850 && !viewer.busy", timeout=120_000)
         assert page.inner_text("#error") == ""
@@ -155,8 +183,8 @@ def test_page_synthesizes_b850_shows_the_cli_values_and_exports_dicom(server, de
         shown = {name: float(page.inner_text(f"#value-{name}")) for name in ("synthetic", "adc", "acquired")}
         assert shown["synthetic"] == pytest.approx(synthetic_cli[i, j, k], rel=1e-5)
         assert shown["adc"] == pytest.approx(adc_cli[i, j, k], rel=1e-5, abs=1e-6)
-        acquired = nib.load(f"{preproc_stem(demo_run, *SUBJECT)}_desc-norm_dwi.nii.gz")
-        bvals = np.loadtxt(f"{preproc_stem(demo_run, *SUBJECT)}_desc-norm_dwi.bval")
+        acquired = nib.load(f"{stem}_desc-norm_dwi.nii.gz")
+        bvals = np.loadtxt(f"{stem}_desc-norm_dwi.bval")
         assert shown["acquired"] == pytest.approx(np.asarray(acquired.dataobj)[i, j, k, bvals == 850].mean(), rel=1e-5)
         # NiiVue drew the synthetic slice (WebGL canvas, read back through a screenshot of it)
         non_blank(page.locator("#view-0").screenshot())
@@ -195,13 +223,14 @@ def test_page_synthesizes_b850_shows_the_cli_values_and_exports_dicom(server, de
     assert sidecar["ImageType"][:2] == ["DERIVED", "SECONDARY"]
 
 
-def test_ct_to_dwi_in_the_viewer_matches_the_workflow(server, demo_run):
+def test_ct_to_dwi_in_the_viewer_matches_the_workflow(server, viewer_run):
+    run = viewer_run[0]
     study = server.run_job("POST", "/api/open", {"source": "results", "cohort": STROKE[0], "subject": STROKE[1]})
     assert "ct2dwi/main/jmmdagan" in study["models"]
     synthesis = server.run_job("POST", "/api/synthesize", {"study": study["id"], "model": "ct2dwi/main/jmmdagan",
                                                            "b": 1000})
     assert set(synthesis["volumes"]) == {"synthetic", "acquired", "difference"}
-    workflow = nib.load(demo_run / f"results/{STROKE[0]}/ct2dwi/main/jmmdagan/sub-{STROKE[1]}/"
+    workflow = nib.load(run / f"results/{STROKE[0]}/ct2dwi/main/jmmdagan/sub-{STROKE[1]}/"
                                    f"sub-{STROKE[1]}_desc-jmmdagan_dwi.nii.gz")
     expected = np.asarray(workflow.dataobj)[..., 0]
     i, j, k = (n // 2 for n in expected.shape)
@@ -233,7 +262,8 @@ def test_two_requests_at_once_both_finish(server):
     assert {job["result"]["b"] for job in finished.values()} == {75.0, 640.0}
 
 
-def test_refusals_say_why_and_write_nothing(server, demo_run, tmp_path):
+def test_refusals_say_why_and_write_nothing(server, viewer_run, tmp_path):
+    run = viewer_run[0]
     study = server.run_job("POST", "/api/open", {"source": "results", "cohort": SUBJECT[0], "subject": SUBJECT[1]})
     before = sorted(p.relative_to(server.workspace()) for p in server.workspace().rglob("*"))
 
@@ -255,18 +285,18 @@ def test_refusals_say_why_and_write_nothing(server, demo_run, tmp_path):
     refused("/api/synthesize", {"study": stroke["id"], "model": "minegan/abdomen", "b": 850}, 400,
             "abdomen model", "brain")
     refused("/api/open", {"source": "path", "path": "/etc"}, 403, "outside the folders")
-    refused("/api/open", {"source": "path", "path": str(demo_run / "data/../results/../../..")}, 403, "outside")
-    empty = demo_run / "data" / "empty_folder"
+    refused("/api/open", {"source": "path", "path": str(run / "data/../results/../../..")}, 403, "outside")
+    empty = run / "data" / "empty_folder"
     empty.mkdir(exist_ok=True)
     refused("/api/open", {"source": "path", "path": str(empty)}, 400, "no DICOM file")
-    broken = demo_run / "data" / "broken_series"
-    shutil.copytree(demo_run / "data/demo/dicom/multicenter/HAabdomen01/DWI", broken, dirs_exist_ok=True)
+    broken = run / "data" / "broken_series"
+    shutil.copytree(run / "data/demo/dicom/multicenter/HAabdomen01/DWI", broken, dirs_exist_ok=True)
     victim = sorted(broken.iterdir())[7]
     victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])
     refused("/api/open", {"source": "path", "path": str(broken)}, 400, victim.name, "not a readable DICOM")
     # a CT series opened, then given to a multi-b model
     ct = server.run_job("POST", "/api/open", {"source": "path",
-                                              "path": str(demo_run / "data/demo/dicom/stroke/SAstroke02/CT")})
+                                              "path": str(run / "data/demo/dicom/stroke/SAstroke02/CT")})
     assert ct["has_ct"] and not ct["has_dwi"]
     refused("/api/synthesize", {"study": ct["id"], "model": "minegan/abdomen", "b": 850}, 400, "is a CT",
             "CT -> DWI model")
@@ -284,10 +314,11 @@ def test_refusals_say_why_and_write_nothing(server, demo_run, tmp_path):
     assert all(p.split("/")[0] in (stroke["id"], ct["id"]) for p in new), new
 
 
-def test_an_opened_dicom_series_and_the_log_hold_no_identifier(server, demo_run):
-    phi = json.loads((demo_run / "data/demo/planted_phi.json").read_text())[SUBJECT[1]]
+def test_an_opened_dicom_series_and_the_log_hold_no_identifier(server, viewer_run):
+    run = viewer_run[0]
+    phi = json.loads((run / "data/demo/planted_phi.json").read_text())[SUBJECT[1]]
     study = server.run_job("POST", "/api/open", {"source": "path",
-                                                 "path": str(demo_run / "data/demo/dicom" / SUBJECT[0] / SUBJECT[1] / "DWI")})
+                                                 "path": str(run / "data/demo/dicom" / SUBJECT[0] / SUBJECT[1] / "DWI")})
     assert study["organ"] == "abdomen" and 850.0 in study["acquired_b"]  # organ from BodyPartExamined
     synthesis = server.run_job("POST", "/api/synthesize", {"study": study["id"], "model": "minegan/abdomen", "b": 850})
     said = [json.dumps(study), json.dumps(synthesis), json.dumps(server.get("/api/state")[1]),

@@ -300,9 +300,8 @@ async function start() {
   $("synthesize").onclick = () => viewer.synthesize();
   $("window").onchange = () => applyWindow($("window").value);
   $("roi").onclick = () => guarded(measureRoi);
-  const opened = state.studies[state.studies.length - 1];
-  if (opened) await studyOpened(opened);
   viewer.ready = true;
+  if (state.startup_job) await guarded(async () => studyOpened(await runJob(state.startup_job)));
 }
 
 start().catch((err) => showError(`the viewer did not start: ${err.message}`));
