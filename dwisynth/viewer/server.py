@@ -319,6 +319,8 @@ def create_app(viewer: Viewer) -> Starlette:
         study = viewer.study(request.path_params["study"])
         synthesis = _synthesis(study, request, "export writes a synthesis")
         fmt = request.query_params.get("format", "nifti")
+        if fmt not in ("nifti", "dicom"):
+            raise ViewerError(f"export format {fmt!r} unknown; use nifti or dicom")
         out = study.folder / "export" / f"{study.id}_{synthesis.id}_{fmt}.zip"
         out.parent.mkdir(parents=True, exist_ok=True)
         studies.export(study, synthesis, fmt, out)

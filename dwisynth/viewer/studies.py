@@ -233,8 +233,9 @@ def open_path(path: Path, organ: str | None, config: dict, study_id: str, folder
         modality = "DWI" if bval.is_file() else "CT"
         bval = bval if modality == "DWI" else None
         sidecar = path.with_name(path.name.removesuffix(".gz").removesuffix(".nii") + ".json")
-        if organ is None and sidecar.is_file():
-            organ = BODY_PART_ORGAN.get(str(json.loads(sidecar.read_text()).get("BodyPartExamined", "")).upper())
+        if organ is None and sidecar.is_file():  # dcm2niix's sidecar calls BodyPartExamined "BodyPart"
+            fields = json.loads(sidecar.read_text())
+            organ = BODY_PART_ORGAN.get(str(fields.get("BodyPart", fields.get("BodyPartExamined", ""))).upper())
     elif path.exists():
         raise ViewerError(f"{path}: neither a DICOM series folder nor a NIfTI (.nii, .nii.gz)")
     else:

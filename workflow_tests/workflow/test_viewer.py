@@ -88,7 +88,7 @@ class Server:
         status, job = self.request(method, path, body)
         assert status == 202, job
         job = self.wait(job)
-        assert job["state"] == "done", job
+        assert job["state"] == "done", job["error"]
         return job["result"]
 
     def workspace(self) -> Path:
@@ -202,6 +202,11 @@ def test_page_synthesizes_b850_shows_the_cli_values_and_exports_dicom(server, vi
         download.value.save_as(archive)
         shot = tmp_path / "viewer.png"
         page.screenshot(path=shot)
+        # a refusal reaches the page as its message
+        page.fill("#path", "/etc")
+        page.click("#open-path button")
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert "outside the folders this viewer may read" in page.inner_text("#error")
         browser.close()
     assert not errors, errors
     non_blank(shot.read_bytes())
@@ -336,3 +341,26 @@ def test_an_opened_dicom_series_and_the_log_hold_no_identifier(server, viewer_ru
         for text in said:
             assert phi[value] not in text, (value, text[:200])
     assert phi["name"].split("^")[0] not in "\n".join(said)
+
+
+def test_a_nifti_and_an_uploaded_zip_open_as_the_workflow_opens_them(server, viewer_run, tmp_path):
+    run = viewer_run[0]
+    cohort, subject = SUBJECT
+    nifti = run / f"results/{cohort}/nifti/sub-{subject}/sub-{subject}_dwi.nii.gz"  # .bval and .json beside it
+    study = server.run_job("POST", "/api/open", {"source": "path", "path": str(nifti)})
+    assert study["organ"] == "abdomen"  # BodyPartExamined of the sidecar
+    ours = server.workspace() / study["id"] / "preproc" / f"sub-{study['id']}_desc-norm_dwi.nii.gz"
+    workflow = f"{preproc_stem(run, cohort, subject)}_desc-norm_dwi.nii.gz"
+    np.testing.assert_allclose(np.asarray(nib.load(ours).dataobj), np.asarray(nib.load(workflow).dataobj),
+                               rtol=1e-5, atol=1e-6)
+    # a zipped CT series, uploaded
+    archive = tmp_path / "ct.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted((run / "data/demo/dicom" / STROKE[0] / STROKE[1] / "CT").iterdir()):
+            z.write(path, f"CT/{path.name}")
+    status, job = server.request("POST", "/api/upload?name=ct.zip", raw=archive.read_bytes())
+    assert status == 202, job
+    job = server.wait(job)
+    assert job["state"] == "done", job
+    assert job["result"]["has_ct"] and job["result"]["label"].startswith("upload")
+    assert "ct2dwi/main/jmmdagan" in job["result"]["models"]
