@@ -12,6 +12,7 @@ Messages name the study by its id or the path the user gave, never by a DICOM he
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import zipfile
@@ -357,10 +358,9 @@ def synthesize(study: Study, model: ModelInfo, b: float, synthesis_id: str, conf
         outputs = synth_folder_files(out, model.method, subject)
         synthesize_subject(model.path, study.dwi, study.bval, study.mask, outputs, adc_settings(config), subject,
                            device=config["device"], target_b=[b], adc_as_acquired=False)
-    affine = nib.load(outputs["dwi"]).affine
-    synthetic = _volume_at(outputs["dwi"], outputs["bval"], b)
-    if model.task != "ct2dwi":  # the stack holds the inputs too; the synthesized b is its last volume
-        synthetic = np.asarray(nib.load(outputs["dwi"]).dataobj, np.float32)[..., -1]
+    written = nib.load(outputs["dwi"])
+    affine = written.affine
+    synthetic = np.asarray(written.dataobj, np.float32)[..., -1]  # a multi-b stack holds the inputs first
     display = {f"{synthesis_id}-synthetic": out / "display" / "synthetic.nii"}
     _save_display(synthetic, affine, display[f"{synthesis_id}-synthetic"])
     if "adc" in outputs:
@@ -421,12 +421,21 @@ def voxel_values(study: Study, synthesis: Synthesis | None, voxel, model_curve_b
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _loaded(path: str, mtime_ns: int, size: int):
+    """A model for the voxel curve, loaded once per file version (a retrained model.pt is a new key)."""
+    from dwisynth.inference import load_model
+
+    return load_model(path, "cpu")
+
+
 def _model_curve(study: Study, model: ModelInfo, voxel, b_values) -> list[list[float]]:
-    from dwisynth.inference import load_model, synthesize_slices
+    from dwisynth.inference import synthesize_slices
     from dwisynth.io import load_dwi
 
     i, j, k = voxel
-    network = load_model(model.path, "cpu")
+    stat = Path(model.path).stat()
+    network = _loaded(str(model.path), stat.st_mtime_ns, stat.st_size)
     data, bvals = load_dwi(study.dwi, study.bval, check=False)
     inputs = np.stack([data[..., k, list(map(float, bvals)).index(b)] for b in model.input_b])[None]
     wanted = [float(b) for b in b_values if model.b_range is None or model.b_range[0] <= b <= model.b_range[1]]

@@ -13,6 +13,10 @@ const WINDOWS = {  // presets: which panels they set, and how
   "CT soft tissue −160–240 HU": {ct: [-160, 240]},
 };
 
+// diverging: synthetic below acquired in blue, above in orange, equal in black (NiiVue's own maps start at a colour)
+const DIFFERENCE_COLORMAP = {R: [0, 0, 0, 255, 255], G: [200, 60, 0, 60, 200], B: [255, 255, 0, 0, 0],
+                             A: [255, 255, 255, 255, 255], I: [0, 64, 128, 192, 255]};
+
 const viewer = {
   state: null, study: null, synthesis: null, models: {}, views: [], roles: [null, null, null, null],
   voxel: null, busy: false, lastVoxel: null,
@@ -69,6 +73,7 @@ async function createViews() {
     const nv = new niivue.Niivue({backColor: [0, 0, 0, 1], show3Dcrosshair: false, isColorbar: false,
                                   crosshairColor: [1, 0.2, 0.2, 1], crosshairWidth: 1});
     await nv.attachToCanvas($(`view-${n}`));
+    nv.addColormap("difference", DIFFERENCE_COLORMAP);
     nv.setSliceType(nv.sliceTypeAxial);
     nv.onLocationChange = (data) => locationChanged(data.vox);
     nv.onIntensityChange = (volume) => linkWindow(n, volume);
@@ -240,7 +245,7 @@ async function synthesize() {
   await show(1, "dwi", v.acquired, v.acquired ? `acquired b = ${result.b}` : `b = ${result.b} was not acquired`);
   const top = viewer.views[0].volumes[0].robust_max || 1;
   await show(2, "difference", v.difference, "difference (synthetic − acquired)",
-             {colormap: "redyell", colormapNegative: "bluegrn", cal_min: 0.02 * top, cal_max: 0.5 * top});
+             {colormap: "difference", cal_min: -0.6 * top, cal_max: 0.6 * top});
   if (ct2dwi) await show(3, "ct", "ct", "CT (HU)", {cal_min: 0, cal_max: 80});
   else await show(3, "adc", v.adc, "ADC of the synthesis (×10⁻³ mm²/s)", {cal_min: 0, cal_max: 3});
   applyWindow("DWI: auto");
