@@ -163,7 +163,7 @@ class Viewer:
                 shutil.rmtree(folder, ignore_errors=True)  # nothing half-made stays
                 raise
             if label:
-                study.label = f"{label} ({study.label.split('(')[-1]}"
+                study.label = f"{label} {study.label}"
             self.studies[study_id] = study
             return self.describe_study(study)
 
@@ -270,7 +270,8 @@ def create_app(viewer: Viewer) -> Starlette:
             raise ViewerError(f"no job {request.path_params['job']!r}", 404)
         return JSONResponse(job.describe(viewer.position(job.id)), job.status if job.state == "failed" else 200)
 
-    async def volume(request):
+    # the reading endpoints are sync: Starlette runs them in its thread pool, off the event loop
+    def volume(request):
         study = viewer.study(request.path_params["study"])
         name = request.path_params["name"].removesuffix(".nii")
         files = study.display_files()
@@ -295,7 +296,7 @@ def create_app(viewer: Viewer) -> Starlette:
         except (KeyError, ValueError) as exc:
             raise ViewerError("give the voxel as integers i, j, k") from exc
 
-    async def voxel(request):
+    def voxel(request):
         study = viewer.study(request.path_params["study"])
         synthesis = _synthesis(study, request)
         curve_b = None
@@ -306,7 +307,7 @@ def create_app(viewer: Viewer) -> Starlette:
             curve_b = list(synthesis.model.trained_b)
         return JSONResponse(studies.voxel_values(study, synthesis, _voxel(request), curve_b))
 
-    async def roi(request):
+    def roi(request):
         study = viewer.study(request.path_params["study"])
         synthesis = _synthesis(study, request, "the ROI measures the synthetic ADC")
         try:
@@ -315,7 +316,7 @@ def create_app(viewer: Viewer) -> Starlette:
             raise ViewerError("radius must be a number of voxels") from exc
         return JSONResponse(studies.roi_adc(study, synthesis, _voxel(request), radius))
 
-    async def export(request):
+    def export(request):
         study = viewer.study(request.path_params["study"])
         synthesis = _synthesis(study, request, "export writes a synthesis")
         fmt = request.query_params.get("format", "nifti")
