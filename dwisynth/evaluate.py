@@ -55,37 +55,58 @@ TABLE_KEYS = ["task", "method", "cohort", "center", "organ", "subject"]
 METRICS = ["mse", "mae", "psnr", "ssim", "psnr_legacy", "superpixel_r"]
 
 
-def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=print):
+def _score_subject(s: dict, methods, targets, heldout) -> tuple[list[dict], list[dict]]:
+    """(metric rows, ADC agreement rows) of every method for one test subject (`evaluate_multib`)."""
+    from dwisynth.io import load_dwi, load_map, load_mask
+
+    metric_rows, adc_rows = [], []
+    ids = {"task": "multib", "cohort": s["cohort"], "center": s["center"], "organ": s["organ"],
+           "subject": s["subject"]}
+    acquired, acquired_b = load_dwi(*s["acquired"])
+    mask = load_mask(s["mask"])
+    acquired_adc = load_map(s["adc"])
+    truth_adc = load_map(s["truth_adc"], canonical=True) if s.get("truth_adc") else None
+    for method in methods:
+        if method not in s["synth"]:
+            continue
+        dwi_path, bval_path, adc_path = s["synth"][method]
+        pred, pred_b = load_dwi(dwi_path, bval_path)
+        slices, volumes = score_synthesis(pred, pred_b, acquired, acquired_b, mask,
+                                          list(targets) + list(heldout), heldout)
+        metric_rows += [{**ids, "method": method, **row} for row in slices + volumes]
+        agreement = adc_agreement(load_map(adc_path), acquired_adc, mask, truth_adc)
+        adc_rows.append({**ids, "method": method, "roi": f"{s['organ']}_mask", **agreement})
+    return metric_rows, adc_rows
+
+
+def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=print, workers: int = 1):
     """Score every method's synthetic images and ADC for every test subject of the multi-b task.
 
     subjects: dicts with cohort, center, organ, subject, `acquired` (normalized dwi, bval),
     `mask`, `adc` (acquired ADC), optional `truth_adc` (the demo's apparent ADC: its noise-free signal fitted on the ADC b-values), and
     `synth` {method: (dwi, bval, adc)}; a method without files for a subject is skipped.
+    workers: subjects scored at once, in processes (the rows come back in subject order: the same tables).
     Returns (synthesis_metrics, adc_agreement) data frames.
     """
+    import concurrent.futures
+    import contextlib
+    import multiprocessing
+
     import pandas as pd
 
-    from dwisynth.io import load_dwi, load_map, load_mask
-
     metric_rows, adc_rows = [], []
-    for i, s in enumerate(subjects, 1):
-        ids = {"task": "multib", "cohort": s["cohort"], "center": s["center"], "organ": s["organ"],
-               "subject": s["subject"]}
-        acquired, acquired_b = load_dwi(*s["acquired"])
-        mask = load_mask(s["mask"])
-        acquired_adc = load_map(s["adc"])
-        truth_adc = load_map(s["truth_adc"], canonical=True) if s.get("truth_adc") else None
-        for method in methods:
-            if method not in s["synth"]:
-                continue
-            dwi_path, bval_path, adc_path = s["synth"][method]
-            pred, pred_b = load_dwi(dwi_path, bval_path)
-            slices, volumes = score_synthesis(pred, pred_b, acquired, acquired_b, mask,
-                                              list(targets) + list(heldout), heldout)
-            metric_rows += [{**ids, "method": method, **row} for row in slices + volumes]
-            agreement = adc_agreement(load_map(adc_path), acquired_adc, mask, truth_adc)
-            adc_rows.append({**ids, "method": method, "roi": f"{s['organ']}_mask", **agreement})
-        progress(f"[evaluate] {i}/{len(subjects)} sub-{s['subject']} scored")
+    n = len(subjects)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and n > 1:
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                min(workers, n), mp_context=multiprocessing.get_context("fork")))
+            scored = pool.map(_score_subject, subjects, *([x] * n for x in (methods, targets, heldout)))
+        else:
+            scored = (_score_subject(s, methods, targets, heldout) for s in subjects)
+        for i, (s, (metrics, adc)) in enumerate(zip(subjects, scored), 1):
+            metric_rows += metrics
+            adc_rows += adc
+            progress(f"[evaluate] {i}/{n} sub-{s['subject']} scored")
     metrics = pd.DataFrame(metric_rows).reindex(columns=TABLE_KEYS + ["slice", "b_value", "seen"] + METRICS)
     return metrics, pd.DataFrame(adc_rows)
 

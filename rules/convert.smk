@@ -6,6 +6,7 @@ rule convert_dwi:
     params:
         modality="DWI",
         b0_max=config["bvalues"]["b0_max"],
+    priority: 10
     log:
         layout.log("convert_dwi", "{cohort}", "{subject}"),
     benchmark:
@@ -24,6 +25,7 @@ rule convert_ct:
     params:
         modality="CT",
         b0_max=config["bvalues"]["b0_max"],
+    priority: 10
     log:
         layout.log("convert_ct", "{cohort}", "{subject}"),
     benchmark:

@@ -30,6 +30,7 @@ rule slice_shard:
         metadata=lambda wc: {
             k: series_row(wc, "DWI")[k] for k in ("cohort", "center", "organ", "subject")
         },
+    priority: 10
     log:
         layout.log("slice_shard", "{cohort}", "{subject}"),
     benchmark:

@@ -6,6 +6,7 @@ if config["demo"]["enabled"]:
             phi=f"{config['demo']['outdir']}/planted_phi.json",
             truth=directory(f"{config['demo']['outdir']}/truth"),
             series=[directory(d) for d in sorted(set(SAMPLES["dicom_dir"]))],
+        threads: 4  # nothing else can run before it; Snakemake caps it at --cores
         log:
             "logs/demo_cohort.log",
         conda:

@@ -14,6 +14,7 @@ rule register_dwi:
         seed=config["seed"],
         motion=config["registration"]["dwi_motion"],
         b0_max=config["bvalues"]["b0_max"],
+    priority: 10  # the chain to the training shards: before synthesis and scoring, so training starts early
     log:
         layout.log("register_dwi", "{cohort}", "{subject}"),
     conda:
@@ -79,6 +80,7 @@ rule normalize_dwi:
         tolerance=config["bvalues"]["tolerance"],
         n4=config["normalization"]["n4"],
         b0_max=config["bvalues"]["b0_max"],
+    priority: 10
     log:
         layout.log("normalize_dwi", "{cohort}", "{subject}"),
     conda:
@@ -121,6 +123,7 @@ rule register_ct:
         transform=config["registration"]["ct_transform"],
         seed=config["seed"],
         b0_max=config["bvalues"]["b0_max"],
+    priority: 10
     log:
         layout.log("register_ct", "{cohort}", "{subject}"),
     conda:
@@ -139,6 +142,7 @@ rule ct_brain_mask:
         record=PRE["ct_mask_record"],
     params:
         brain_hu=config["ct2dwi"]["brain_hu"],
+    priority: 10
     log:
         layout.log("ct_brain_mask", "{cohort}", "{subject}"),
     conda:

@@ -280,26 +280,43 @@ def write_tissue_table(root: Path) -> None:
     pd.DataFrame(rows).to_csv(root / "dseg.tsv", sep="\t", index=False)
 
 
-def generate_demo_cohort(config: dict, progress=print) -> pd.DataFrame:
+def _simulate_and_write(plan: SubjectPlan, config: dict) -> dict:
+    sim = simulate_subject(plan, config)
+    write_subject(sim)
+    return dict(sim.patient.__dict__)
+
+
+def generate_demo_cohort(config: dict, progress=print, workers: int = 1) -> pd.DataFrame:
     """Simulate and write every planned subject; returns (and writes) the sample sheet.
 
     The planted identifiers go to planted_phi.json beside the DICOM (an input
     area, never results/), so tests can prove that none leaks.
+    workers: subjects simulated at once, in processes; each subject has its own random stream
+    (`subject_rng`), so the files are the same bytes for any number of workers.
     """
+    import concurrent.futures
+    import contextlib
+    import multiprocessing
+
     root = Path(config["demo"]["outdir"])
     plans = plan_demo_cohort(config)
     root.mkdir(parents=True, exist_ok=True)
     (root / "truth").mkdir(exist_ok=True)
     write_tissue_table(root / "truth")
     planted = {}
-    for i, plan in enumerate(plans, 1):
-        sim = simulate_subject(plan, config)
-        write_subject(sim)
-        uids = series_uids(f"dwisynth-demo-{plan.subject}", 1)
-        planted[plan.subject] = {**sim.patient.__dict__, "study_uid": uids["study"], "series_uid": uids["series"],
-                                 "accession": uids["accession"], "scan_date": uids["date"]}
-        progress(f"[demo-cohort] {i}/{len(plans)} {plan.cohort}/{plan.subject} ({plan.organ}, {plan.vendor}, "
-                 f"b={','.join(f'{b:g}' for b in plan.bvals)}{', +CT' if plan.stroke else ''})")
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                min(workers, len(plans)), mp_context=multiprocessing.get_context("fork")))
+            patients = pool.map(_simulate_and_write, plans, [config] * len(plans))
+        else:
+            patients = (_simulate_and_write(plan, config) for plan in plans)
+        for i, (plan, patient) in enumerate(zip(plans, patients), 1):
+            uids = series_uids(f"dwisynth-demo-{plan.subject}", 1)
+            planted[plan.subject] = {**patient, "study_uid": uids["study"], "series_uid": uids["series"],
+                                     "accession": uids["accession"], "scan_date": uids["date"]}
+            progress(f"[demo-cohort] {i}/{len(plans)} {plan.cohort}/{plan.subject} ({plan.organ}, {plan.vendor}, "
+                     f"b={','.join(f'{b:g}' for b in plan.bvals)}{', +CT' if plan.stroke else ''})")
     sheet = sample_sheet(plans)
     sheet.to_csv(root / "samples.tsv", sep="\t", index=False)
     (root / "planted_phi.json").write_text(json.dumps(planted, indent=2) + "\n")

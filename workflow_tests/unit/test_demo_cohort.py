@@ -8,7 +8,8 @@ import pytest
 
 from dwisynth.convert import convert_series
 from dwisynth.demo.anatomy import TISSUES, calibrated_diffusivity, ct_hu, make_phantom, mixture_signal, tissue_maps
-from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet, simulate_subject, subject_rng, write_subject
+from dwisynth.demo.cohort import (generate_demo_cohort, plan_demo_cohort, sample_sheet, simulate_subject,
+                                  subject_rng, write_subject)
 from dwisynth.diffusion import fit_adc, ivim_signal
 from dwisynth.geometry import Grid
 
@@ -34,6 +35,24 @@ def test_same_seed_gives_same_subject(tiny_config):
     assert np.array_equal(a.acquired, b.acquired) and a.patient == b.patient
     tiny_config["seed"] += 1
     assert not np.array_equal(simulate_subject(plan, tiny_config).acquired, a.acquired)
+
+
+def test_the_cohort_is_the_same_bytes_with_two_workers(tiny_config, tmp_path):
+    """`make demo` writes the cohort with a process per core: it must equal the one-process cohort file for file."""
+    tiny_config["demo"]["outdir"] = str(tmp_path / "one")
+    one = generate_demo_cohort(tiny_config, progress=lambda *_: None, workers=1)
+    tiny_config["demo"]["outdir"] = str(tmp_path / "two")
+    said = []
+    two = generate_demo_cohort(tiny_config, progress=said.append, workers=2)
+    assert one.drop(columns="dicom_dir").equals(two.drop(columns="dicom_dir"))
+    n = len(plan_demo_cohort(tiny_config))
+    assert [line.split()[1] for line in said] == [f"{i}/{n}" for i in range(1, n + 1)]  # in order
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) > 100
+    differing = [f for f in files if f.name != "samples.tsv"  # its dicom_dir column names the folder: compared above
+                 and (tmp_path / "one" / f).read_bytes() != (tmp_path / "two" / f).read_bytes()]
+    assert not differing, differing[:5]
+    assert sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file()) == files
 
 
 @pytest.mark.parametrize("fit_b", [(0, 100, 400, 800, 1000), (0, 100, 600, 1000), (0, 100, 400, 600, 800, 1000),

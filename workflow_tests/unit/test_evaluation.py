@@ -181,3 +181,33 @@ def test_reader_scores_percent_excellent_and_inter_reader_icc(tmp_path):
     bad.to_csv(path, sep="\t", index=False)
     with pytest.raises(RatingsError, match="1-5"):
         read_ratings(path, key)
+
+
+def test_scoring_subjects_in_two_processes_gives_the_same_tables(tmp_path):
+    from dwisynth.evaluate import evaluate_multib
+    from dwisynth.io import save_nifti, write_bval
+
+    rng = np.random.default_rng(5)
+    bvals, shape = [0, 100, 400, 1000], (16, 14, 3)
+    subjects = []
+    for n in range(3):
+        stem = tmp_path / f"s{n}"
+        acquired = rng.uniform(0.2, 1.0, (*shape, 4)) * np.exp(-np.array(bvals) * 1e-3)
+        mask = np.zeros(shape, np.uint8)
+        mask[2:14, 2:12] = 1
+        save_nifti(acquired, np.eye(4), f"{stem}_dwi.nii.gz")
+        write_bval(bvals, f"{stem}_dwi.bval")
+        save_nifti(mask, np.eye(4), f"{stem}_mask.nii.gz", np.uint8)
+        save_nifti(rng.uniform(0.5, 2, shape), np.eye(4), f"{stem}_adc.nii.gz")
+        save_nifti(acquired * rng.uniform(0.9, 1.1, acquired.shape), np.eye(4), f"{stem}_synth.nii.gz")
+        save_nifti(rng.uniform(0.5, 2, shape), np.eye(4), f"{stem}_synthadc.nii.gz")
+        subjects.append({"cohort": "c", "center": "h", "organ": "brain", "subject": f"S{n}",
+                         "acquired": (f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval"), "mask": f"{stem}_mask.nii.gz",
+                         "adc": f"{stem}_adc.nii.gz",
+                         "synth": {"m": (f"{stem}_synth.nii.gz", f"{stem}_dwi.bval", f"{stem}_synthadc.nii.gz")}})
+    said = []
+    one = evaluate_multib(subjects, ["m"], [400, 1000], [], progress=lambda _: None)
+    two = evaluate_multib(subjects, ["m"], [400, 1000], [], progress=said.append, workers=2)
+    pd.testing.assert_frame_equal(one[0], two[0])
+    pd.testing.assert_frame_equal(one[1], two[1])
+    assert len(one[0]) > 3 and said == [f"[evaluate] {i}/3 sub-S{i - 1} scored" for i in (1, 2, 3)]
