@@ -39,9 +39,12 @@ def _config(workdir: Path) -> Path:
 def _start(workdir: Path, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", TARGET]
-    # its own process group: a terminal's Ctrl-C and a node crash reach every job, not only Snakemake
+    # its own process group: a terminal's Ctrl-C and a node crash reach every job, not only Snakemake.
+    # SIGINT handled as in a terminal: a test run started in the background of a non-interactive shell
+    # (`make test &`, some CI runners) inherits SIGINT ignored, and Python then keeps ignoring it, so the
+    # "Ctrl-C" below never reached Snakemake and the run went on to the end.
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
