@@ -110,6 +110,7 @@ class Study:
     bval: Path | None = None
     mask: Path | None = None
     norm_record: Path | None = None
+    adc: Path | None = None  # the acquired ADC (the workflow's fit of the normalized DWI)
     ct: Path | None = None  # CT in HU on the grid to synthesize on
     ct_mask: Path | None = None
     acquired_b: list[float] = field(default_factory=list)
@@ -184,7 +185,7 @@ def open_results_subject(results_dir: str | Path, cohort: str, subject: str, stu
     files = preproc_files(Path(results_dir) / cohort / "preproc" / f"sub-{subject}" / f"sub-{subject}")
     study = Study(study_id, f"{cohort}/sub-{subject}", known[(cohort, subject)]["organ"] or None, folder,
                   dwi=Path(files["dwi"]), bval=Path(files["bval"]), mask=Path(files["mask"]),
-                  norm_record=Path(files["norm_record"]))
+                  norm_record=Path(files["norm_record"]), adc=Path(files["adc"]))
     if Path(files["ct"]).is_file():
         study.ct, study.ct_mask = Path(files["ct"]), Path(files["ct_mask"])
     study.acquired_b = sorted({float(b) for b in np.loadtxt(study.bval, ndmin=1)})
@@ -250,7 +251,7 @@ def open_path(path: Path, organ: str | None, config: dict, study_id: str, folder
         files = preprocess_subject(image, bval, subject, organ, config, folder / "preproc" / f"sub-{subject}",
                                    log=lambda _: None)
         study.dwi, study.bval, study.mask = Path(files["dwi"]), Path(files["bval"]), Path(files["mask"])
-        study.norm_record = Path(files["norm_record"])
+        study.norm_record, study.adc = Path(files["norm_record"]), Path(files["adc"])
         study.acquired_b = sorted({float(b) for b in np.loadtxt(study.bval, ndmin=1)})
     else:
         from dwisynth.io import save_nifti
@@ -385,12 +386,15 @@ def _in_grid(shape, voxel) -> tuple[int, int, int]:
 
 
 def mono_exponential(bvals, signal) -> tuple[float, float] | None:
-    """(S0, ADC x10^-3 mm²/s) of a log-linear least-squares fit, or None where a signal is not positive."""
+    """(S0, ADC x10^-3 mm²/s) of one voxel's points by the project's ADC fit (`diffusion.fit_mono_exponential`),
+    or None where the points cannot be fitted (fewer than two b-values, a signal that is not positive)."""
+    from dwisynth.diffusion import fit_mono_exponential
+
     b, s = np.asarray(bvals, float), np.asarray(signal, float)
-    if b.size < 2 or np.unique(b).size < 2 or np.any(s <= 0):
+    if np.unique(b).size < 2 or np.any(s <= 0):
         return None
-    slope, intercept = np.polyfit(b, np.log(s), 1)
-    return float(np.exp(intercept)), float(-slope * 1000.0)
+    s0, adc = fit_mono_exponential(s[None], b)
+    return float(s0[0]), float(adc[0])
 
 
 def voxel_values(study: Study, synthesis: Synthesis | None, voxel, model_curve_b=None) -> dict:
@@ -417,7 +421,7 @@ def voxel_values(study: Study, synthesis: Synthesis | None, voxel, model_curve_b
         fit = mono_exponential(list(points), list(points.values()))
         out["fit"] = {"s0": fit[0], "adc": fit[1]} if fit else None
     if synthesis is not None and synthesis.model.task == "multib" and model_curve_b is not None:
-        out["synthetic_curve"] = _model_curve(study, synthesis.model, (i, j, k), model_curve_b)
+        out["synthetic_curve"] = _model_curve(data, bvals, synthesis.model, (i, j, k), model_curve_b)
     return out
 
 
@@ -429,14 +433,14 @@ def _loaded(path: str, mtime_ns: int, size: int):
     return load_model(path, "cpu")
 
 
-def _model_curve(study: Study, model: ModelInfo, voxel, b_values) -> list[list[float]]:
+def _model_curve(data: np.ndarray, bvals, model: ModelInfo, voxel, b_values) -> list[list[float]]:
+    """The model's signal at `voxel` for each b (its own trained b-values for a fixed-target model), from the
+    study's normalized DWI `data` (x, y, z, b) and its b-values; one slice is synthesized."""
     from dwisynth.inference import synthesize_slices
-    from dwisynth.io import load_dwi
 
     i, j, k = voxel
     stat = Path(model.path).stat()
     network = _loaded(str(model.path), stat.st_mtime_ns, stat.st_size)
-    data, bvals = load_dwi(study.dwi, study.bval, check=False)
     inputs = np.stack([data[..., k, list(map(float, bvals)).index(b)] for b in model.input_b])[None]
     wanted = [float(b) for b in b_values if model.b_range is None or model.b_range[0] <= b <= model.b_range[1]]
     if model.b_range is None:
@@ -448,8 +452,6 @@ def _model_curve(study: Study, model: ModelInfo, voxel, b_values) -> list[list[f
 def roi_adc(study: Study, synthesis: Synthesis, voxel, radius: float) -> dict:
     """Mean and SD of the synthetic and the acquired ADC in a disc of `radius` voxels around the voxel, in its
     slice and inside the organ mask."""
-    from dwisynth.layout import preproc_files
-
     if "adc" not in synthesis.outputs:
         raise ViewerError(f"{synthesis.model.id} gives one b-value; there is no ADC to measure")
     adc = np.asarray(nib.load(synthesis.outputs["adc"]).dataobj, float)
@@ -462,9 +464,8 @@ def roi_adc(study: Study, synthesis: Synthesis, voxel, radius: float) -> dict:
     if not region.any():
         raise ViewerError(f"the ROI around ({i}, {j}, {k}) holds no voxel of the {study.organ or 'organ'} mask")
     result = {"voxels": int(region.sum()), "synthetic": _mean_sd(adc[region])}
-    acquired_adc = Path(preproc_files(str(study.dwi).removesuffix("_desc-norm_dwi.nii.gz"))["adc"])
-    if acquired_adc.is_file():
-        result["acquired"] = _mean_sd(np.asarray(nib.load(acquired_adc).dataobj, float)[region])
+    if study.adc is not None and study.adc.is_file():
+        result["acquired"] = _mean_sd(np.asarray(nib.load(study.adc).dataobj, float)[region])
     return result
 
 
