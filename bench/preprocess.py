@@ -1,7 +1,7 @@
 """Preprocessing benchmark on a finished demo run: time and memory per step, accuracy against the truth.
 
 Usage: .venv/bin/python bench/preprocess.py [RUN_DIR]   (RUN_DIR defaults to this checkout, after `make demo`)
-Writes bench/results/preprocess_{timing,adc,masks,registration}.tsv and prints the tables.
+Writes bench/results/preprocess_{timing,adc,masks,registration,hdbet_precision}.tsv and prints the tables.
 It reports; it asserts nothing about speed.
 """
 
@@ -110,6 +110,36 @@ def noise_floor_effect(run: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def hdbet_precision(run: Path, subjects: int = 3) -> pd.DataFrame:
+    """HD-BET v1 in float32 and bfloat16 on the first demo brains, one thread: seconds, Dice to each other
+    and to the phantom (masking.hdbet_precision)."""
+    import time
+
+    import torch
+
+    from dwisynth.preprocess.masking import hd_bet_v1_mask
+
+    torch.set_num_threads(1)
+    rows = []
+    records = sorted((run / "results").glob("*/preproc/sub-*/sub-*_desc-organ_mask.json"))
+    brains = [r for r in records if json.loads(r.read_text())["organ"] == "brain"][:subjects]
+    for record_path in brains:
+        cohort, subject = record_path.parts[-4], record_path.parent.name[4:]
+        img, dwi = load(str(record_path).replace("_desc-organ_mask.json", "_desc-reg_dwi.nii.gz"))
+        bvals = np.loadtxt(str(record_path).replace("_desc-organ_mask.json", "_desc-reg_dwi.bval"), ndmin=1)
+        high_b = dwi[..., int(np.argmax(bvals))].astype(np.float32)
+        _, truth = load(run / f"data/demo/truth/{cohort}/sub-{subject}/sub-{subject}_desc-organ_mask.nii.gz")
+        masks = {}
+        for precision in ("float32", "bfloat16"):
+            start = time.perf_counter()
+            masks[precision] = hd_bet_v1_mask(high_b, img.header.get_zooms()[:3], precision=precision)
+            rows.append({"subject": subject, "precision": precision, "seconds": time.perf_counter() - start,
+                         "dice_vs_phantom": dice(masks[precision], truth > 0)})
+        rows[-1]["dice_vs_float32"] = dice(masks["bfloat16"], masks["float32"])
+        rows[-1]["voxels_differing"] = int((masks["bfloat16"] != masks["float32"]).sum())
+    return pd.DataFrame(rows)
+
+
 def main(run: Path) -> None:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
@@ -121,6 +151,8 @@ def main(run: Path) -> None:
     reg_table.to_csv(out / "preprocess_registration.tsv", sep="\t", index=False)
     floor_table = noise_floor_effect(run)
     floor_table.to_csv(out / "preprocess_noise_floor.tsv", sep="\t", index=False)
+    precision_table = hdbet_precision(run)
+    precision_table.to_csv(out / "preprocess_hdbet_precision.tsv", sep="\t", index=False)
     pd.set_option("display.width", 160)
     print("== seconds per subject and peak memory, per step ==")
     print(time_table.round(2).to_string(index=False))
@@ -139,6 +171,8 @@ def main(run: Path) -> None:
     print("\n== masks: Dice against the phantom ==")
     print(mask_table.groupby(["organ", "method"])["dice_vs_phantom"].describe()[["count", "mean", "min"]]
           .round(3).to_string())
+    print("\n== HD-BET v1 precision (masking.hdbet_precision), one thread ==")
+    print(precision_table.round(4).to_string(index=False))
     print("\n== adc.noise_floor: ADC median error per tissue against the apparent-ADC truth, median over subjects ==")
     print(floor_table.pivot_table(index=["organ", "tissue"], columns="noise_floor", values="median_error",
                                   aggfunc="median").round(3).to_string())

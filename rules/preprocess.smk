@@ -52,6 +52,7 @@ rule organ_mask:
     params:
         organ=lambda wc: series_row(wc, "DWI")["organ"],
         method=config["masking"]["method"],
+        hdbet_precision=config["masking"]["hdbet_precision"],
         b0_max=config["bvalues"]["b0_max"],
         device=config["device"],
     log:

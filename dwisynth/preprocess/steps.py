@@ -88,7 +88,7 @@ def torch_device(setting: str = "auto"):
 
 
 def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str, method: str,
-              b0_max: float = 10.0, device="cpu", threads: int | None = None) -> None:
+              b0_max: float = 10.0, device="cpu", threads: int | None = None, precision: str = "float32") -> None:
     img, dwi, bvals, b0 = _load_dwi(dwi_path, bval_path, b0_max)
     # HD-BET sees the highest b-value: with CSF dark its Dice is 0.98 on the demo
     # brain, against 0.84 on b0 where bright CSF and sulci confuse it.
@@ -103,7 +103,7 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
             import torch
 
             torch.set_num_threads(int(threads))
-        mask = hd_bet_v1_mask(high_b, spacing, mode="fast", device=device)
+        mask = hd_bet_v1_mask(high_b, spacing, mode="fast", device=device, precision=precision)
     elif method == "hd-bet-v2":
         tmp_in = Path(out_mask).with_name(f".sub-{subject}_highb.nii.gz")
         save_nifti(high_b, img.affine, tmp_in)
@@ -119,7 +119,7 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
     mask = check_mask(mask, subject, method)
     save_nifti(mask, img.affine, out_mask, dtype=np.uint8)
     _write_json({"organ": organ, "method": method, "image": f"b{bvals.max():g}" if method.startswith("hd-bet") else "b0",
-                 "voxels": int(mask.sum()),
+                 **({"precision": precision} if method == "hd-bet-v1" else {}), "voxels": int(mask.sum()),
                  "volume_ml": round(float(mask.sum() * np.prod(spacing)) / 1000, 2)}, out_json)
 
 
@@ -221,7 +221,7 @@ def preprocess_subject(dwi_path, bval_path, subject: str, organ: str, config: di
         install_hd_bet_v2_weights(config["masking"]["hdbet_v2_weights"])
     log(f"[preprocess] sub-{subject}: {organ} mask")
     make_mask(files["reg_dwi"], files["reg_bval"], files["mask"], files["mask_record"], subject, organ, method,
-              b["b0_max"], device=torch_device(config["device"]))
+              b["b0_max"], device=torch_device(config["device"]), precision=config["masking"]["hdbet_precision"])
     log(f"[preprocess] sub-{subject}: normalization and ADC")
     normalize(files["reg_dwi"], files["reg_bval"], files["mask"], files["dwi"], files["bval"], files["norm_record"],
               subject, bvalue_grid(config), b["tolerance"], config["normalization"]["n4"], b["b0_max"])

@@ -246,6 +246,7 @@ def test_a_sheet_path_leading_outside_the_data_root_is_refused_without_showing_i
 @pytest.mark.parametrize("block, message", [
     ({"split": {"test_fraction": "a fifth"}}, r"split.test_fraction.*'a fifth' is not of type 'number'"),
     ({"masking": {"brain_threads": 1.5}}, r"masking.brain_threads.*1.5 is not of type 'integer'"),
+    ({"masking": {"hdbet_precision": "float16"}}, r"masking.hdbet_precision.*'float16' is not one of"),
     ({"bvalues": {"inputs": [0, 0, 100]}}, r"bvalues.inputs.*has non-unique elements"),
     ({"bvalues": {"inputs": [0, 100], "targets": [100, 1000]}}, r"bvalues \[100\] are both inputs and targets"),
     ({"cohorts": "multicenter"}, r"cohorts.*'multicenter' is not of type 'array'"),

