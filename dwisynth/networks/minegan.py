@@ -80,6 +80,11 @@ class MineGANConfig(NetworkConfig):
     embed_width: int = field(default=64, metadata={"minimum": 4, "description": "b-embedding MLP width"})
     z_dim: int = field(default=8, metadata={"minimum": 1, "description": "miner noise (0 at inference)"})
     miner_width: int = field(default=64, metadata={"minimum": 4, "description": "miner MLP width"})
+    correction: str = field(default="node", metadata={
+        "enum": ["node", "free"],
+        "description": "node: the generator's correction to the log-linear reading is scaled by the reading's error "
+                       "factor (b - b_lower)(b_upper - b), so it shrinks between close b-values (75 between 0 and "
+                       "100) and vanishes on an acquired one; free: unscaled (the design of stop 18)"})
     b_range: tuple[float, float] = field(default=(0.0, 1000.0), metadata={
         "description": "b-values (s/mm²) the model may be asked for"})
     weights: MineGANWeights = field(default_factory=MineGANWeights)
@@ -101,8 +106,10 @@ class BValueSynthesizer(nn.Module):
     """
 
     def __init__(self, stage1: dict, stack_b: list[float], ngf: int, n_residual: int, norm: str, upsample: str,
-                 n_frequencies: int, embed_width: int, z_dim: int, miner_width: int, mined: bool):
+                 n_frequencies: int, embed_width: int, z_dim: int, miner_width: int, mined: bool,
+                 correction: str = "free"):
         super().__init__()
+        self.correction = correction
         self.stage1 = build_inference_network(stage1).requires_grad_(False)
         self.n_frequencies, self.z_dim = n_frequencies, z_dim
         self.register_buffer("stack_b", torch.tensor(stack_b, dtype=torch.float32), persistent=False)
@@ -134,10 +141,31 @@ class BValueSynthesizer(nn.Module):
         guess = loglinear_reading(stack, self.stack_b, b, ~blank)
         stack = torch.where(blank[:, :, None, None], torch.full_like(stack, BLANK), stack)
         correction = self.G(torch.cat([stack, guess], 1), self.film(b, z))
+        if self.correction == "node":
+            correction = correction * node_factor(self.stack_b, b, ~blank)[:, None, None, None].to(correction.dtype)
         return torch.clamp(guess + correction, -1.0, 1.0)
 
     def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.generate(self.stack(x), b)
+
+
+def bracketing_channels(stack_b: torch.Tensor, b: torch.Tensor, available: torch.Tensor):
+    """Per sample, the stack channels a b is read between: the nearest available at or below b and above it,
+    or the two nearest beyond the ends; (lower index (N,), upper index (N,))."""
+    n, big = len(b), 1e9
+    values = stack_b.float()[None].expand(n, -1)
+    b = b.float()[:, None]
+    lower = torch.where(available & (values <= b), values, -big).argmax(1)
+    upper = torch.where(available & (values > b), values, big).argmin(1)
+    has_lower = (available & (values <= b)).any(1)
+    has_upper = (available & (values > b)).any(1)
+    ascending = torch.where(available, values, big).argsort(1)
+    descending = torch.where(available, values, -big).argsort(1, descending=True)
+    lower = torch.where(has_lower, lower, ascending[:, 0])
+    upper = torch.where(has_lower, upper, ascending[:, 1])
+    upper = torch.where(has_upper, upper, descending[:, 0])
+    lower = torch.where(has_upper, lower, descending[:, 1])
+    return lower, upper
 
 
 def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tensor,
@@ -150,26 +178,27 @@ def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tenso
     at b = 75 it is the interpolation of the acquired b 0 and 100, a strong start a network must not lose.
     """
     log_u = torch.log(torch.clamp((stack.float() + 1) / 2, min=1e-3))
-    n, big = len(stack), 1e9
-    values = stack_b.float()[None].expand(n, -1)
-    b = b.float()[:, None]
-    # nearest available channel at or below b, and above it
-    lower = torch.where(available & (values <= b), values, -big).argmax(1)
-    upper = torch.where(available & (values > b), values, big).argmin(1)
-    has_lower = (available & (values <= b)).any(1)
-    has_upper = (available & (values > b)).any(1)
-    # beyond the ends: the two nearest available channels
-    ascending = torch.where(available, values, big).argsort(1)
-    descending = torch.where(available, values, -big).argsort(1, descending=True)
-    lower = torch.where(has_lower, lower, ascending[:, 0])
-    upper = torch.where(has_lower, upper, ascending[:, 1])
-    upper = torch.where(has_upper, upper, descending[:, 0])
-    lower = torch.where(has_upper, lower, descending[:, 1])
-    rows = torch.arange(n, device=stack.device)
-    b_lower, b_upper = values[rows, lower], values[rows, upper]
-    w = ((b[:, 0] - b_lower) / (b_upper - b_lower))[:, None, None]
+    lower, upper = bracketing_channels(stack_b, b, available)
+    rows = torch.arange(len(stack), device=stack.device)
+    values = stack_b.float()
+    b_lower, b_upper = values[lower], values[upper]
+    w = ((b.float() - b_lower) / (b_upper - b_lower))[:, None, None]
     reading = 2 * torch.exp((1 - w) * log_u[rows, lower] + w * log_u[rows, upper]) - 1
     return torch.clamp(reading[:, None], -1.0, 1.0).to(stack.dtype)
+
+
+NODE_SCALE = 250.0 ** 2  # s²/mm⁴: a 500-wide bracket's midpoint has node factor 1
+
+
+def node_factor(stack_b: torch.Tensor, b: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """(b - b_lower)(b - b_upper) / NODE_SCALE, negated: the factor of the log-linear reading's error.
+
+    Interpolating log S between two b-values errs by f''(xi)/2 (b - b_lower)(b - b_upper) (Lagrange), so a
+    correction the generator learned with neighbours 100-300 apart is scaled down where they are close
+    (b 75 between 0 and 100: 1/16 of b 100 between 0 and 400) and is zero on an available channel."""
+    lower, upper = bracketing_channels(stack_b, b, available)
+    values = stack_b.float()
+    return (b.float() - values[lower]) * (values[upper] - b.float()) / NODE_SCALE
 
 
 def bvalue_stack_inputs(record: dict, inputs: list[float]) -> list[float]:
@@ -210,7 +239,7 @@ class MineGAN(Network):
         torch.manual_seed(seed)
         self.synthesizer = BValueSynthesizer({"method": record["method"], "kwargs": record["kwargs"]}, self.stack_b,
                                              c.ngf, c.n_residual, c.norm, c.upsample, c.n_frequencies,
-                                             c.embed_width, c.z_dim, c.miner_width, self.mined)
+                                             c.embed_width, c.z_dim, c.miner_width, self.mined, c.correction)
         self.synthesizer.stage1.load_state_dict(record["state_dict"])
         self.D = ProjectionDiscriminator(self.n_inputs + 1, c.ndf, n_frequencies=c.n_frequencies)
         self.stage1_intensity_max = float(record["intensity_max"])
@@ -259,7 +288,7 @@ class MineGAN(Network):
         kwargs = {"stage1": self.stage1_spec, "stack_b": self.stack_b,
                   "ngf": c.ngf, "n_residual": c.n_residual, "norm": c.norm, "upsample": c.upsample,
                   "n_frequencies": c.n_frequencies, "embed_width": c.embed_width, "z_dim": c.z_dim,
-                  "miner_width": c.miner_width, "mined": s.miner is not None}
+                  "miner_width": c.miner_width, "mined": s.miner is not None, "correction": c.correction}
         return {"kwargs": kwargs, "pad_multiple": 4, "b_conditioned": True, "b_range": [float(b) for b in c.b_range]}
 
     @classmethod
