@@ -160,43 +160,48 @@ def convert_series(
     suffix = MODALITY_SUFFIX[modality]
     stem = f"sub-{subject}_{suffix}"
 
-    headers = read_series_headers(path, source)
-    log(f"[convert] {folder}: {len(headers)} DICOM files read")
-    found_modality = {str(ds.get("Modality", "")) for ds in headers}
-    if found_modality != {DICOM_MODALITY[modality]}:
-        raise HeaderQCError(
-            f"{folder}: the sample sheet says {modality} but the DICOM Modality is {sorted(found_modality)}; "
-            "fix the modality column or the dicom_dir"
-        )
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
-    if len(series) != 1:
-        raise DicomSeriesError(
-            f"{folder}: folder holds {len(series)} series (SeriesInstanceUID); dcm2niix converts every file "
-            "in a folder, so give each series its own folder (dwisynth scan drafts the sheet per series)"
-        )
-    record = {"subject": subject, "modality": modality, "n_dicom_files": len(headers),
-              "manufacturer": str(headers[0].get("Manufacturer", "")),
-              "vendor": vendor_from_manufacturer(str(headers[0].get("Manufacturer", ""))),
-              "dcm2niix": dcm2niix_version()}
-    if modality == "DWI":
-        record.update(_check_dwi_headers(folder, headers, source is not None))
-    _check_slice_spacing(folder, headers)
-    tilt = first_number(headers[0].get("GantryDetectorTilt", 0) or 0)
-    if tilt:
-        record["gantry_tilt_deg"] = tilt
-
-    out.mkdir(parents=True, exist_ok=True)
     # Stage outside results/: a killed job must not leave raw (identifying) sidecars there. The folder is
     # named after the destination, so a rerun after a kill (which runs no `finally`) removes what it left.
     tmp = staging_folder(out, stem)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    dcm2niix = None
     try:
-        cmd = [dcm2niix_binary(), "-b", "y", "-ba", "y", "-z", "y", "-f", stem, "-o", str(tmp), str(path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            said = (proc.stderr.strip() or proc.stdout.strip()).replace(str(path), folder)
-            raise DicomSeriesError(f"{folder}: dcm2niix failed (exit {proc.returncode}): {said}")
+        # dcm2niix converts into the staging folder while the headers are read and checked here (two cores
+        # overlap: the conversion costs little more than dcm2niix alone); a failed check stops it
+        if path.is_dir():
+            said = tempfile.TemporaryFile("w+")
+            dcm2niix = subprocess.Popen([dcm2niix_binary(), "-b", "y", "-ba", "y", "-z", "y", "-f", stem,
+                                         "-o", str(tmp), str(path)], stdout=said, stderr=subprocess.STDOUT, text=True)
+        headers = read_series_headers(path, source)
+        log(f"[convert] {folder}: {len(headers)} DICOM files read")
+        found_modality = {str(ds.get("Modality", "")) for ds in headers}
+        if found_modality != {DICOM_MODALITY[modality]}:
+            raise HeaderQCError(
+                f"{folder}: the sample sheet says {modality} but the DICOM Modality is {sorted(found_modality)}; "
+                "fix the modality column or the dicom_dir"
+            )
+        series = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
+        if len(series) != 1:
+            raise DicomSeriesError(
+                f"{folder}: folder holds {len(series)} series (SeriesInstanceUID); dcm2niix converts every file "
+                "in a folder, so give each series its own folder (dwisynth scan drafts the sheet per series)"
+            )
+        record = {"subject": subject, "modality": modality, "n_dicom_files": len(headers),
+                  "manufacturer": str(headers[0].get("Manufacturer", "")),
+                  "vendor": vendor_from_manufacturer(str(headers[0].get("Manufacturer", ""))),
+                  "dcm2niix": dcm2niix_version()}
+        if modality == "DWI":
+            record.update(_check_dwi_headers(folder, headers, source is not None))
+        _check_slice_spacing(folder, headers)
+        tilt = first_number(headers[0].get("GantryDetectorTilt", 0) or 0)
+        if tilt:
+            record["gantry_tilt_deg"] = tilt
+
+        if dcm2niix.wait() != 0:
+            said.seek(0)
+            text = said.read().strip().replace(str(path), folder)
+            raise DicomSeriesError(f"{folder}: dcm2niix failed (exit {dcm2niix.returncode}): {text}")
         image = _pick_output(tmp, stem, folder)
         final = {"image": out / f"{stem}.nii.gz", "json": out / f"{stem}.json"}
         # dcm2niix writes the sidecar (and bval/bvec) under the base name even for an _Eq image
@@ -232,6 +237,7 @@ def convert_series(
             raise HeaderQCError(f"{folder}: patient or site identifiers survived de-identification ({where}); "
                                 "nothing was written. Remove the identifier from the DICOM field that carries "
                                 "it (often SeriesDescription, ProtocolName or ImageComments) and convert again")
+        out.mkdir(parents=True, exist_ok=True)
         for key, src in staged.items():  # copy beside the target, then rename: no partial file under its name
             partial = final[key].with_name(f".{final[key].name}.partial")
             shutil.copyfile(src, partial)
@@ -240,6 +246,11 @@ def convert_series(
             + (f" b={record['bvals']}" if modality == "DWI" else ""))
         return record
     finally:
+        if dcm2niix is not None:
+            if dcm2niix.poll() is None:  # a check failed while it ran
+                dcm2niix.kill()
+                dcm2niix.wait()
+            said.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

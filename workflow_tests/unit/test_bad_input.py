@@ -142,14 +142,15 @@ def test_a_stopped_conversion_removes_its_staging_folder(tmp_path, small_grid, s
         from _logging import redirect_to_log
         import dwisynth.convert as convert
         redirect_to_log(types.SimpleNamespace(log=[]))
-        real_run = subprocess.run
-        def slow_dcm2niix(cmd, **kwargs):
-            proc = real_run(cmd, **kwargs)
-            if "-o" in cmd:  # the conversion, not `dcm2niix --version`
-                open({str(ready)!r}, "w").close()
-                time.sleep(120)
-            return proc
-        convert.subprocess.run = slow_dcm2niix
+        real_read = convert.read_series_headers
+        def slow_read(path, source=None):  # dcm2niix runs beside the header reading: wait for its output
+            staging = convert.staging_folder(convert.Path({str(tmp_path / 'out')!r}), "sub-B07_dwi")
+            while not list(staging.glob("*.json")):
+                time.sleep(0.05)
+            open({str(ready)!r}, "w").close()
+            time.sleep(120)
+            return real_read(path, source)
+        convert.read_series_headers = slow_read
         convert.convert_series({str(tmp_path / 'dcm')!r}, {str(tmp_path / 'out')!r}, "B07", "DWI")
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

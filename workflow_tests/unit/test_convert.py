@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dwisynth.convert import convert_series
+from dwisynth.convert import convert_series, staging_folder
 from dwisynth.dicom import VENDORS, read_bvalue, write_ct_series, write_dwi_series
 from dwisynth.errors import DicomSeriesError, HeaderQCError
 
@@ -99,6 +99,8 @@ def test_sheet_modality_must_match_the_dicom(tmp_path, small_grid, small_dwi, pa
     write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "siemens", patient, uids)
     with pytest.raises(HeaderQCError, match="sheet says CT"):
         convert_series(tmp_path / "dcm", tmp_path / "out", "T07", "CT", log=lambda *_: None)
+    # dcm2niix, started beside the header checks, was stopped before its staging folder went: nothing is left
+    assert not staging_folder(tmp_path / "out", "sub-T07_ct").exists() and not (tmp_path / "out").exists()
 
 
 def test_cli_reports_corrupt_file_and_exits_nonzero(tmp_path, small_grid, small_dwi, patient, uids):
