@@ -82,9 +82,10 @@ class MineGANConfig(NetworkConfig):
     miner_width: int = field(default=64, metadata={"minimum": 4, "description": "miner MLP width"})
     correction: str = field(default="node", metadata={
         "enum": ["node", "free"],
-        "description": "node: the generator's correction to the log-linear reading is scaled by the reading's error "
-                       "factor (b - b_lower)(b_upper - b), so it shrinks between close b-values (75 between 0 and "
-                       "100) and vanishes on an acquired one; free: unscaled (the design of stop 18)"})
+        "description": "node: the share of the generator's correction that corrects a reading between acquired "
+                       "b-values is scaled by the reading's error factor (b - b_lower)(b_upper - b), so it shrinks "
+                       "between close acquired b-values (75 between 0 and 100), while a reading of stage-1 images "
+                       "(850 between 800 and 1000) keeps the whole correction; free: unscaled (stop 18's design)"})
     b_range: tuple[float, float] = field(default=(0.0, 1000.0), metadata={
         "description": "b-values (s/mm²) the model may be asked for"})
     weights: MineGANWeights = field(default_factory=MineGANWeights)
@@ -107,9 +108,9 @@ class BValueSynthesizer(nn.Module):
 
     def __init__(self, stage1: dict, stack_b: list[float], ngf: int, n_residual: int, norm: str, upsample: str,
                  n_frequencies: int, embed_width: int, z_dim: int, miner_width: int, mined: bool,
-                 correction: str = "free"):
+                 correction: str = "free", n_acquired: int | None = None):
         super().__init__()
-        self.correction = correction
+        self.correction, self.n_acquired = correction, n_acquired
         self.stage1 = build_inference_network(stage1).requires_grad_(False)
         self.n_frequencies, self.z_dim = n_frequencies, z_dim
         self.register_buffer("stack_b", torch.tensor(stack_b, dtype=torch.float32), persistent=False)
@@ -142,7 +143,8 @@ class BValueSynthesizer(nn.Module):
         stack = torch.where(blank[:, :, None, None], torch.full_like(stack, BLANK), stack)
         correction = self.G(torch.cat([stack, guess], 1), self.film(b, z))
         if self.correction == "node":
-            correction = correction * node_factor(self.stack_b, b, ~blank)[:, None, None, None].to(correction.dtype)
+            factor = node_factor(self.stack_b, b, ~blank, self.n_acquired)
+            correction = correction * factor[:, None, None, None].to(correction.dtype)
         return torch.clamp(guess + correction, -1.0, 1.0)
 
     def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -187,18 +189,28 @@ def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tenso
     return torch.clamp(reading[:, None], -1.0, 1.0).to(stack.dtype)
 
 
-NODE_SCALE = 250.0 ** 2  # s²/mm⁴: a 500-wide bracket's midpoint has node factor 1
+NODE_SCALE = 250.0 ** 2  # s²/mm⁴: the midpoint of a 500-wide bracket of acquired b-values has factor 1
 
 
-def node_factor(stack_b: torch.Tensor, b: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-    """(b - b_lower)(b - b_upper) / NODE_SCALE, negated: the factor of the log-linear reading's error.
+def node_factor(stack_b: torch.Tensor, b: torch.Tensor, available: torch.Tensor, n_acquired: int) -> torch.Tensor:
+    """The scale of the generator's correction per sample: s + (1 - s) |b - b_lower| |b_upper - b| / NODE_SCALE,
+    with s the share of the log-linear reading drawn from stage-1 channels (the stack's channels from
+    n_acquired on).
 
-    Interpolating log S between two b-values errs by f''(xi)/2 (b - b_lower)(b - b_upper) (Lagrange), so a
-    correction the generator learned with neighbours 100-300 apart is scaled down where they are close
-    (b 75 between 0 and 100: 1/16 of b 100 between 0 and 400) and is zero on an available channel."""
+    A reading of stage-1 images needs their errors corrected wherever it is taken (850 between 800 and 1000:
+    factor 1). A reading between acquired images errs only by the curve's curvature, which Lagrange's
+    interpolation error puts at f''/2 (b - b_lower)(b - b_upper): a correction learned across gaps of 100-300
+    shrinks to 1/16 at b 75 between the acquired 0 and 100, where the generator, which in training always
+    had one channel blanked, would otherwise apply corrections meant for wide gaps."""
     lower, upper = bracketing_channels(stack_b, b, available)
-    values = stack_b.float()
-    return (b.float() - values[lower]) * (values[upper] - b.float()) / NODE_SCALE
+    values, b = stack_b.float(), b.float()
+    b_lower, b_upper = values[lower], values[upper]
+    w = (b - b_lower) / (b_upper - b_lower)  # the reading's weight on the upper channel (beyond 0-1 outside)
+    weight_lower, weight_upper = (1 - w).abs(), w.abs()
+    stage1 = weight_lower * (lower >= n_acquired) + weight_upper * (upper >= n_acquired)
+    stage1 = stage1 / (weight_lower + weight_upper)
+    node = ((b - b_lower) * (b_upper - b)).abs() / NODE_SCALE
+    return stage1 + (1 - stage1) * node
 
 
 def bvalue_stack_inputs(record: dict, inputs: list[float]) -> list[float]:
@@ -239,7 +251,8 @@ class MineGAN(Network):
         torch.manual_seed(seed)
         self.synthesizer = BValueSynthesizer({"method": record["method"], "kwargs": record["kwargs"]}, self.stack_b,
                                              c.ngf, c.n_residual, c.norm, c.upsample, c.n_frequencies,
-                                             c.embed_width, c.z_dim, c.miner_width, self.mined, c.correction)
+                                             c.embed_width, c.z_dim, c.miner_width, self.mined, c.correction,
+                                             len(self.input_b))
         self.synthesizer.stage1.load_state_dict(record["state_dict"])
         self.D = ProjectionDiscriminator(self.n_inputs + 1, c.ndf, n_frequencies=c.n_frequencies)
         self.stage1_intensity_max = float(record["intensity_max"])
@@ -288,7 +301,8 @@ class MineGAN(Network):
         kwargs = {"stage1": self.stage1_spec, "stack_b": self.stack_b,
                   "ngf": c.ngf, "n_residual": c.n_residual, "norm": c.norm, "upsample": c.upsample,
                   "n_frequencies": c.n_frequencies, "embed_width": c.embed_width, "z_dim": c.z_dim,
-                  "miner_width": c.miner_width, "mined": s.miner is not None, "correction": c.correction}
+                  "miner_width": c.miner_width, "mined": s.miner is not None, "correction": c.correction,
+                  "n_acquired": len(self.input_b)}
         return {"kwargs": kwargs, "pad_multiple": 4, "b_conditioned": True, "b_range": [float(b) for b in c.b_range]}
 
     @classmethod

@@ -316,23 +316,26 @@ def test_log_linear_reading_picks_neighbours_per_sample_and_extrapolates_beyond_
     torch.testing.assert_close(out, torch.clamp(expected, max=1.0), atol=1e-5, rtol=1e-4)
 
 
-def test_node_correction_is_the_free_correction_times_the_interpolation_error_factor(models):
-    """correction: node scales the generator's correction by (b - b_lower)(b_upper - b) / 250²: at b 75 between
-    the acquired 0 and 100 it is 0.03 of the free one, at 850 between stage-1's 800 and 1000 0.12, and a
-    b beyond the stack's ends (extrapolation) flips its sign."""
+def test_node_correction_is_the_free_correction_times_its_factor(models):
+    """correction: node scales the generator's correction by s + (1 - s)(b - b_lower)(b_upper - b) / 250², s the
+    reading's share from stage-1 channels: at b 75 between the acquired 0 and 100 0.03 of the free one, at
+    850 between stage-1's 800 and 1000 all of it, at 250 between the acquired 100 and stage-1's 400 half of
+    it plus half of 0.36."""
     from dwisynth.networks.minegan import BValueSynthesizer, node_factor
 
     kwargs = load_model(models["minegan"], "cpu").record["kwargs"]
+    assert kwargs["correction"] == "node" and kwargs["n_acquired"] == 2
     torch.manual_seed(0)
     free = BValueSynthesizer(**{**kwargs, "correction": "free"})
     torch.nn.init.normal_(free.G.up[-2].weight, std=1e-3)  # a fresh generator returns the reading: make it correct
-    node = BValueSynthesizer(**{**kwargs, "correction": "node"})
+    node = BValueSynthesizer(**kwargs)
     node.load_state_dict(free.state_dict())
     fresh = BValueSynthesizer(**kwargs)  # its correction is zero: the log-linear reading alone
     stack = free.stack(torch.rand(3, 2, 24, 24) * 0.8 - 0.6)
-    b = torch.tensor([75.0, 850.0, 1100.0])
-    factor = node_factor(torch.tensor(kwargs["stack_b"]), b, torch.ones(3, len(kwargs["stack_b"]), dtype=torch.bool))
-    torch.testing.assert_close(factor, torch.tensor([75.0 * 25, 50 * 150, -300 * 100]) / 250.0 ** 2)
+    b = torch.tensor([75.0, 850.0, 250.0])
+    everything = torch.ones(3, len(kwargs["stack_b"]), dtype=torch.bool)
+    factor = node_factor(torch.tensor(kwargs["stack_b"]), b, everything, kwargs["n_acquired"])
+    torch.testing.assert_close(factor, torch.tensor([75.0 * 25 / 250 ** 2, 1.0, 0.5 + 0.5 * 150 * 150 / 250 ** 2]))
     reading = fresh.generate(stack, b)
     correction_free, correction_node = free.generate(stack, b) - reading, node.generate(stack, b) - reading
     assert correction_free.abs().mean() > 1e-4
