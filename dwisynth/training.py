@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -293,7 +294,15 @@ class Trainer:
             handle.flush()
             os.fsync(handle.fileno())
         if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
+            # a second name for the current file, then renamed over the previous one: `path` itself never
+            # goes missing (moving it aside first left a gap in which a kill found no checkpoint.pt)
+            linked = keep_previous.with_suffix(keep_previous.suffix + ".tmp")
+            linked.unlink(missing_ok=True)
+            try:
+                os.link(path, linked)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, linked)
+            os.replace(linked, keep_previous)
         os.replace(tmp, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:

@@ -251,6 +251,30 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_and_says_so(cohort,
     assert "training from scratch" in capsys.readouterr().err
 
 
+def test_checkpoint_pt_never_goes_missing_while_a_new_one_replaces_it(cohort, tmp_path, monkeypatch):
+    """A kill can land between any two file operations of a save: at each of them checkpoint.pt must exist
+    (the previous one is kept by a second name, not by moving checkpoint.pt aside)."""
+    import dwisynth.training as training
+
+    trainer = tiny_trainer(cohort, "pix2pix", tmp_path / "run", steps=12, checkpoint_every=5)
+    trainer.fit(stop_after=5)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(checkpoint.exists())
+        real_replace(src, dst)
+        seen.append(checkpoint.exists())
+
+    monkeypatch.setattr(training.os, "replace", replace)
+    trainer.fit(stop_after=10)
+    assert len(seen) >= 4 and all(seen)
+    assert torch.load(tmp_path / "run" / "checkpoint.previous.pt", weights_only=False)["step"] == 5
+    assert torch.load(checkpoint, weights_only=False)["step"] == 10
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
 def test_checkpoint_from_another_configuration_is_not_resumed(cohort, tmp_path):
     tiny_trainer(cohort, "pix2pix", tmp_path, steps=6).fit(stop_after=5)
     other = tiny_trainer(cohort, "pix2pix", tmp_path, steps=6, lr=1e-3)
