@@ -153,7 +153,8 @@ class BValueSynthesizer(nn.Module):
 
 def bracketing_channels(stack_b: torch.Tensor, b: torch.Tensor, available: torch.Tensor):
     """Per sample, the stack channels a b is read between: the nearest available at or below b and above it,
-    or the two nearest beyond the ends; (lower index (N,), upper index (N,))."""
+    or the two nearest beyond the ends; (lower index (N,), upper index (N,), the reading's weight on the upper
+    channel (N,), outside 0-1 beyond the ends)."""
     n, big = len(b), 1e9
     values = stack_b.float()[None].expand(n, -1)
     b = b.float()[:, None]
@@ -167,7 +168,8 @@ def bracketing_channels(stack_b: torch.Tensor, b: torch.Tensor, available: torch
     upper = torch.where(has_lower, upper, ascending[:, 1])
     upper = torch.where(has_upper, upper, descending[:, 0])
     lower = torch.where(has_upper, lower, descending[:, 1])
-    return lower, upper
+    b_lower, b_upper = stack_b.float()[lower], stack_b.float()[upper]
+    return lower, upper, (b[:, 0] - b_lower) / (b_upper - b_lower)
 
 
 def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tensor,
@@ -180,11 +182,9 @@ def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tenso
     at b = 75 it is the interpolation of the acquired b 0 and 100, a strong start a network must not lose.
     """
     log_u = torch.log(torch.clamp((stack.float() + 1) / 2, min=1e-3))
-    lower, upper = bracketing_channels(stack_b, b, available)
+    lower, upper, w = bracketing_channels(stack_b, b, available)
     rows = torch.arange(len(stack), device=stack.device)
-    values = stack_b.float()
-    b_lower, b_upper = values[lower], values[upper]
-    w = ((b.float() - b_lower) / (b_upper - b_lower))[:, None, None]
+    w = w[:, None, None]
     reading = 2 * torch.exp((1 - w) * log_u[rows, lower] + w * log_u[rows, upper]) - 1
     return torch.clamp(reading[:, None], -1.0, 1.0).to(stack.dtype)
 
@@ -202,13 +202,11 @@ def node_factor(stack_b: torch.Tensor, b: torch.Tensor, available: torch.Tensor,
     interpolation error puts at f''/2 (b - b_lower)(b - b_upper): a correction learned across gaps of 100-300
     shrinks to 1/16 at b 75 between the acquired 0 and 100, where the generator, which in training always
     had one channel blanked, would otherwise apply corrections meant for wide gaps."""
-    lower, upper = bracketing_channels(stack_b, b, available)
-    values, b = stack_b.float(), b.float()
-    b_lower, b_upper = values[lower], values[upper]
-    w = (b - b_lower) / (b_upper - b_lower)  # the reading's weight on the upper channel (beyond 0-1 outside)
+    lower, upper, w = bracketing_channels(stack_b, b, available)
     weight_lower, weight_upper = (1 - w).abs(), w.abs()
     stage1 = weight_lower * (lower >= n_acquired) + weight_upper * (upper >= n_acquired)
     stage1 = stage1 / (weight_lower + weight_upper)
+    b, b_lower, b_upper = b.float(), stack_b.float()[lower], stack_b.float()[upper]
     node = ((b - b_lower) * (b_upper - b)).abs() / NODE_SCALE
     return stage1 + (1 - stage1) * node
 
