@@ -15,11 +15,14 @@ standard   any (Canon here)             (0018,9087) FD + (0018,9075) ISOTROPIC/N
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -29,6 +32,7 @@ from dwisynth.geometry import Grid
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 GE_B_OFFSET = 1_000_000_000
+IN_MEMORY_BYTES = 8 << 20  # larger (multi-frame) files are parsed from disk
 
 MANUFACTURERS = {
     "siemens": "SIEMENS",
@@ -69,6 +73,58 @@ PRIVATE_BVALUE_TAGS = {
 }
 
 
+_CONVERTED: dict[tuple, object] = {}
+_CONVERTED_LIMIT = 200_000
+_CHARACTER_SET = 0x00080005
+# numbers, codes, dates and UIDs: their conversion does not depend on the character set
+_DEFAULT_REPERTOIRE_VRS = frozenset({"US", "UL", "SS", "SL", "FD", "FL", "DS", "IS", "CS", "UI", "DA", "TM", "DT",
+                                     "AS", "AT"})
+
+
+def element_value(ds: Dataset, keyword: str | int, default=None):
+    """`ds[keyword].value`, with each distinct raw value converted once per process.
+
+    pydicom reads a header as raw bytes and converts an element on first access (tens of microseconds); the
+    files of a series repeat most values (sizes, b-values, UIDs, names), and checking a 300-file series spent
+    a fifth of its time converting. The key holds everything the conversion depends on: the tag, its VR,
+    the byte order and the file's character set. Private elements are converted as usual: with implicit
+    VR their meaning depends on their creator, which the key does not hold. The value may be shared between
+    files: read it, do not change it.
+    """
+    # a plain int: pydicom's tag type compares in Python, which showed in the cache's lookups
+    tag = int(keyword) if isinstance(keyword, int) else tag_for_keyword(keyword)
+    element = ds.get_item(tag) if tag is not None else None
+    if element is None:
+        return default
+    if not isinstance(element, RawDataElement) or (tag >> 16) % 2:
+        return ds[tag].value
+    charset = None
+    if element.VR not in _DEFAULT_REPERTOIRE_VRS:
+        charset = ds.get_item(_CHARACTER_SET)
+        if charset is not None:
+            charset = charset.value if isinstance(charset.value, bytes) else repr(charset.value)
+    key = (tag, element.VR, element.is_little_endian, charset, element.value)
+    if key not in _CONVERTED:
+        if len(_CONVERTED) >= _CONVERTED_LIMIT:
+            _CONVERTED.clear()
+        _CONVERTED[key] = ds[tag].value
+    return _CONVERTED[key]
+
+
+_PRIVATE_SLOTS: dict[tuple[int, str], int] = {}
+
+
+def private_value(ds: Dataset, group: int, element: int, creator: str):
+    """A private element's value, found through its creator (pydicom's `get_private_item`, which scans every
+    creator slot of the group: slow on each file of a long series, so the slot last found is tried first)."""
+    slot = _PRIVATE_SLOTS.get((group, creator))
+    if slot is not None and str(element_value(ds, (group << 16) | slot, "")).strip() == creator:
+        return ds[(group << 16) | (slot << 8) | element].value
+    item = ds.get_private_item(group, element, creator)  # KeyError when absent
+    _PRIVATE_SLOTS[(group, creator)] = (item.tag.element >> 8) & 0xFF
+    return item.value
+
+
 def read_bvalue(ds: Dataset) -> float | None:
     """The diffusion b-value (s/mm²) of one image, by its vendor's convention.
 
@@ -76,14 +132,15 @@ def read_bvalue(ds: Dataset) -> float | None:
     tags are looked up through their private creator, wherever the block sits.
     None means the image carries no b-value (not a diffusion image).
     """
-    if (0x0018, 0x9087) in ds:
-        return float(ds[0x0018, 0x9087].value)
-    vendor = vendor_from_manufacturer(str(ds.get("Manufacturer", "")))
+    standard = element_value(ds, 0x00189087)
+    if standard is not None:
+        return float(standard)
+    vendor = vendor_from_manufacturer(str(element_value(ds, "Manufacturer", "")))
     if vendor not in PRIVATE_BVALUE_TAGS:
         return None
     group, element, creator = PRIVATE_BVALUE_TAGS[vendor]
     try:
-        value = ds.get_private_item(group, element, creator).value
+        value = private_value(ds, group, element, creator)
     except KeyError:
         return None
     value = first_number(value)
@@ -101,6 +158,23 @@ def first_number(value) -> float:
     if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (int, float)):
         return float(value[0])
     return float(value)
+
+
+def _check_pixel_bytes(ds: Dataset, remaining: int) -> None:
+    """Raise when the file's bytes after its header cannot hold the image its header describes.
+    (Compressed transfer syntaxes are smaller by design and dcm2niix decodes them; a deflated file's
+    position says nothing about its content.)"""
+    if remaining <= 0:
+        raise ValueError("no pixel data")
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed or syntax.is_deflated:
+        return
+    element_header = 8 if syntax.is_implicit_VR else 12  # tag, (VR, reserved,) length
+    expected = int(element_value(ds, "Rows")) * int(element_value(ds, "Columns")) * int(
+        element_value(ds, "BitsAllocated")) // 8 * int(element_value(ds, "SamplesPerPixel", 1)) * int(
+        element_value(ds, "NumberOfFrames", 1) or 1)
+    if remaining - element_header < expected:
+        raise ValueError(f"pixel data has {max(remaining - element_header, 0)} of {expected} bytes")
 
 
 def read_series_headers(dicom_dir: str | Path, source: str | None = None) -> list[Dataset]:
@@ -121,15 +195,17 @@ def read_series_headers(dicom_dir: str | Path, source: str | None = None) -> lis
     headers = []
     for index, path in enumerate(files, 1):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=False)
-            # Touch the pixel data: a truncated file often has a complete header.
-            # (Compressed transfer syntaxes are smaller by design; dcm2niix decodes them.)
-            if not ds.file_meta.TransferSyntaxUID.is_compressed:
-                expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(
-                    ds.get("SamplesPerPixel", 1)
-                ) * int(ds.get("NumberOfFrames", 1) or 1)
-                if len(ds.PixelData) < expected:
-                    raise ValueError(f"pixel data has {len(ds.PixelData)} of {expected} bytes")
+            # The header only: pydicom stops at the pixel data and leaves the stream there, so the bytes
+            # that follow tell whether the pixels are complete (a truncated file often has a complete header)
+            # without converting them. A single-frame file is parsed from memory: pydicom's many small reads
+            # and tells cost a fifth of the parse on a file.
+            size = path.stat().st_size
+            with open(path, "rb") as file:
+                stream = io.BytesIO(file.read()) if size <= IN_MEMORY_BYTES else file
+                ds = pydicom.dcmread(stream, stop_before_pixels=True)
+                pixels_at = stream.tell()
+            ds.filename = str(path)
+            _check_pixel_bytes(ds, size - pixels_at)
         except Exception as exc:  # pydicom raises many types for broken files
             named = path if source is None else f"{source}: file {index} of {len(files)} (by name)"
             raise DicomSeriesError(

@@ -76,19 +76,18 @@ def header_values(headers, attributes) -> set[tuple[str, str]]:
     attributes took half a second per series)."""
     from pydicom.datadict import tag_for_keyword
 
+    keyword = {tag_for_keyword(attribute): attribute for attribute in attributes}
+    wanted = set(keyword) - {None}
     found: set[tuple[str, str]] = set()
-    for attribute in attributes:
-        tag = tag_for_keyword(attribute)
-        seen = set()
-        for ds in headers:
-            element = ds.get_item(tag) if tag is not None else None
-            if element is None:
-                continue
-            raw = element.value if isinstance(element.value, bytes) else repr(element.value)
+    seen = set()
+    for ds in headers:
+        for tag in wanted.intersection(ds.keys()):  # most attributes are absent: a set operation skips them
+            element = ds.get_item(tag)
+            raw = (int(tag), element.value if isinstance(element.value, bytes) else repr(element.value))
             if raw in seen:
                 continue
             seen.add(raw)
-            found.update((attribute, value) for value in _values(ds[tag].value))
+            found.update((keyword[tag], value) for value in _values(ds[tag].value))
     return found
 
 

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dwisynth.convert import convert_series, staging_folder
-from dwisynth.dicom import VENDORS, read_bvalue, write_ct_series, write_dwi_series
+from dwisynth.dicom import VENDORS, element_value, read_bvalue, write_ct_series, write_dwi_series
 from dwisynth.errors import DicomSeriesError, HeaderQCError
 
 
@@ -76,6 +76,59 @@ def test_truncated_dicom_names_the_file_and_writes_nothing(tmp_path, small_grid,
     with pytest.raises(DicomSeriesError, match=bad.name):
         convert_series(tmp_path / "dcm", tmp_path / "out", "T04", "DWI", log=lambda *_: None)
     assert _only_outputs(tmp_path / "out") == []
+
+
+def test_pixel_data_short_by_two_bytes_is_refused_though_the_header_is_complete(tmp_path, small_grid, small_dwi,
+                                                                                 patient, uids):
+    volumes, bvals = small_dwi
+    files = write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "standard", patient, uids)
+    bad = files[-1]
+    bad.write_bytes(bad.read_bytes()[:-2])
+    assert pydicom.dcmread(bad, stop_before_pixels=True).Rows  # the header alone reads fine
+    with pytest.raises(DicomSeriesError, match=rf"{bad.name}.*pixel data has \d+ of \d+ bytes"):
+        convert_series(tmp_path / "dcm", tmp_path / "out", "T04", "DWI", log=lambda *_: None)
+    assert _only_outputs(tmp_path / "out") == []
+
+
+def test_siemens_bvalues_are_read_wherever_each_file_puts_its_private_block(tmp_path, small_grid, small_dwi, patient,
+                                                                            uids):
+    """The private creator's slot is remembered from file to file; a file that reserves another slot must still
+    be read through its own creator."""
+    volumes, bvals = small_dwi
+    files = write_dwi_series(tmp_path / "dcm", volumes, bvals, small_grid, "siemens", patient, uids)
+    for path in files[1::2]:  # every other file: the block at (0019,11xx) behind an unrelated creator at 0010
+        ds = pydicom.dcmread(path)
+        b = ds[0x0019, 0x100C].value
+        del ds[0x0019, 0x100C]
+        ds[0x0019, 0x0010].value = "ACME PRIVATE"
+        ds.add_new((0x0019, 0x0011), "LO", "SIEMENS MR HEADER")
+        ds.add_new((0x0019, 0x110C), "IS", b)
+        ds.save_as(path)
+    expected = [read_bvalue(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    assert sorted(set(expected)) == bvals
+    record = convert_series(tmp_path / "dcm", tmp_path / "out", "T09", "DWI", log=lambda *_: None)
+    assert record["header_bvals"] == bvals and record["bvals"] == np.loadtxt(
+        tmp_path / "out" / "sub-T09_dwi.bval").tolist()
+
+
+def test_a_cached_header_value_is_decoded_in_each_files_character_set(tmp_path):
+    """The same raw bytes read as different names under Latin-1 and UTF-8: the conversion cache must not
+    hand one file's decoding to the other (the identifier scan would look for the wrong name)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    names = {}
+    for charset in ("ISO_IR 100", "ISO_IR 192"):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
+        ds.SpecificCharacterSet = charset
+        ds.add_new(0x00100010, "PN", "M\u00fcller".encode("utf-8"))  # raw bytes, written as they are
+        ds.save_as(tmp_path / f"{charset}.dcm", enforce_file_format=True)
+        names[charset] = str(element_value(pydicom.dcmread(tmp_path / f"{charset}.dcm"), "PatientName"))
+    assert names == {"ISO_IR 100": "M\u00c3\u00bcller", "ISO_IR 192": "M\u00fcller"}
 
 
 def test_series_without_b0_is_rejected(tmp_path, small_grid, small_dwi, patient, uids):
