@@ -5,9 +5,10 @@ Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 
        (RUN_DIR defaults to this checkout, after `make demo`; run one organ per process to use two cores)
 
 Equal wall-clock: each network trains on the run's train-split shards of one organ for the same CPU
-seconds (one thread): a short timed calibration gives its seconds per step, and it then trains for
-budget / (seconds per step) steps with the run's config block and trainer settings (lr schedule fitted to
-those steps, validation on a held-out train subject). Test subjects are scored like the workflow scores
+seconds (one thread): a short timed calibration gives its seconds per step (averaged over its phases), and
+it then trains for budget / (seconds per step) steps with the run's config block and trainer settings (lr
+schedule fitted to those steps, validation on a held-out train subject). DC²Anet also trains the published
+way, jointly from the first step (`dc2anet_joint`: paired_warmup 0). Test subjects are scored like the workflow scores
 them (`dwisynth.evaluate.score_synthesis`, volume PSNR in the organ mask), beside cDWI and the noise-free
 reference from the run's own `synthesis_metrics.tsv`. Nothing here reads the test split before scoring.
 
@@ -44,6 +45,9 @@ from dwisynth.networks.base import build_network
 from dwisynth.training import Trainer, TrainerConfig
 
 METHODS = ("dc2anet", "pix2pix")
+# the equal wall-clock comparison also trains DC²Anet the published way, jointly from the first step
+VARIANTS = {"dc2anet": ("dc2anet", {}), "dc2anet_joint": ("dc2anet", {"paired_warmup": 0.0}),
+            "pix2pix": ("pix2pix", {})}
 OUT = Path(__file__).resolve().parent / "results"
 FULL_SIZE_KEYS = ("ngf", "ndf", "n_residual", "lr", "betas")  # not pix2pix levels: those follow the crop
 FULL_SIZE_TRAINING = ("validation_subjects", "warmup_steps", "grad_clip")
@@ -60,10 +64,11 @@ def with_full_size(config: dict, path: Path) -> dict:
     return out
 
 
-def trainer_config(config: dict, block: dict, steps: int) -> TrainerConfig:
+def trainer_config(config: dict, block: dict, steps: int, decay_start: int | None = None) -> TrainerConfig:
     t = config["training"]
     return TrainerConfig(steps=steps, batch_size=t["batch_size"], crop=t["crop"], lr=block["lr"],
-                         betas=tuple(block["betas"]), checkpoint_every=max(steps, 1), log_every=t["log_every"],
+                         betas=tuple(block["betas"]), decay_start=decay_start, checkpoint_every=max(steps, 1),
+                         log_every=t["log_every"],
                          intensity_max=t.get("intensity_max"), seed=config["seed"], device=DEVICE, threads=1,
                          progress=False, validation_subjects=t["validation_subjects"],
                          validate_every=max(t["validate_every"], steps // 20),
@@ -71,19 +76,23 @@ def trainer_config(config: dict, block: dict, steps: int) -> TrainerConfig:
                          grad_clip=t["grad_clip"], collapse_db=t["collapse_db"])
 
 
-def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict, n: int = 12) -> float:
-    """Median wall time of one training step (after two warm-up steps), one thread."""
+def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict, n: int = 20) -> float:
+    """Mean wall time of a training step over the run (one thread): n steps timed at evenly spaced points of
+    the schedule, after two untimed ones, so that a network whose phases differ in cost (DC²Anet's paired
+    warm-up) is timed in each phase for its share of the steps."""
     b = config["bvalues"]
     model = build_network(method, block, len(b["inputs"]), len(b["targets"]), config["seed"])
+    steps = int(block["steps"])
+    at = [0, 0] + [int((k + 0.5) * steps / n) for k in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, data, trainer_config(config, block, n + 2), tmp, {"method": method})
+        trainer = Trainer(model, data, trainer_config(config, block, steps), tmp, {"method": method})
         times = []
-        for step in range(n + 2):
-            generator = torch.Generator().manual_seed(step)
+        for k, step in enumerate(at):
+            generator = torch.Generator().manual_seed(k)
             start = time.perf_counter()
             model.training_step(trainer.batch(step, generator), trainer.optimizers, generator, step)
             times.append(time.perf_counter() - start)
-    return float(np.median(times[2:]))
+    return float(np.mean(times[2:]))
 
 
 def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int, out: Path) -> tuple[Path, float]:
@@ -92,7 +101,7 @@ def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int
     model = build_network(method, block, len(b["inputs"]), len(b["targets"]), config["seed"])
     meta = {"method": method, "input_b": [float(x) for x in b["inputs"]], "target_b": [float(x) for x in b["targets"]]}
     start = time.perf_counter()
-    path = Trainer(model, data, trainer_config(config, block, steps), out, meta).fit()
+    path = Trainer(model, data, trainer_config(config, block, steps, model.lr_decay_start()), out, meta).fit()
     return path, time.perf_counter() - start
 
 
@@ -130,23 +139,24 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | 
     torch.set_num_threads(1)
     rows, long_rows, curves = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        # time every method's step first, back to back, so all calibrations see the same machine load
-        per_steps = {method: seconds_per_step(method, config[method], data, config) for method in METHODS}
-        for method in METHODS:
-            block, per_step = config[method], per_steps[method]
+        # time every variant's step first, back to back, so all calibrations see the same machine load
+        blocks = {name: (method, {**config[method], **over}) for name, (method, over) in VARIANTS.items()}
+        per_steps = {name: seconds_per_step(method, block, data, config) for name, (method, block) in blocks.items()}
+        for name, (method, block) in blocks.items():
+            per_step = per_steps[name]
             if seconds <= 0:
-                print(f"[quality] {organ} {method}: {per_step * 1000:.1f} ms/step on {DEVICE}", flush=True)
+                print(f"[quality] {organ} {name}: {per_step * 1000:.1f} ms/step on {DEVICE}", flush=True)
             else:
                 steps = max(10, int(seconds / per_step))
-                print(f"[quality] {organ} {method}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s",
+                print(f"[quality] {organ} {name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s",
                       flush=True)
-                model_path, wall = train(method, block, data, config, steps, Path(tmp) / f"{method}_budget")
+                model_path, wall = train(method, block, data, config, steps, Path(tmp) / f"{name}_budget")
                 record = torch.load(model_path, weights_only=True)
                 for b_value, psnr in test_psnr(run, model_path, tests, config).items():
-                    rows.append({"organ": organ, "method": method, "budget_s": seconds, "steps": steps,
+                    rows.append({"organ": organ, "method": name, "budget_s": seconds, "steps": steps,
                                  "ms_per_step": per_step * 1000, "wall_s": wall,
                                  "selected_step": record["selected_step"], "b_value": b_value, "psnr": psnr})
-            if long:
+            if long and name in METHODS:
                 for factor in (1, 10):
                     steps = int(block["steps"]) * factor
                     out = Path(tmp) / f"{method}_x{factor}"
@@ -184,7 +194,7 @@ def summary() -> None:
         table = pd.concat([pd.read_csv(p, sep="\t") for p in quality_files])
         table.to_csv(OUT / "quality.tsv", sep="\t", index=False)
         wide = table.pivot_table(index=["organ", "b_value"], columns="method", values="psnr")
-        for method in [m for m in METHODS if m in wide]:
+        for method in [m for m in VARIANTS if m in wide]:
             wide[f"{method}_gap"] = wide[method] - wide["noisefree"]
         budget = table.dropna(subset=["steps"]).groupby(["organ", "method"])[
             ["budget_s", "steps", "ms_per_step", "wall_s"]].first()

@@ -193,8 +193,7 @@ def train_ct2dwi(cell: Cell, shards, out_dir, block: dict, training: dict, ct2dw
     model = build_network(cell.method, block, data.inputs.shape[1], 1, seed)
     print(f"[train] ct2dwi {cell.experiment}/{cell.method}: {len(data)} slices from {len(subjects)} subjects "
           f"({'+'.join(cell.train_centers) or 'every center'})")
-    config = trainer_config(training, model.config, model.training_steps(), training.get("intensity_max"), seed,
-                            device, progress)
+    config = trainer_config(training, model, training.get("intensity_max"), seed, device, progress)
     meta = {"method": cell.method, "task": "ct2dwi", "organ": "brain", "input_b": [], "target_b": [target_b],
             "voxel_sizes": shard_voxel_sizes(shards),
             "input_scaling": data.input_scaling, "input_channels": ["ct", "ct_brain_mask"],

@@ -47,7 +47,7 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
           f"target b {targets} acquired in {np.round(100 * data.present.mean(0), 1).tolist() if len(data) else []} "
           "% of slices")
     intensity_max = model.fixed_intensity_max() or training.get("intensity_max")
-    config = trainer_config(training, model.config, model.training_steps(), intensity_max, seed, device, progress)
+    config = trainer_config(training, model, intensity_max, seed, device, progress)
     meta = {"method": method, "task": model.task, "organ": organ, "input_b": [float(b) for b in inputs],
             "target_b": [float(b) for b in targets], "heldout_b": [float(b) for b in bvalues.get("heldout", ())],
             "train_subjects": [[cohort, subject] for cohort, subject in subjects], "seed": seed,
@@ -55,14 +55,13 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     return Trainer(model, data, config, out_dir, meta).fit()
 
 
-def trainer_config(training: dict, network_config, steps: int, intensity_max, seed: int, device: str = "auto",
-                   progress: bool = True):
-    """The one trainer's settings from the `training` block and a network's config (lr, betas, schedule)."""
+def trainer_config(training: dict, model, intensity_max, seed: int, device: str = "auto", progress: bool = True):
+    """The one trainer's settings from the `training` block and a network (its lr, betas and schedule)."""
     from dwisynth.training import TrainerConfig
 
-    c = network_config
-    return TrainerConfig(steps=steps, batch_size=training["batch_size"], crop=training["crop"], lr=c.lr,
-                         betas=tuple(c.betas), decay_start=c.decay_start,
+    c = model.config
+    return TrainerConfig(steps=model.training_steps(), batch_size=training["batch_size"], crop=training["crop"],
+                         lr=c.lr, betas=tuple(c.betas), decay_start=model.lr_decay_start(),
                          checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],
                          intensity_max=intensity_max, seed=seed, device=device, threads=training.get("threads"),
                          progress=progress, validation_subjects=training.get("validation_subjects", 1),

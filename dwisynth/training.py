@@ -410,6 +410,8 @@ class Trainer:
         if not np.isfinite(value):
             self.stopped = f"validation PSNR is {value} at step {self.step}"
             return
+        if not self.model.selectable(self.step - 1):
+            return
         if self.best is None or value > self.best["val_psnr"]:
             weights = self.model.inference_network().state_dict()
             self.best = {"step": self.step, "val_psnr": value,

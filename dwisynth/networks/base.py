@@ -115,6 +115,10 @@ class Network(nn.Module, ABC):
         """Total optimisation steps (networks trained in phases sum them)."""
         return self.config.steps
 
+    def lr_decay_start(self) -> int | None:
+        """The step where the lr starts its linear decay to zero (None: half way, the trainer's default)."""
+        return self.config.decay_start
+
     def describe(self) -> dict:
         """What model.pt records about this network's training besides the trainer's metadata."""
         return {}
@@ -155,6 +159,11 @@ class Network(nn.Module, ABC):
 
     def start_phase(self, phase: str, optimizers: dict) -> None:
         """Called before the first step of each phase, and on resume for the phase resumed into."""
+
+    def selectable(self, step: int) -> bool:
+        """Whether the weights after `step` may be exported as the model; a phase that is only a warm start
+        (DC²Anet's paired warm-up) is validated and logged but never exported."""
+        return True
 
     def extra_state(self) -> dict:
         """What a resume needs besides weights and optimizers (image pools)."""

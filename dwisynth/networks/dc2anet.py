@@ -9,6 +9,10 @@ The hybrid discriminator judges single-b images (one b drawn per sample and step
 [input stack, image at b] pair, its unsupervised branch the image alone; each branch
 has one PatchGAN logit map per target b and the map of the image's own b is scored.
 A third PatchGAN judges the low-b stacks F produces.
+
+`paired_warmup` trains G alone on the paired terms first (phase "paired"), then everything (phase "dual-cycle"):
+a full step runs G and F four times and the discriminators nine times, so at equal wall-clock the joint
+training from scratch got a tenth of pix2pix's steps and stayed behind it (`bench/quality.py`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class DC2AnetConfig(NetworkConfig):
         "description": "generator normalization; instance (the published design) discards the absolute S/S0 level"})
     upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
         "description": "generator upsampling: resize (nearest + 3x3 conv, no checkerboard) or transposed (published)"})
+    paired_warmup: float = field(default=0.0, metadata={"minimum": 0, "exclusiveMaximum": 1, "description": (
+        "share of the steps trained first as a paired regression (phase 'paired': G alone on the voxel, "
+        "gradient and SSIM terms, a fifth of a full step's time), then the whole dual-cycle adversarial "
+        "objective (phase 'dual-cycle'); 0 is the published joint training")})
     weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights)
     perceptual_weights: str | None = field(default=None, metadata={
         "description": "torchvision vgg16 state dict (.pth) for the perceptual loss"})
@@ -115,10 +123,38 @@ class DC2Anet(Network):
         for name, pool in self.pools.items():
             pool.load_state_dict(state[name])
 
+    def paired_steps(self) -> int:
+        return int(self.config.paired_warmup * self.config.steps)
+
+    def phase(self, step: int) -> str:
+        return "paired" if step < self.paired_steps() else "dual-cycle"
+
+    def selectable(self, step: int) -> bool:
+        return self.phase(step) == "dual-cycle"  # the exported model is always trained on the whole objective
+
+    def lr_decay_start(self) -> int | None:
+        # the dual-cycle phase gets the whole schedule (constant, then linear to zero), not its tail
+        if self.config.decay_start is None and self.paired_steps():
+            return self.paired_steps() + (self.config.steps - self.paired_steps()) // 2
+        return self.config.decay_start
+
     def training_step(self, batch, optimizers, generator: torch.Generator, step: int) -> dict[str, float]:
         x, y, present = batch.inputs, batch.targets, batch.present
         w = self.config.weights
         opt_g, opt_d = optimizers["generators"], optimizers["discriminators"]
+        if self.phase(step) == "paired":  # a warm start for the adversarial game, at a sixth of the cost
+            fake_y = self.G(x)
+            losses = {"voxel_l1": masked_l1(fake_y, y, present),
+                      "gradient": gradient_difference(fake_y, y, present), "ssim": ssim_loss(fake_y, y, present)}
+            total = w.voxel * losses["voxel_l1"] + w.gradient * losses["gradient"] + w.ssim * losses["ssim"]
+            if self.perceptual is not None:
+                losses["perceptual"] = self.perceptual(fake_y, y, present)
+                total = total + w.perceptual * losses["perceptual"]
+            opt_g.zero_grad(set_to_none=True)
+            total.backward()
+            opt_g.step()
+            losses["g_total"] = total
+            return {k: float(v.detach()) for k, v in losses.items()}
 
         fake_y = self.G(x)
         rec_x = self.F(fake_y)

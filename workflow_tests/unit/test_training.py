@@ -162,6 +162,51 @@ def test_training_steps_lower_the_voxel_loss_on_a_fixed_batch(cohort, method):
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
 
 
+def test_dc2anet_paired_warmup_trains_the_generator_alone_then_the_whole_dual_cycle(cohort):
+    block = {**TINY["dc2anet"], "steps": 4, "paired_warmup": 0.5}
+    model = build_network("dc2anet", block, len(INPUT_B), len(TARGET_B), seed=1)
+    assert [model.phase(step) for step in range(4)] == ["paired", "paired", "dual-cycle", "dual-cycle"]
+    optimizers = {k: torch.optim.Adam(p, lr=1e-3) for k, p in model.parameter_groups().items()}
+    batch, generator = fixed_batch(cohort), torch.Generator().manual_seed(0)
+
+    def changed(before):
+        return {name for name, state in before.items()
+                if any(not torch.equal(v, getattr(model, name).state_dict()[k]) for k, v in state.items())}
+
+    def snapshot():
+        return {name: {k: v.clone() for k, v in getattr(model, name).state_dict().items()}
+                for name in ("G", "F", "D_high", "D_low")}
+
+    before = snapshot()
+    losses = model.training_step(batch, optimizers, generator, 0)
+    assert set(losses) == {"voxel_l1", "gradient", "ssim", "g_total"} and changed(before) == {"G"}
+    before = snapshot()
+    losses = model.training_step(batch, optimizers, generator, 2)
+    assert {"cycle_low", "cycle_high", "adv_supervised", "d_low"} <= set(losses)
+    assert changed(before) == {"G", "F", "D_high", "D_low"}
+
+
+def test_dc2anet_exports_a_step_of_its_dual_cycle_phase_and_schedules_its_lr_over_it(cohort, tmp_path):
+    """The paired warm-up is validated and logged, but the exported model has trained on the whole objective;
+    the lr stays constant through the warm-up and decays over the second half of the dual-cycle phase."""
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+    model = build_network("dc2anet", {**TINY["dc2anet"], "steps": 40, "paired_warmup": 0.5}, len(INPUT_B),
+                          len(TARGET_B), seed=7)
+    assert model.lr_decay_start() == 30
+    config = TrainerConfig(steps=40, batch_size=4, crop=24, checkpoint_every=40, log_every=5, seed=7, device="cpu",
+                           progress=False, validate_every=5, decay_start=model.lr_decay_start())
+    trainer = Trainer(model, data, config, tmp_path, {"method": "dc2anet", "input_b": INPUT_B, "target_b": TARGET_B})
+    record = torch.load(trainer.fit(), weights_only=True)
+    log = pd.read_csv(tmp_path / "training_log.csv")
+    validated = log.dropna(subset=["val_psnr"])
+    assert set(validated["phase"]) == {"paired", "dual-cycle"}
+    assert record["selected_step"] > 20
+    dual = validated[validated["phase"] == "dual-cycle"]
+    assert record["validation_psnr"] == pytest.approx(dual["val_psnr"].max(), abs=1e-3)
+    lr = log.set_index("step")["lr"]
+    assert lr[5] == lr[20] == lr[30] > lr[35] > lr[40] == 0
+
+
 def test_subjects_missing_target_b_still_train_through_their_acquired_b(cohort):
     data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
     present = data.present.reshape(6, -1, 3)[:, 0]
