@@ -12,7 +12,7 @@ A third PatchGAN judges the low-b stacks F produces.
 
 `paired_warmup` trains G alone on the paired terms first (phase "paired"), then everything (phase "dual-cycle"):
 a full step runs G and F four times and the discriminators nine times, so at equal wall-clock the joint
-training from scratch got a tenth of pix2pix's steps and stayed behind it (`bench/quality.py`).
+training from scratch got about an eighth of pix2pix's steps and stayed behind it (`bench/quality.py`).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class DC2Anet(Network):
         x, y, present = batch.inputs, batch.targets, batch.present
         w = self.config.weights
         opt_g, opt_d = optimizers["generators"], optimizers["discriminators"]
-        if self.phase(step) == "paired":  # a warm start for the adversarial game, at a sixth of the cost
+        if self.phase(step) == "paired":  # a warm start for the adversarial game, at a fifth of the cost
             fake_y = self.G(x)
             losses = {"voxel_l1": masked_l1(fake_y, y, present),
                       "gradient": gradient_difference(fake_y, y, present), "ssim": ssim_loss(fake_y, y, present)}
