@@ -138,18 +138,27 @@ class DC2Anet(Network):
             return self.paired_steps() + (self.config.steps - self.paired_steps()) // 2
         return self.config.decay_start
 
+    @staticmethod
+    def _paired_terms(fake_y, y, present) -> dict[str, torch.Tensor]:
+        """The terms that compare G's images with the acquired ones (both phases)."""
+        return {"voxel_l1": masked_l1(fake_y, y, present), "gradient": gradient_difference(fake_y, y, present),
+                "ssim": ssim_loss(fake_y, y, present)}
+
+    def _add_perceptual(self, losses: dict, total: torch.Tensor, fake_y, y, present) -> torch.Tensor:
+        if self.perceptual is None:
+            return total
+        losses["perceptual"] = self.perceptual(fake_y, y, present)
+        return total + self.config.weights.perceptual * losses["perceptual"]
+
     def training_step(self, batch, optimizers, generator: torch.Generator, step: int) -> dict[str, float]:
         x, y, present = batch.inputs, batch.targets, batch.present
         w = self.config.weights
         opt_g, opt_d = optimizers["generators"], optimizers["discriminators"]
         if self.phase(step) == "paired":  # a warm start for the adversarial game, at a fifth of the cost
             fake_y = self.G(x)
-            losses = {"voxel_l1": masked_l1(fake_y, y, present),
-                      "gradient": gradient_difference(fake_y, y, present), "ssim": ssim_loss(fake_y, y, present)}
+            losses = self._paired_terms(fake_y, y, present)
             total = w.voxel * losses["voxel_l1"] + w.gradient * losses["gradient"] + w.ssim * losses["ssim"]
-            if self.perceptual is not None:
-                losses["perceptual"] = self.perceptual(fake_y, y, present)
-                total = total + w.perceptual * losses["perceptual"]
+            total = self._add_perceptual(losses, total, fake_y, y, present)
             opt_g.zero_grad(set_to_none=True)
             total.backward()
             opt_g.step()
@@ -173,16 +182,12 @@ class DC2Anet(Network):
             "adv_low": lsgan(self.D_low(fake_x), True),
             "cycle_low": masked_l1(rec_x, x),
             "cycle_high": masked_l1(rec_y, y_filled, present),
-            "voxel_l1": masked_l1(fake_y, y, present),
-            "gradient": gradient_difference(fake_y, y, present),
-            "ssim": ssim_loss(fake_y, y, present),
+            **self._paired_terms(fake_y, y, present),
         }
         total = (w.adversarial * (losses["adv_unsupervised"] + losses["adv_supervised"] + losses["adv_low"])
                  + w.cycle * (losses["cycle_low"] + losses["cycle_high"]) + w.voxel * losses["voxel_l1"]
                  + w.gradient * losses["gradient"] + w.ssim * losses["ssim"])
-        if self.perceptual is not None:
-            losses["perceptual"] = self.perceptual(fake_y, y, present)
-            total = total + w.perceptual * losses["perceptual"]
+        total = self._add_perceptual(losses, total, fake_y, y, present)
         opt_g.zero_grad(set_to_none=True)
         total.backward()
         opt_g.step()
