@@ -113,8 +113,9 @@ def bland_altman_figure(adc: pd.DataFrame):
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("synthetic - acquired")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Bland-Altman per organ: ADC from synthetic vs acquired images (organ ROI, per test subject; "
-                 "mean difference and 95% limits of each organ)", fontsize=9)
+    fig.suptitle("Bland-Altman per organ: ADC from synthetic vs acquired images (organ mask where the acquired b0 "
+                 "SNR reaches adc.roi_min_snr, per test subject; mean difference and 95% limits of each organ)",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 

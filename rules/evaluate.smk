@@ -13,6 +13,7 @@ rule evaluate_synthesis:
         methods=score_methods(),
         targets=config["bvalues"]["targets"],
         heldout=config["bvalues"]["heldout"],
+        adc_min_snr=config["adc"]["roi_min_snr"],
     threads: 4  # subjects in parallel; it runs near the end, when little else can (capped at --cores)
     log:
         "logs/evaluate_synthesis.log",

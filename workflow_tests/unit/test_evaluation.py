@@ -211,3 +211,43 @@ def test_scoring_subjects_in_two_processes_gives_the_same_tables(tmp_path):
     pd.testing.assert_frame_equal(one[0], two[0])
     pd.testing.assert_frame_equal(one[1], two[1])
     assert len(one[0]) > 3 and said == [f"[evaluate] {i}/3 sub-S{i - 1} scored" for i in (1, 2, 3)]
+
+
+def test_adc_agreement_counts_tissue_not_the_noise_of_fat_suppressed_fat(tmp_path):
+    """A body outline whose half is fat-suppressed fat (b0 SNR 3): the ADC of noise there is noise, so the
+    noise-free image disagrees with the acquisition over the whole mask but not over the tissue ROI."""
+    from dwisynth.diffusion import fit_adc
+    from dwisynth.evaluate import adc_roi, evaluate_multib
+    from dwisynth.io import save_nifti, write_bval
+
+    rng = np.random.default_rng(3)
+    bvals, shape, sigma = np.array([0.0, 100, 400, 1000]), (40, 40, 4), 0.02
+    s0, adc = np.zeros(shape), np.zeros(shape)
+    s0[8:32, 8:20], adc[8:32, 8:20] = 1.0, 1.2    # tissue: b0 SNR 50
+    s0[8:32, 20:32], adc[8:32, 20:32] = 0.06, 0.2  # fat-suppressed fat: b0 SNR 3
+    mask = s0 > 0
+    clean = s0[..., None] * np.exp(-bvals * 1e-3 * adc[..., None])
+    noisy = np.abs(clean + sigma * (rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape)))
+
+    roi, measured_sigma = adc_roi(noisy[..., 0], mask, 10)
+    assert measured_sigma == pytest.approx(sigma, rel=0.1)
+    assert roi[8:32, 8:20].mean() == 1.0 and roi[8:32, 20:32].mean() < 0.01
+    assert adc_roi(noisy[..., 0], mask, 0)[0].sum() == mask.sum()
+    assert adc_roi(np.where(mask, noisy[..., 0], 0.0), mask, 10)[0].sum() == mask.sum()  # no background: all
+
+    paths = {}
+    for name, image in {"acq": noisy, "synth": clean}.items():
+        save_nifti(image, np.eye(4), tmp_path / f"{name}_dwi.nii.gz")
+        save_nifti(fit_adc(image, bvals, mask=mask), np.eye(4), tmp_path / f"{name}_adc.nii.gz")
+        paths[name] = str(tmp_path / f"{name}_dwi.nii.gz"), str(tmp_path / f"{name}_adc.nii.gz")
+    write_bval(bvals, tmp_path / "dwi.bval")
+    save_nifti(mask.astype(np.uint8), np.eye(4), tmp_path / "mask.nii.gz", np.uint8)
+    subject = {"cohort": "c", "center": "h", "organ": "abdomen", "subject": "S1",
+               "acquired": (paths["acq"][0], str(tmp_path / "dwi.bval")), "mask": str(tmp_path / "mask.nii.gz"),
+               "adc": paths["acq"][1], "synth": {"noisefree": (paths["synth"][0], str(tmp_path / "dwi.bval"),
+                                                               paths["synth"][1])}}
+    row = evaluate_multib([subject], ["noisefree"], [400, 1000], [], progress=lambda _: None,
+                          adc_min_snr=10)[1].iloc[0]
+    assert row["roi"] == "abdomen_b0snr10" and row["voxels"] == 24 * 12 * 4
+    assert abs(row["difference"]) < 0.01 < 0.05 < abs(row["difference_whole_mask"])
+    assert row["adc_acquired"] == pytest.approx(1.2, abs=0.01)
