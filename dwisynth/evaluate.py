@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dwisynth.errors import DwisynthError
 from dwisynth.metrics import volume_metrics
 
 
@@ -84,6 +85,10 @@ def _score_subject(s: dict, methods, targets, heldout, adc_min_snr: float = 0.0)
     truth_adc = load_map(s["truth_adc"], canonical=True) if s.get("truth_adc") else None
     roi, sigma = adc_roi(acquired[..., int(np.argmin(acquired_b))], mask, adc_min_snr)
     roi_name = f"{s['organ']}_b0snr{adc_min_snr:g}" if sigma > 0 else f"{s['organ']}_mask"
+    if not roi.any():
+        raise DwisynthError(f"sub-{s['subject']} ({s['acquired'][0]}): no voxel of the organ mask has a b0 SNR of "
+                            f"{adc_min_snr:g} (background noise SD {sigma:.3g}); check its b0 volume, or lower "
+                            f"adc.roi_min_snr")
     for method in methods:
         if method not in s["synth"]:
             continue

@@ -217,6 +217,7 @@ def test_adc_agreement_counts_tissue_not_the_noise_of_fat_suppressed_fat(tmp_pat
     """A body outline whose half is fat-suppressed fat (b0 SNR 3): the ADC of noise there is noise, so the
     noise-free image disagrees with the acquisition over the whole mask but not over the tissue ROI."""
     from dwisynth.diffusion import fit_adc
+    from dwisynth.errors import DwisynthError
     from dwisynth.evaluate import adc_roi, evaluate_multib
     from dwisynth.io import save_nifti, write_bval
 
@@ -251,3 +252,9 @@ def test_adc_agreement_counts_tissue_not_the_noise_of_fat_suppressed_fat(tmp_pat
     assert row["roi"] == "abdomen_b0snr10" and row["voxels"] == 24 * 12 * 4
     assert abs(row["difference"]) < 0.01 < 0.05 < abs(row["difference_whole_mask"])
     assert row["adc_acquired"] == pytest.approx(1.2, abs=0.01)
+
+    only_fat = mask.copy()
+    only_fat[8:32, 8:20] = False
+    save_nifti(only_fat.astype(np.uint8), np.eye(4), tmp_path / "mask.nii.gz", np.uint8)
+    with pytest.raises(DwisynthError, match=r"sub-S1 .*acq_dwi.nii.gz.*no voxel.*adc.roi_min_snr"):
+        evaluate_multib([subject], ["noisefree"], [400, 1000], [], progress=lambda _: None, adc_min_snr=10)
