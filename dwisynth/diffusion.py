@@ -128,6 +128,15 @@ def noise_sigma_background(volume, mask, margin: int = 3) -> float:
     return float(np.median(background) / np.sqrt(2 * np.log(2))) if background.size >= 50 else 0.0
 
 
+def tissue_mask(b0, mask, min_snr: float) -> tuple[np.ndarray, float]:
+    """The mask's voxels whose b0 is at least `min_snr` background noise SDs (`noise_sigma_background`),
+    and that sigma. Fat-suppressed fat and air inside a body outline hold noise only. min_snr 0, or no
+    background to measure sigma in (sigma 0), gives the whole mask."""
+    mask = np.asarray(mask, bool)
+    sigma = noise_sigma_background(b0, mask) if min_snr > 0 else 0.0
+    return (mask & (np.asarray(b0) >= min_snr * sigma) if sigma > 0 else mask), sigma
+
+
 def noise_sigma_repeats(repeats, mask) -> float:
     """Noise sigma from two or more repeated acquisitions of one volume (..., n_repeats): the SD across
     repeats, pooled over the mask (magnitude noise is near Gaussian where tissue signal is high)."""

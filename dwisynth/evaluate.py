@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dwisynth.diffusion import tissue_mask
 from dwisynth.errors import DwisynthError
 from dwisynth.metrics import volume_metrics
 
@@ -35,22 +36,6 @@ def score_synthesis(pred: np.ndarray, pred_bvals, acquired: np.ndarray, acquired
         slice_rows += [{**label, **r} for r in rows]
         volume_rows.append({**label, "slice": "volume", **volume})
     return slice_rows, volume_rows
-
-
-def adc_roi(acquired_b0: np.ndarray, mask: np.ndarray, min_snr: float) -> tuple[np.ndarray, float]:
-    """Where synthetic and acquired ADC are compared: the organ mask's voxels whose acquired b0 stands at
-    least `min_snr` noise SDs above zero (σ from the b0's background, `noise_sigma_background`).
-
-    Fat-suppressed fat and air inside a body outline hold noise only, and the ADC of noise is noise: on the
-    demo, over the whole mask even the noise-free reference reads 0.02-0.15 x10^-3 mm²/s from the acquired
-    ADC, over this ROI under 0.01. Returns (roi, sigma); min_snr 0, or no background to measure σ in
-    (sigma 0), gives the whole mask.
-    """
-    from dwisynth.diffusion import noise_sigma_background
-
-    mask = np.asarray(mask, bool)
-    sigma = noise_sigma_background(acquired_b0, mask) if min_snr > 0 else 0.0
-    return (mask & (np.asarray(acquired_b0) >= min_snr * sigma) if sigma > 0 else mask), sigma
 
 
 def adc_agreement(synthetic_adc: np.ndarray, acquired_adc: np.ndarray, mask: np.ndarray,
@@ -83,7 +68,9 @@ def _score_subject(s: dict, methods, targets, heldout, adc_min_snr: float = 0.0)
     mask = load_mask(s["mask"])
     acquired_adc = load_map(s["adc"])
     truth_adc = load_map(s["truth_adc"], canonical=True) if s.get("truth_adc") else None
-    roi, sigma = adc_roi(acquired[..., int(np.argmin(acquired_b))], mask, adc_min_snr)
+    # Fat-suppressed fat and air hold noise, whose ADC is noise: on the demo, over the whole mask even the
+    # noise-free reference read 0.02-0.15 x10^-3 mm²/s from the acquired ADC, over tissue under 0.01.
+    roi, sigma = tissue_mask(acquired[..., int(np.argmin(acquired_b))], mask, adc_min_snr)
     roi_name = f"{s['organ']}_b0snr{adc_min_snr:g}" if sigma > 0 else f"{s['organ']}_mask"
     if not roi.any():
         raise DwisynthError(f"sub-{s['subject']} ({s['acquired'][0]}): no voxel of the organ mask has a b0 SNR of "
@@ -113,7 +100,7 @@ def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=pr
     `mask`, `adc` (acquired ADC), optional `truth_adc` (the demo's apparent ADC: its noise-free signal fitted on the ADC b-values), and
     `synth` {method: (dwi, bval, adc)}; a method without files for a subject is skipped.
     workers: subjects scored at once, in processes (the rows come back in subject order: the same tables).
-    adc_min_snr: ADC agreement counts the mask's voxels whose acquired b0 SNR reaches it (`adc_roi`;
+    adc_min_snr: ADC agreement counts the mask's voxels whose acquired b0 SNR reaches it (`tissue_mask`;
     config `adc.roi_min_snr`); 0: the whole mask.
     Returns (synthesis_metrics, adc_agreement) data frames.
     """

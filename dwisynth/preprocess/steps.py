@@ -134,7 +134,7 @@ def normalize(dwi_path, bval_path, mask_path, out_dwi, out_bval, out_json, subje
     normalized, record = normalize_dwi(dwi, bvals, mask, img.affine, subject, n4=n4, b0_max=b0_max)
     record["bvals"] = [float(b) for b in bvals]
     # noise of one b0 volume on the normalized scale, for adc.noise_floor: repeats
-    record["noise_sigma_repeats"] = None if sigma_raw is None else sigma_raw / record["b0_median_in_mask"]
+    record["noise_sigma_repeats"] = None if sigma_raw is None else sigma_raw / record["b0_reference"]
     save_nifti(normalized, img.affine, out_dwi)
     write_bval(bvals, out_bval)
     _write_json(record, out_json)

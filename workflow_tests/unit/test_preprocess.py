@@ -58,6 +58,24 @@ def test_normalization_removes_center_scale_and_keeps_adc():
         assert np.allclose(np.log(norm[..., 0] / norm[..., 2]) / 1000 / 1e-3, adc)
 
 
+def test_normalization_puts_tissue_at_1_whatever_share_of_the_body_is_suppressed_fat():
+    """The median over a body outline falls on fat once fat fills half of it; the tissue median does not."""
+    rng = np.random.default_rng(2)
+    bvals = np.array([0.0, 1000.0])
+    for fat_share in (0.3, 0.7):
+        s0 = np.zeros((40, 40, 4))
+        body = np.zeros(s0.shape, bool)
+        body[5:35, 5:35] = True
+        s0[body] = 900.0                                  # tissue, b0 SNR 45 at sigma 20
+        s0[5:5 + round(30 * fat_share), 5:35] = 60.0      # fat-suppressed fat, b0 SNR 3
+        clean = ivim_signal(s0, 1.0, bvals)
+        dwi = np.abs(clean + rng.normal(0, 20, clean.shape) + 1j * rng.normal(0, 20, clean.shape))
+        norm, record = normalize_dwi(dwi, bvals, body, np.eye(4), "S", n4=False)
+        assert np.median(norm[..., 0][s0 == 900.0]) == pytest.approx(1.0, abs=0.01), fat_share
+        assert record["b0_noise_sigma"] == pytest.approx(20, rel=0.1)
+        assert record["b0_reference_voxels"] == pytest.approx(np.sum(s0 == 900.0), abs=5)
+
+
 def test_cdwi_extrapolates_exactly_for_mono_exponential_tissue():
     bvals = [0.0, 100.0, 400.0, 1000.0]
     dwi = ivim_signal(np.full((3, 3), 800.0), 1.1, bvals)
