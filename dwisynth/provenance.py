@@ -19,6 +19,17 @@ PACKAGES = ["dwisynth", "torch", "torchvision", "monai", "snakemake", "antspyx",
             "dcm2niix", "nibabel", "simpleitk", "pydicom", "numpy", "scipy", "pandas", "scikit-image", "pingouin"]
 
 
+def source_digest(*modules: str) -> str:
+    """Digest of the named modules' source files (`dwisynth.preprocess.normalize`): a rule's param, so that
+    a change to the code that shapes its output reruns it, as a changed config value does."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(name.encode() + b"\0" + Path(importlib.util.find_spec(name).origin).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in PACKAGES:

@@ -22,6 +22,7 @@ from dwisynth.ct2dwi import (
 from dwisynth.dataset import check_ct2dwi_subjects, subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
 from dwisynth.networks.base import code_digest, config_block_name, network_class, networks
+from dwisynth.provenance import source_digest
 
 
 validate_config(config, "config")

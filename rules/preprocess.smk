@@ -81,6 +81,7 @@ rule normalize_dwi:
         tolerance=config["bvalues"]["tolerance"],
         n4=config["normalization"]["n4"],
         b0_max=config["bvalues"]["b0_max"],
+        code=source_digest("dwisynth.preprocess.normalize", "dwisynth.diffusion"),  # a change renormalizes
     priority: 10
     log:
         layout.log("normalize_dwi", "{cohort}", "{subject}"),

@@ -58,3 +58,20 @@ def test_compare_runs_refuses_a_folder_without_tables(tmp_path, capsys):
     shutil.rmtree(a / "tables")
     assert cli(["compare-runs", str(a), str(a)]) == 2
     assert "no tables/ here" in capsys.readouterr().err
+
+
+def test_source_digest_follows_the_code_of_the_named_modules(tmp_path, monkeypatch):
+    """A rule's `code` param: an edit to a module it names changes it, an edit elsewhere does not."""
+    import sys
+
+    from dwisynth.provenance import source_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("stepcode", "othercode"):
+        (tmp_path / f"{name}.py").write_text("SCALE = 1\n")
+    before = source_digest("stepcode")
+    (tmp_path / "othercode.py").write_text("SCALE = 2\n")
+    assert source_digest("stepcode") == before
+    (tmp_path / "stepcode.py").write_text("SCALE = 2\n")
+    assert source_digest("stepcode") != before
+    assert "stepcode" not in sys.modules  # found, not imported: digests cost no import
