@@ -76,7 +76,8 @@ def trainer_config(config: dict, block: dict, steps: int, decay_start: int | Non
                          grad_clip=t["grad_clip"], collapse_db=t["collapse_db"])
 
 
-def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict, short: tuple[int, int] = (200, 600)) -> float:
+def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict,
+                     short: tuple[int, int] = (200, 600)) -> float:
     """Wall time per step of the trainer's own loop: the slope between two short runs of it, each with the
     method's phase shares and lr schedule scaled to its length, so set-up and export fall out and what a
     budget run pays per step stays in (batches, validation every `validate_every` steps, logging,

@@ -81,7 +81,8 @@ rule normalize_dwi:
         tolerance=config["bvalues"]["tolerance"],
         n4=config["normalization"]["n4"],
         b0_max=config["bvalues"]["b0_max"],
-        code=source_digest("dwisynth.preprocess.normalize", "dwisynth.diffusion"),  # a change renormalizes
+        # a change to the code it runs renormalizes
+        code=source_digest("dwisynth.preprocess.normalize", "dwisynth.preprocess.steps", "dwisynth.diffusion"),
     priority: 10
     log:
         layout.log("normalize_dwi", "{cohort}", "{subject}"),
