@@ -198,6 +198,10 @@ def test_dc2anet_exports_a_step_of_its_dual_cycle_phase_and_schedules_its_lr_ove
     trainer = Trainer(model, data, config, tmp_path, {"method": "dc2anet", "input_b": INPUT_B, "target_b": TARGET_B})
     record = torch.load(trainer.fit(), weights_only=True)
     log = pd.read_csv(tmp_path / "training_log.csv")
+    # the file grew by appends, rewritten when the dual-cycle phase brought its loss columns: it still holds
+    # every row under every column
+    pd.testing.assert_frame_equal(log, pd.DataFrame(trainer.log_rows), check_dtype=False)
+    assert log["adv_supervised"].isna().sum() == 4 and log["step"].tolist() == list(range(5, 45, 5))
     validated = log.dropna(subset=["val_psnr"])
     assert set(validated["phase"]) == {"paired", "dual-cycle"}
     assert record["selected_step"] > 20
@@ -598,3 +602,4 @@ def test_resize_convolution_leaves_no_checkerboard_on_a_flat_image(upsample, che
     spread = float(max(parity) - min(parity))
     assert (spread > 1e-3) is checkerboard, spread
     assert float(out.std()) < 1e-4 or checkerboard  # flat in, flat out (up to the far border)
+
