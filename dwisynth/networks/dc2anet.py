@@ -53,6 +53,9 @@ class DC2AnetConfig(NetworkConfig):
         "description": "generator normalization; instance (the published design) discards the absolute S/S0 level"})
     upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
         "description": "generator upsampling: resize (nearest + 3x3 conv, no checkerboard) or transposed (published)"})
+    gradient_form: Literal["signed", "magnitude"] = field(default="signed", metadata={"description": (
+        "gradient difference term: signed |grad G(x) - grad y| (no reward for copying noise) or magnitude "
+        "| |grad G(x)| - |grad y| | (published; on low-SNR targets it paints row and column stripes)")})
     paired_warmup: float = field(default=0.0, metadata={"minimum": 0, "exclusiveMaximum": 1, "description": (
         "share of the steps trained first as a paired regression (phase 'paired': G alone on the voxel, "
         "gradient and SSIM terms, a fifth of a full step's time), then the whole dual-cycle adversarial "
@@ -138,10 +141,10 @@ class DC2Anet(Network):
             return self.paired_steps() + (self.config.steps - self.paired_steps()) // 2
         return self.config.decay_start
 
-    @staticmethod
-    def _paired_terms(fake_y, y, present) -> dict[str, torch.Tensor]:
+    def _paired_terms(self, fake_y, y, present) -> dict[str, torch.Tensor]:
         """The terms that compare G's images with the acquired ones (both phases)."""
-        return {"voxel_l1": masked_l1(fake_y, y, present), "gradient": gradient_difference(fake_y, y, present),
+        return {"voxel_l1": masked_l1(fake_y, y, present),
+                "gradient": gradient_difference(fake_y, y, present, self.config.gradient_form),
                 "ssim": ssim_loss(fake_y, y, present)}
 
     def _add_perceptual(self, losses: dict, total: torch.Tensor, fake_y, y, present) -> torch.Tensor:
