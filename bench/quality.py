@@ -12,8 +12,9 @@ way, jointly from the first step (`dc2anet_joint`: paired_warmup 0). Test subjec
 them (`dwisynth.evaluate.score_synthesis`, volume PSNR in the organ mask), beside cDWI and the noise-free
 reference from the run's own `synthesis_metrics.tsv`. Nothing here reads the test split before scoring.
 
---long: each network also trains for its demo step count and ten times that; both end points' validation
-and test PSNR go to long_training.tsv and the validation curves to long_training_curves.tsv.
+--long: each network also trains for its demo step count and ten times that (MineGAN: every phase ten times,
+on the run's DC²Anet; not with --size); both end points' validation and test PSNR go to long_training.tsv and
+the validation curves to long_training_curves.tsv.
 --size CONFIG: the networks take their widths (ngf, ndf, n_residual), lr and betas from CONFIG, and the trainer
 its stability settings (validation subjects, warm-up, gradient clipping): the full-size check on a GPU.
 --seconds 0 skips the equal wall-clock comparison. A warm-up never exceeds a tenth of the run's steps.
@@ -101,6 +102,33 @@ def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int
     return path, time.perf_counter() - start
 
 
+def train_minegan(run: Path, organ: str, shards: list[Path], block: dict, config: dict, factor: int,
+                  out: Path) -> tuple[Path, float, int]:
+    """MineGAN with every phase `factor` times its demo length, built on the run's DC²Anet of the organ, through
+    the workflow's own `train_model` (one thread, validation at most 20 times a run as for the others)."""
+    from dwisynth.synthesis import train_model
+
+    phases = ("pretrain_steps", "mine_steps", "finetune_steps")
+    block = {**block, **{k: int(block[k]) * factor for k in phases}}
+    steps = sum(block[k] for k in phases)
+    t = config["training"]
+    training = {**t, "threads": 1, "checkpoint_every": steps, "validate_every": max(t["validate_every"], steps // 20),
+                "warmup_steps": min(t["warmup_steps"], steps // 10)}
+    start = time.perf_counter()
+    path = train_model("minegan", organ, shards, out, block, training, config["bvalues"], config["seed"], DEVICE,
+                       progress=False, upstream={"stage1": run / layout.model("dc2anet", organ)})
+    return path, time.perf_counter() - start, steps
+
+
+def long_curve(out: Path, organ: str, method: str, factor: int, size: str) -> list[dict]:
+    """The validation PSNR curve of one long-training run, from its training_log.csv."""
+    log = pd.read_csv(out / "training_log.csv")
+    if "val_psnr" not in log:
+        return []
+    return [{"organ": organ, "method": method, "device": DEVICE, "size": size, "factor": factor, "step": r["step"],
+             "val_psnr": r["val_psnr"]} for r in log.dropna(subset=["val_psnr"]).to_dict("records")]
+
+
 def test_psnr(run: Path, model_path: Path, tests: list[dict], config: dict) -> dict[float, float]:
     """Mean volume PSNR per target b over the organ's test subjects, scored as the workflow scores."""
     model = load_model(model_path, DEVICE)
@@ -166,12 +194,22 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | 
                                       "val_psnr": record.get("validation_psnr", np.nan),
                                       **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
                                       "test_psnr_mean": float(np.mean(list(psnr.values())))})
-                    log = pd.read_csv(out / "training_log.csv")
-                    if "val_psnr" in log:
-                        for r in log.dropna(subset=["val_psnr"]).to_dict("records"):
-                            curves.append({"organ": organ, "method": method, "device": DEVICE,
-                                           "size": "full" if size else "demo", "factor": factor,
-                                           "step": r["step"], "val_psnr": r["val_psnr"]})
+                    curves += long_curve(out, organ, method, factor, "full" if size else "demo")
+    if long and size is None:  # stage 2 reads the run's stage-1 DC²Anet; at --size there is none of that size
+        for factor in (1, 10):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp)
+                model_path, wall, steps = train_minegan(run, organ, train_shards, config["minegan"], config, factor,
+                                                        out)
+                curves += long_curve(out, organ, "minegan", factor, "demo")
+                record = torch.load(model_path, weights_only=True)
+                psnr = test_psnr(run, model_path, tests, config)
+            long_rows.append({"organ": organ, "method": "minegan", "device": DEVICE, "size": "demo", "factor": factor,
+                              "steps": steps, "wall_s": wall, "selected_step": record["selected_step"],
+                              "stopped_early": record["stopped_early"],
+                              "val_psnr": record.get("validation_psnr", np.nan),
+                              **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
+                              "test_psnr_mean": float(np.mean(list(psnr.values())))})
     for r in references(run, organ).to_dict("records"):
         rows.append({"organ": organ, "method": r["method"], "b_value": r["b_value"], "psnr": r["psnr"]})
     OUT.mkdir(exist_ok=True)
