@@ -455,9 +455,12 @@ class Trainer:
         run had logged. Rewriting every time cost O(steps²): minutes over a 100k-step GPU run."""
         if not self.log_rows:
             return
-        fields = list(dict.fromkeys(k for row in self.log_rows for k in row))
+        appendable = self._log_fields is not None and self._log_written <= len(self.log_rows)
+        # only the new rows are scanned for new columns: a scan of every row per call was O(steps²) again
+        new_rows = self.log_rows[self._log_written:] if appendable else self.log_rows
+        fields = list(dict.fromkeys([*(self._log_fields if appendable else []), *(k for row in new_rows for k in row)]))
         path = self.out_dir / LOG
-        if fields == self._log_fields and self._log_written <= len(self.log_rows) and path.exists():
+        if appendable and fields == self._log_fields and path.exists():
             with open(path, "a", newline="") as handle:
                 csv.DictWriter(handle, fieldnames=fields).writerows(self.log_rows[self._log_written:])
         else:
