@@ -29,10 +29,8 @@ import pandas as pd
 import torch
 
 from dwisynth import layout
-from dwisynth.ct2dwi import (PROPOSED, Cell, lesion_mask_path, load_lesion_mask, network_block, read_lesion_table,
-                             score_subject, train_ct2dwi)
+from dwisynth.ct2dwi import PROPOSED, Cell, network_block, run_lesion_mask, score_shard, train_ct2dwi
 from dwisynth.dataset import task_members
-from dwisynth.inference import load_model, synthesize_slices
 from dwisynth.provenance import run_config
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -46,30 +44,6 @@ def folds(train: list[dict]) -> list[list[dict]]:
         by_center.setdefault(s["center"], []).append(s)
     n = min(len(v) for v in by_center.values())
     return [[v[k] for v in by_center.values()] for k in range(n)]
-
-
-def lesion_truth(run: Path, config: dict, s: dict) -> np.ndarray:
-    """The subject's lesion mask on its DWI grid (X, Y, Z), found as the workflow finds it."""
-    table = read_lesion_table(config["ct2dwi"]["lesion_masks"]) if config["ct2dwi"].get("lesion_masks") else {}
-    path = lesion_mask_path(config, table, s["cohort"], s["subject"])
-    if path is None:
-        raise SystemExit(f"sub-{s['subject']}: no lesion mask; list it in ct2dwi.lesion_masks")
-    return load_lesion_mask(run / path, run / layout.preproc(s["cohort"], s["subject"])["dwi"], s["subject"])
-
-
-def score_heldout(model_path: Path, run: Path, s: dict, lesion: np.ndarray, target_b: float) -> dict:
-    """Score one held-out subject's shard slices (X, Y, Z order) like a workflow test subject."""
-    model = load_model(model_path, "cpu")
-    with np.load(run / layout.shard(s["cohort"], s["subject"])) as shard:
-        grid = [float(b) for b in shard["bvals"]]
-        slices = np.stack([shard["ct"], shard["ct_mask"]], 1).astype(np.float32)
-        reference = shard["images"][:, grid.index(target_b)].astype(np.float32)
-        mask, index = shard["mask"].astype(bool), shard["slice_index"]
-    synthetic = synthesize_slices(model, slices, [target_b])[:, 0]
-    to_xyz = lambda a: np.moveaxis(a, 0, -1)  # noqa: E731 (shards hold slices first)
-    rows = score_subject(to_xyz(synthetic), to_xyz(reference), to_xyz(mask), to_xyz(np.moveaxis(lesion, -1, 0)[index]),
-                         target_b)
-    return rows[-1]
 
 
 def main() -> None:
@@ -89,7 +63,7 @@ def main() -> None:
     split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
     train = task_members(split, "ct2dwi", "train")
     target_b = float(config["ct2dwi"]["target_b"][0])
-    truth = {s["subject"]: lesion_truth(run, config, s) for s in train}
+    truth = {s["subject"]: run_lesion_mask(run, config, s["cohort"], s["subject"]) for s in train}
     settings = [(m, 0.0, 0.0) for m in args.baselines.split(",") if m] + [
         (PROPOSED, float(w), float(o)) for w in args.lesion_weights.split(",") for o in args.oversample.split(",")]
     rows = []
@@ -110,7 +84,8 @@ def main() -> None:
                                     lesions, progress=False)
                 seconds = time.perf_counter() - start
                 for s in heldout:
-                    scores = score_heldout(path, run, s, truth[s["subject"]], target_b)
+                    shard = run / layout.shard(s["cohort"], s["subject"])
+                    scores = score_shard(path, shard, target_b, truth[s["subject"]])
                     rows.append({"fold": k, "method": method, "lesion_weight": weight, "lesion_oversample": oversample,
                                  "subject": s["subject"], "train_seconds": round(seconds, 1),
                                  **{c: scores[c] for c in COLUMNS}})

@@ -1,6 +1,6 @@
 """Equal wall-clock comparison of the learned methods, and long-training stability, on a finished demo run.
 
-Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 150] [--long]
+Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 150] [--long] [--ct2dwi]
                                           [--device cuda] [--size config/examples/multicenter_tcga.yaml]
        (RUN_DIR defaults to this checkout, after `make demo`; run one organ per process to use two cores)
 
@@ -13,13 +13,20 @@ them (`dwisynth.evaluate.score_synthesis`, volume PSNR in the organ mask), besid
 reference from the run's own `synthesis_metrics.tsv`. Nothing here reads the test split before scoring.
 
 --long: each network also trains for its demo step count and ten times that (MineGAN: every phase ten times,
-on the run's DC²Anet; not with --size); both end points' validation and test PSNR go to long_training.tsv and
-the validation curves to long_training_curves.tsv.
---size CONFIG: the networks take their widths (ngf, ndf, n_residual), lr and betas from CONFIG, and the trainer
-its stability settings (validation subjects, warm-up, gradient clipping): the full-size check on a GPU.
+on the run's DC²Anet); both end points' validation and test PSNR go to long_training.tsv and the validation
+curves to long_training_curves.tsv. The test PSNR mean is over the trained b; held-out b get their own columns.
+--ct2dwi: the same for the CT -> DWI networks (`ct2dwi.methods`, the main cell, `ct2dwi.steps` and ten times
+that), scored on the test stroke subjects as the workflow scores them (brain PSNR; organ column "stroke").
+--size CONFIG: the networks take their widths (ngf, ndf, n_residual, JMMDA-GAN's levels), lr and betas from
+CONFIG (its defaults filled in, so MineGAN gets its full size too), and the trainer its stability settings
+(validation subjects, warm-up, gradient clipping): the full-size check on a GPU. MineGAN still reads the
+run's (demo-size) DC²Anet: the check is of MineGAN's own training.
 --seconds 0 skips the equal wall-clock comparison. A warm-up never exceeds a tenth of the run's steps.
+A budget run whose wall time ends more than 5% off its budget (the machine's load changed after the
+calibration) is rerun once with its steps scaled by budget / wall time.
 
-Writes bench/results/quality_<organ>.tsv (and long_training_<organ>.tsv, long_training_curves_<organ>.tsv);
+Writes bench/results/quality_<organ>.tsv (and long_training_<organ>.tsv, long_training_curves_<organ>.tsv,
+with _<device>_full for --size runs);
 `--summary` merges them into quality.tsv / long_training.tsv and prints the tables. It asserts nothing.
 """
 
@@ -33,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from dwisynth import layout
+from dwisynth.config import load_config
+from dwisynth.ct2dwi import PROPOSED, Cell, network_block, run_lesion_mask, score_shard, train_ct2dwi
 from dwisynth.dataset import task_members
 from dwisynth.provenance import run_config
 from dwisynth.evaluate import score_synthesis
@@ -46,23 +54,33 @@ from dwisynth.networks.base import build_network
 from dwisynth.training import Trainer, TrainerConfig
 
 METHODS = ("dc2anet", "pix2pix")
+NETWORKS = (*METHODS, "minegan")  # --networks: which to train (MineGAN only in --long)
 # the equal wall-clock comparison also trains DC²Anet the published way, jointly from the first step
 VARIANTS = {"dc2anet": ("dc2anet", {}), "dc2anet_joint": ("dc2anet", {"paired_warmup": 0.0}),
             "pix2pix": ("pix2pix", {})}
 OUT = Path(__file__).resolve().parent / "results"
 FULL_SIZE_KEYS = ("ngf", "ndf", "n_residual", "lr", "betas")  # not pix2pix levels: those follow the crop
+FULL_SIZE_BLOCKS = {**dict.fromkeys((*METHODS, "minegan", "unet"), FULL_SIZE_KEYS),
+                    PROPOSED: (*FULL_SIZE_KEYS, "levels")}
 FULL_SIZE_TRAINING = ("validation_subjects", "warmup_steps", "grad_clip")
 DEVICE = "cpu"
 
 
 def with_full_size(config: dict, path: Path) -> dict:
-    """The run's config with network widths, lr and trainer stability settings taken from a full-size config."""
-    full = yaml.safe_load(path.read_text())
-    out = {**config, "training": {**config["training"],
-                                  **{k: full["training"][k] for k in FULL_SIZE_TRAINING if k in full.get("training", {})}}}
-    for method in METHODS:
-        out[method] = {**config[method], **{k: v for k, v in full.get(method, {}).items() if k in FULL_SIZE_KEYS}}
+    """The run's config with network widths, lr and trainer stability settings taken from a full-size config
+    (validated, so a block it leaves out gets the network's full-size defaults)."""
+    full = load_config(path)
+    out = {**config, "training": {**config["training"], **{k: full["training"][k] for k in FULL_SIZE_TRAINING}},
+           "ct2dwi": {**config["ct2dwi"], "lr": full["ct2dwi"]["lr"]}}
+    for name, keys in FULL_SIZE_BLOCKS.items():
+        out[name] = {**config.get(name, {}), **{k: v for k, v in full[name].items() if k in keys}}
     return out
+
+
+def stability_settings(training: dict, steps: int) -> dict:
+    """Validation at most 20 times a run and a warm-up of at most a tenth of it, whatever the run's length."""
+    return {"validate_every": max(training["validate_every"], steps // 20),
+            "warmup_steps": min(training["warmup_steps"], steps // 10)}
 
 
 def trainer_config(config: dict, block: dict, steps: int, decay_start: int | None = None) -> TrainerConfig:
@@ -72,9 +90,7 @@ def trainer_config(config: dict, block: dict, steps: int, decay_start: int | Non
                          log_every=t["log_every"],
                          intensity_max=t.get("intensity_max"), seed=config["seed"], device=DEVICE, threads=1,
                          progress=False, validation_subjects=t["validation_subjects"],
-                         validate_every=max(t["validate_every"], steps // 20),
-                         warmup_steps=min(t["warmup_steps"], steps // 10),
-                         grad_clip=t["grad_clip"], collapse_db=t["collapse_db"])
+                         grad_clip=t["grad_clip"], collapse_db=t["collapse_db"], **stability_settings(t, steps))
 
 
 def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict,
@@ -112,8 +128,7 @@ def train_minegan(run: Path, organ: str, shards: list[Path], block: dict, config
     block = {**block, **{k: int(block[k]) * factor for k in phases}}
     steps = sum(block[k] for k in phases)
     t = config["training"]
-    training = {**t, "threads": 1, "checkpoint_every": steps, "validate_every": max(t["validate_every"], steps // 20),
-                "warmup_steps": min(t["warmup_steps"], steps // 10)}
+    training = {**t, "threads": 1, "checkpoint_every": steps, **stability_settings(t, steps)}
     start = time.perf_counter()
     path = train_model("minegan", organ, shards, out, block, training, config["bvalues"], config["seed"], DEVICE,
                        progress=False, upstream={"stage1": run / layout.model("dc2anet", organ)})
@@ -151,7 +166,34 @@ def references(run: Path, organ: str) -> pd.DataFrame:
     return rows.groupby(["method", "b_value"])["psnr"].mean().reset_index()
 
 
-def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | None) -> None:
+def long_row(organ: str, method: str, size: Path | None, factor: int, steps: int, wall: float, model_path: Path,
+             psnr: dict[float, float], trained_b: list[float]) -> dict:
+    """One end point of a long-training check: the exported step's validation PSNR and the test PSNR per b;
+    the mean is over the trained b only, so a network that also writes held-out b compares like for like."""
+    record = torch.load(model_path, weights_only=True)
+    return {"organ": organ, "method": method, "device": DEVICE, "size": "full" if size else "demo", "factor": factor,
+            "steps": steps, "ms_per_step": wall / steps * 1000, "wall_s": wall, "selected_step": record["selected_step"],
+            "stopped_early": record["stopped_early"], "val_psnr": record.get("validation_psnr", np.nan),
+            **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
+            "test_psnr_mean": float(np.mean([v for k, v in psnr.items() if k in trained_b]))}
+
+
+def budget_run(name: str, method: str, block: dict, data: SliceDataset, config: dict, organ: str, per_step: float,
+               seconds: float, out: Path) -> tuple[Path, float, int]:
+    """Train for `seconds` of wall time at the calibrated speed; when the run ends more than 5% off (the load
+    changed after calibrating: two organs side by side, --long beside it), rerun once at steps x budget / wall."""
+    steps = max(10, int(seconds / per_step))
+    print(f"[quality] {organ} {name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s", flush=True)
+    model_path, wall = train(method, block, data, config, steps, out)
+    if abs(wall - seconds) > 0.05 * seconds:
+        steps = max(10, int(steps * seconds / wall))
+        print(f"[quality] {organ} {name}: {wall:.0f} s for a {seconds:g} s budget; again with {steps} steps", flush=True)
+        model_path, wall = train(method, block, data, config, steps, out.with_name(out.name + "_rescaled"))
+    return model_path, wall, steps
+
+
+def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | None,
+                networks: tuple[str, ...] = NETWORKS) -> None:
     config = run_config(run)
     if size is not None:
         config = with_full_size(config, size)
@@ -163,62 +205,95 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | 
     torch.set_num_threads(1)
     rows, long_rows, curves = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        # time every variant's step first, back to back, so all calibrations see the same machine load
-        blocks = {name: (method, {**config[method], **over}) for name, (method, over) in VARIANTS.items()}
-        per_steps = {name: seconds_per_step(method, block, data, config) for name, (method, block) in blocks.items()}
-        for name, (method, block) in blocks.items():
-            per_step = per_steps[name]
-            if seconds <= 0:
-                print(f"[quality] {organ} {name}: {per_step * 1000:.1f} ms/step on {DEVICE}", flush=True)
-            else:
-                steps = max(10, int(seconds / per_step))
-                print(f"[quality] {organ} {name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s",
-                      flush=True)
-                model_path, wall = train(method, block, data, config, steps, Path(tmp) / f"{name}_budget")
+        blocks = {name: (method, {**config[method], **over}) for name, (method, over) in VARIANTS.items()
+                  if method in networks}
+        if seconds > 0:
+            # time every variant's step first, back to back, so all calibrations see the same machine load
+            per_steps = {name: seconds_per_step(method, block, data, config) for name, (method, block) in blocks.items()}
+            for name, (method, block) in blocks.items():
+                model_path, wall, steps = budget_run(name, method, block, data, config, organ, per_steps[name], seconds,
+                                                     Path(tmp) / f"{name}_budget")
                 record = torch.load(model_path, weights_only=True)
                 for b_value, psnr in test_psnr(run, model_path, tests, config).items():
                     rows.append({"organ": organ, "method": name, "budget_s": seconds, "steps": steps,
-                                 "ms_per_step": per_step * 1000, "wall_s": wall,
+                                 "ms_per_step": per_steps[name] * 1000, "wall_s": wall,
                                  "selected_step": record["selected_step"], "b_value": b_value, "psnr": psnr})
-            if long and name in METHODS:
-                for factor in (1, 10):
-                    steps = int(block["steps"]) * factor
-                    out = Path(tmp) / f"{method}_x{factor}"
-                    model_path, wall = train(method, block, data, config, steps, out)
-                    record = torch.load(model_path, weights_only=True)
-                    psnr = test_psnr(run, model_path, tests, config)
-                    long_rows.append({"organ": organ, "method": method, "device": DEVICE,
-                                      "size": "full" if size else "demo", "factor": factor, "steps": steps,
-                                      "ms_per_step": per_step * 1000, "wall_s": wall, "selected_step": record["selected_step"],
-                                      "stopped_early": record["stopped_early"],
-                                      "val_psnr": record.get("validation_psnr", np.nan),
-                                      **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
-                                      "test_psnr_mean": float(np.mean(list(psnr.values())))})
-                    curves += long_curve(out, organ, method, factor, "full" if size else "demo")
-    if long and size is None:  # stage 2 reads the run's stage-1 DC²Anet; at --size there is none of that size
+        for method in [m for m in METHODS if long and m in networks]:
+            block = blocks[method][1]
+            for factor in (1, 10):
+                steps = int(block["steps"]) * factor
+                out = Path(tmp) / f"{method}_x{factor}"
+                model_path, wall = train(method, block, data, config, steps, out)
+                long_rows.append(long_row(organ, method, size, factor, steps, wall, model_path,
+                                          test_psnr(run, model_path, tests, config), b["targets"]))
+                curves += long_curve(out, organ, method, factor, "full" if size else "demo")
+    if long and "minegan" in networks:
         for factor in (1, 10):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp)
                 model_path, wall, steps = train_minegan(run, organ, train_shards, config["minegan"], config, factor,
                                                         out)
-                curves += long_curve(out, organ, "minegan", factor, "demo")
-                record = torch.load(model_path, weights_only=True)
-                psnr = test_psnr(run, model_path, tests, config)
-            long_rows.append({"organ": organ, "method": "minegan", "device": DEVICE, "size": "demo", "factor": factor,
-                              "steps": steps, "wall_s": wall, "selected_step": record["selected_step"],
-                              "stopped_early": record["stopped_early"],
-                              "val_psnr": record.get("validation_psnr", np.nan),
-                              **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
-                              "test_psnr_mean": float(np.mean(list(psnr.values())))})
+                curves += long_curve(out, organ, "minegan", factor, "full" if size else "demo")
+                long_rows.append(long_row(organ, "minegan", size, factor, steps, wall, model_path,
+                                          test_psnr(run, model_path, tests, config), b["targets"]))
     for r in references(run, organ).to_dict("records"):
         rows.append({"organ": organ, "method": r["method"], "b_value": r["b_value"], "psnr": r["psnr"]})
     OUT.mkdir(exist_ok=True)
     if seconds > 0:
-        pd.DataFrame(rows).to_csv(OUT / f"quality_{organ}.tsv", sep="\t", index=False)
+        pd.DataFrame(rows).to_csv(OUT / f"quality_{organ}{file_tag(size, networks)}.tsv", sep="\t", index=False)
     if long:
-        tag = "" if DEVICE == "cpu" and size is None else f"_{DEVICE}" + ("_full" if size else "")
-        pd.DataFrame(long_rows).to_csv(OUT / f"long_training_{organ}{tag}.tsv", sep="\t", index=False)
-        pd.DataFrame(curves).to_csv(OUT / f"long_training_curves_{organ}{tag}.tsv", sep="\t", index=False)
+        write_long(organ, file_tag(size, networks), long_rows, curves)
+
+
+def file_tag(size: Path | None, networks: tuple[str, ...] = NETWORKS) -> str:
+    """The results files' suffix: device and size off the CPU demo-size default, and a subset of networks, so
+    processes run side by side (one per organ and network on a GPU) write files of their own."""
+    tag = "" if DEVICE == "cpu" and size is None else f"_{DEVICE}" + ("_full" if size else "")
+    return tag + ("" if set(networks) == set(NETWORKS) else "_" + "-".join(networks))
+
+
+def write_long(organ: str, tag: str, long_rows: list[dict], curves: list[dict]) -> None:
+    OUT.mkdir(exist_ok=True)
+    pd.DataFrame(long_rows).to_csv(OUT / f"long_training_{organ}{tag}.tsv", sep="\t", index=False)
+    pd.DataFrame(curves).to_csv(OUT / f"long_training_curves_{organ}{tag}.tsv", sep="\t", index=False)
+
+
+def bench_ct2dwi(run: Path, size: Path | None) -> None:
+    """The long-training check of the CT -> DWI networks: each of `ct2dwi.methods` trained as the workflow trains
+    the main cell (lesion masks for a lesion-weighted JMMDA-GAN), at `ct2dwi.steps` and ten times that."""
+    config = run_config(run)
+    if size is not None:
+        config = with_full_size(config, size)
+    split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
+    train, tests = task_members(split, "ct2dwi", "train"), task_members(split, "ct2dwi", "test")
+    shards = [run / layout.shard(s["cohort"], s["subject"]) for s in train]
+    target_b = float(config["ct2dwi"]["target_b"][0])
+    torch.set_num_threads(1)
+    long_rows, curves = [], []
+    for method in config["ct2dwi"]["methods"]:
+        cell = Cell("main", method, "main")
+        for factor in (1, 10):
+            steps = int(config["ct2dwi"]["steps"]) * factor
+            block = network_block({**config, "ct2dwi": {**config["ct2dwi"], "steps": steps}}, cell)
+            lesions = None
+            if block.get("weights", {}).get("lesion", 0):
+                lesions = {(s["cohort"], s["subject"]): run_lesion_mask(run, config, s["cohort"], s["subject"])
+                           for s in train}
+            training = {**config["training"], "threads": 1, "checkpoint_every": steps,
+                        **stability_settings(config["training"], steps)}
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                model_path = train_ct2dwi(cell, shards, tmp, block, training, config["ct2dwi"], config["seed"],
+                                          DEVICE, lesions, progress=False)
+                wall = time.perf_counter() - start
+                psnr = np.mean([score_shard(model_path, run / layout.shard(s["cohort"], s["subject"]), target_b,
+                                            device=DEVICE)["psnr"] for s in tests])
+                long_rows.append(long_row("stroke", method, size, factor, steps, wall, model_path,
+                                          {target_b: float(psnr)}, [target_b]))
+                curves += long_curve(Path(tmp), "stroke", method, factor, "full" if size else "demo")
+            print(f"[quality] stroke {method} x{factor}: val {long_rows[-1]['val_psnr']:.2f}, test {psnr:.2f} dB "
+                  f"({wall:.0f} s)", flush=True)
+    write_long("stroke", file_tag(size), long_rows, curves)
 
 
 def summary() -> None:
@@ -250,15 +325,23 @@ def main() -> None:
     parser.add_argument("--organ", action="append", help="organ(s) to bench (default abdomen and brain)")
     parser.add_argument("--seconds", type=float, default=150.0, help="training budget per method (one thread)")
     parser.add_argument("--long", action="store_true", help="also train demo steps and 10x demo steps")
+    parser.add_argument("--ct2dwi", action="store_true", help="the long-training check of the CT -> DWI networks")
+    parser.add_argument("--networks", default=",".join(NETWORKS),
+                        help="comma-separated subset of dc2anet,pix2pix,minegan (one per process to fill a GPU)")
     parser.add_argument("--summary", action="store_true", help="merge the per-organ files and print the tables")
     parser.add_argument("--device", default="cpu", help="cpu (one thread) or cuda (bf16 autocast)")
     parser.add_argument("--size", type=Path, help="config whose network widths, lr and trainer stability settings to use")
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
-    if not args.summary:
+    networks = tuple(args.networks.split(","))
+    if set(networks) - set(NETWORKS):
+        parser.error(f"--networks: unknown {sorted(set(networks) - set(NETWORKS))}; choose from {', '.join(NETWORKS)}")
+    if args.ct2dwi:
+        bench_ct2dwi(Path(args.run), args.size)
+    elif not args.summary:
         for organ in args.organ or ["abdomen", "brain"]:
-            bench_organ(Path(args.run), organ, args.seconds, args.long, args.size)
+            bench_organ(Path(args.run), organ, args.seconds, args.long, args.size, networks)
     summary()
 
 

@@ -166,6 +166,19 @@ def load_lesion_mask(path, reference_path, subject: str) -> np.ndarray:
     return np.asarray(img.dataobj) > 0
 
 
+def run_lesion_mask(run, config: dict, cohort: str, subject: str) -> np.ndarray:
+    """A stroke subject's lesion mask in a finished run (paths relative to the run's folder), found as the
+    workflow finds it, on its normalized DWI grid; for tools that read a run (bench/)."""
+    from dwisynth import layout
+
+    listed = config["ct2dwi"].get("lesion_masks")
+    table = read_lesion_table(Path(run) / listed) if listed else {}
+    path = lesion_mask_path(config, table, cohort, subject)
+    if path is None:
+        raise LesionMaskError(f"sub-{subject}: no lesion mask; list it in ct2dwi.lesion_masks (cohort, subject, path)")
+    return load_lesion_mask(Path(run) / path, Path(run) / layout.preproc(cohort, subject)["dwi"], subject)
+
+
 def training_lesions(spec: dict) -> dict[tuple[str, str], np.ndarray]:
     """{"cohort/subject": {"mask": path, "reference": normalized DWI}} -> {(cohort, subject): bool volume}."""
     return {tuple(key.split("/", 1)): load_lesion_mask(v["mask"], v["reference"], key.split("/", 1)[1])
@@ -331,6 +344,25 @@ def score_subject(p: np.ndarray, r: np.ndarray, mask: np.ndarray, lesion: np.nda
                            else dict.fromkeys(LESION_METRICS, float("nan")))}
     label = {"b_value": float(target_b), "seen": "trained"}
     return [{**label, **row} for row in slices] + [{**label, "slice": "volume", **volume}]
+
+
+def score_shard(model_path, shard_path, target_b: float, lesion: np.ndarray | None = None,
+                device: str = "cpu") -> dict:
+    """The volume row of one subject scored from its training shard (slices the shard keeps, X, Y, Z order),
+    as `score_subject` scores a workflow test subject; lesion: its (X, Y, Z) mask on the DWI grid, or None.
+    For tools that train outside the workflow (bench/) and have no synthesized NIfTI."""
+    from dwisynth.inference import load_model, synthesize_slices
+
+    model = load_model(model_path, device)
+    with np.load(shard_path) as shard:
+        grid = [float(b) for b in shard["bvals"]]
+        slices = np.stack([shard["ct"], shard["ct_mask"]], 1).astype(np.float32)
+        reference = shard["images"][:, grid.index(target_b)].astype(np.float32)
+        mask, index = shard["mask"].astype(bool), shard["slice_index"]
+    synthetic = synthesize_slices(model, slices, [target_b])[:, 0]
+    to_xyz = lambda a: np.moveaxis(a, 0, -1)  # noqa: E731 (shards hold slices first)
+    kept_lesion = None if lesion is None else to_xyz(np.moveaxis(lesion, -1, 0)[index])
+    return score_subject(to_xyz(synthetic), to_xyz(reference), to_xyz(mask), kept_lesion, target_b)[-1]
 
 
 def score_experiment(records: list[dict], cells: list[Cell], blocks: dict, target_b: float, progress=print):

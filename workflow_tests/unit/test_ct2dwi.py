@@ -10,7 +10,7 @@ import torch
 
 from dwisynth.cli import main as cli
 from dwisynth.ct2dwi import (Cell, experiment_cells, lesion_metrics, load_lesion_mask, LesionMaskError,
-                             synthesize_ct2dwi, train_ct2dwi, training_members)
+                             score_shard, score_subject, synthesize_ct2dwi, train_ct2dwi, training_members)
 from dwisynth.dataset import write_slice_shard
 from dwisynth.errors import ConfigError
 from dwisynth.io import save_nifti, write_bval
@@ -191,6 +191,23 @@ def test_ct2dwi_training_learns_and_writes_dwi_b1000_on_the_ct_grid(trained_jmmd
     constant = np.mean((truth[brain].mean() - truth[brain]) ** 2)
     assert mse < 0.7 * constant, (mse, constant)
     assert pred[lesion].mean() > pred[brain & ~lesion].mean() + 0.15  # the lesion is bright, from CT alone
+
+
+def test_a_subject_scored_from_its_shard_scores_as_the_workflow_scores_its_synthesized_volume(trained_jmmda,
+                                                                                                tmp_path):
+    # bench/ trains outside the workflow and scores from shards: the numbers must be the workflow's
+    model_path, _ = trained_jmmda
+    new = write_stroke_subject(tmp_path, "SA07", 7)
+    out = {"dwi": str(tmp_path / "out_dwi.nii.gz"), "bval": str(tmp_path / "out_dwi.bval")}
+    synthesize_ct2dwi(model_path, new["ct"], new["ctmask"], out, "SA07", "cpu")
+    read = lambda key: np.asarray(nib.load(new[key]).dataobj)  # noqa: E731
+    lesion = read("lesion") > 0
+    workflow = score_subject(np.asarray(nib.load(out["dwi"]).dataobj)[..., 0], read("dwi")[..., 1], read("mask") > 0,
+                             lesion, 1000.0)[-1]
+    from_shard = score_shard(model_path, new["shard"], 1000.0, lesion)
+    assert 10 < workflow["psnr"] < 60
+    for key in ("psnr", "ssim", "lesion_psnr", "lesion_contrast"):
+        assert from_shard[key] == pytest.approx(workflow[key], rel=1e-4), key
 
 
 def test_models_refuse_the_other_task(trained_jmmda, tmp_path, capsys):
