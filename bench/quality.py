@@ -90,7 +90,8 @@ def trainer_config(config: dict, block: dict, steps: int, decay_start: int | Non
                          log_every=t["log_every"],
                          intensity_max=t.get("intensity_max"), seed=config["seed"], device=DEVICE, threads=1,
                          progress=False, validation_subjects=t["validation_subjects"],
-                         grad_clip=t["grad_clip"], collapse_db=t["collapse_db"], **stability_settings(t, steps))
+                         grad_clip=block.get("grad_clip") or t["grad_clip"], collapse_db=t["collapse_db"],
+                         **stability_settings(t, steps))
 
 
 def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict,

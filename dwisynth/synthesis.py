@@ -66,7 +66,8 @@ def trainer_config(training: dict, model, intensity_max, seed: int, device: str 
                          intensity_max=intensity_max, seed=seed, device=device, threads=training.get("threads"),
                          progress=progress, validation_subjects=training.get("validation_subjects", 1),
                          validate_every=training.get("validate_every", 50),
-                         warmup_steps=training.get("warmup_steps", 0), grad_clip=training.get("grad_clip"),
+                         warmup_steps=training.get("warmup_steps", 0),
+                         grad_clip=c.grad_clip if c.grad_clip is not None else training.get("grad_clip"),
                          collapse_db=training.get("collapse_db", 6.0),
                          lesion_oversample=training.get("lesion_oversample", 0.0))
 

@@ -59,6 +59,9 @@ class NetworkConfig:
     betas: tuple[float, float] = field(default=(0.5, 0.999), metadata={"description": "Adam betas"})
     decay_start: int | None = field(default=None, metadata={
         "minimum": 0, "description": "lr constant until this step, then linear to 0; null = steps / 2"})
+    grad_clip: float | None = field(default=None, metadata={
+        "exclusiveMinimum": 0, "description": "max global gradient norm per step for this network; "
+                                              "null: training.grad_clip"})
 
 
 class Network(nn.Module, ABC):

@@ -50,13 +50,25 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
 
 
-class ResidualBlock(nn.Module):
-    """Reflect-padded 3x3 conv, norm, ReLU, twice, plus the identity (CycleGAN's block)."""
+ACTIVATIONS = ("relu", "leaky")
 
-    def __init__(self, channels: int, norm: str = "instance"):
+
+def activation_layer(kind: str) -> nn.Module:
+    """ReLU (the published generators) or LeakyReLU(0.2), whose units cannot die: without normalization one
+    bad step can push a ReLU layer negative everywhere, and no gradient ever brings it back."""
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"activation {kind!r}: choose from {', '.join(ACTIVATIONS)}")
+    return nn.ReLU(True) if kind == "relu" else nn.LeakyReLU(0.2, True)
+
+
+class ResidualBlock(nn.Module):
+    """Reflect-padded 3x3 conv, norm, activation (ReLU), twice, plus the identity (CycleGAN's block)."""
+
+    def __init__(self, channels: int, norm: str = "instance", activation: str = "relu"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), norm_layer(norm, channels), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), norm_layer(norm, channels),
+            activation_layer(activation),
             nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), norm_layer(norm, channels),
         )
 
@@ -230,19 +242,19 @@ class FiLMResnetGenerator(nn.Module):
     """`ResnetGenerator` with every residual block modulated by FiLM parameters (N, n_blocks, 2, 4 ngf)."""
 
     def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 6,
-                 norm: str = "none", upsample: str = "resize"):
+                 norm: str = "none", upsample: str = "resize", activation: str = "relu"):
         super().__init__()
         self.channels = ngf * 4
-        down = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm_layer(norm, ngf), nn.ReLU(True)]
+        act = lambda: activation_layer(activation)  # noqa: E731
+        down = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm_layer(norm, ngf), act()]
         for mult in (1, 2):
             down += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), norm_layer(norm, ngf * mult * 2),
-                     nn.ReLU(True)]
+                     act()]
         self.down = nn.Sequential(*down)
-        self.blocks = nn.ModuleList(FiLMResidualBlock(self.channels, norm) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(FiLMResidualBlock(self.channels, norm, activation) for _ in range(n_blocks))
         up = []
         for mult in (4, 2):
-            up += [upsample_layer(ngf * mult, ngf * mult // 2, upsample), norm_layer(norm, ngf * mult // 2),
-                   nn.ReLU(True)]
+            up += [upsample_layer(ngf * mult, ngf * mult // 2, upsample), norm_layer(norm, ngf * mult // 2), act()]
         up += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
         self.up = nn.Sequential(*up)
 

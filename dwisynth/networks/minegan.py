@@ -76,6 +76,15 @@ class MineGANConfig(NetworkConfig):
     n_residual: int = field(default=6, metadata={"minimum": 1, "description": "FiLM residual blocks"})
     norm: str = field(default="none", metadata={"enum": ["none", "instance"], "description": "generator norm"})
     upsample: str = field(default="resize", metadata={"enum": ["resize", "transposed"]})
+    activation: str = field(default="leaky", metadata={"enum": ["leaky", "relu"], "description": (
+        "generator activation. relu (the published generators) died at ten times the demo steps (CPU, "
+        "abdomen): after one loss spike every unit of the generator's last layer was zero on every input, the "
+        "correction a constant, and validation fell 3 dB for good; LeakyReLU 0.2 cannot die")})
+    grad_clip: float | None = field(default=10.0, metadata={
+        "exclusiveMinimum": 0, "description": (
+            "max global gradient norm per step (null: training.grad_clip). At ten times the demo steps on a GPU "
+            "the brain's LeakyReLU generator blew up without it (validation 26.0 -> 3.9 dB at step 1600); with "
+            "10, validation at the trained b rose in every run (CPU and GPU, abdomen and brain)")})
     n_frequencies: int = field(default=2, metadata={"minimum": 1, "description": (
         "Fourier features of b/1000 (periods 2000 / 2^k s/mm²). Periods shorter than the spacing of the trained "
         "b-values give an unseen b a code unlike any trained one: with 6 (down to 62 s/mm²), ten times the demo "
@@ -111,14 +120,14 @@ class BValueSynthesizer(nn.Module):
 
     def __init__(self, stage1: dict, stack_b: list[float], ngf: int, n_residual: int, norm: str, upsample: str,
                  n_frequencies: int, embed_width: int, z_dim: int, miner_width: int, mined: bool,
-                 correction: str = "free", n_acquired: int | None = None):
+                 correction: str = "free", n_acquired: int | None = None, activation: str = "relu"):
         super().__init__()
         self.correction, self.n_acquired = correction, n_acquired
         self.stage1 = build_inference_network(stage1).requires_grad_(False)
         self.n_frequencies, self.z_dim = n_frequencies, z_dim
         self.register_buffer("stack_b", torch.tensor(stack_b, dtype=torch.float32), persistent=False)
         # input: the stack plus its log-linear reading at b; output: a correction to that reading
-        self.G = FiLMResnetGenerator(len(stack_b) + 1, 1, ngf, n_residual, norm, upsample)
+        self.G = FiLMResnetGenerator(len(stack_b) + 1, 1, ngf, n_residual, norm, upsample, activation)
         last = self.G.up[-2]
         nn.init.zeros_(last.weight)  # a fresh generator returns the interpolation itself
         nn.init.zeros_(last.bias)
@@ -253,7 +262,7 @@ class MineGAN(Network):
         self.synthesizer = BValueSynthesizer({"method": record["method"], "kwargs": record["kwargs"]}, self.stack_b,
                                              c.ngf, c.n_residual, c.norm, c.upsample, c.n_frequencies,
                                              c.embed_width, c.z_dim, c.miner_width, self.mined, c.correction,
-                                             len(self.input_b))
+                                             len(self.input_b), c.activation)
         self.synthesizer.stage1.load_state_dict(record["state_dict"])
         self.D = ProjectionDiscriminator(self.n_inputs + 1, c.ndf, n_frequencies=c.n_frequencies)
         self.stage1_intensity_max = float(record["intensity_max"])
@@ -303,7 +312,7 @@ class MineGAN(Network):
                   "ngf": c.ngf, "n_residual": c.n_residual, "norm": c.norm, "upsample": c.upsample,
                   "n_frequencies": c.n_frequencies, "embed_width": c.embed_width, "z_dim": c.z_dim,
                   "miner_width": c.miner_width, "mined": s.miner is not None, "correction": c.correction,
-                  "n_acquired": len(self.input_b)}
+                  "n_acquired": len(self.input_b), "activation": c.activation}
         return {"kwargs": kwargs, "pad_multiple": 4, "b_conditioned": True, "b_range": [float(b) for b in c.b_range]}
 
     @classmethod

@@ -340,3 +340,29 @@ def test_node_correction_is_the_free_correction_times_its_factor(models):
     correction_free, correction_node = free.generate(stack, b) - reading, node.generate(stack, b) - reading
     assert correction_free.abs().mean() > 1e-4
     torch.testing.assert_close(correction_node, correction_free * factor[:, None, None, None], atol=1e-6, rtol=1e-4)
+
+
+def test_a_leaky_generator_pushed_negative_everywhere_still_learns_and_a_relu_one_does_not():
+    # the 10x abdomen run's ReLU generator died after a loss spike: every last-layer unit zero, no gradient back
+    from dwisynth.networks.blocks import FiLMResnetGenerator
+
+    x, film = torch.randn(2, 3, 16, 16), torch.zeros(2, 2, 2, 32)
+    grads = {}
+    for activation in ("relu", "leaky"):
+        torch.manual_seed(0)
+        g = FiLMResnetGenerator(3, 1, ngf=8, n_blocks=2, activation=activation)
+        upsample_conv = [m for m in g.up if isinstance(m, torch.nn.Sequential)][-1][-1]
+        torch.nn.init.constant_(upsample_conv.bias, -50.0)  # what one bad Adam step can do to a layer
+        g(x, film).sum().backward()
+        grads[activation] = sum(p.grad.abs().sum().item() for p in g.down.parameters())
+    assert grads["relu"] == 0.0 and grads["leaky"] > 1e-3, grads
+
+
+def test_a_minegan_file_written_before_the_activation_option_loads_with_relu(models):
+    from dwisynth.networks.minegan import BValueSynthesizer
+
+    record = torch.load(models["minegan"], weights_only=True)
+    assert record["kwargs"]["activation"] == "leaky"
+    old = {k: v for k, v in record["kwargs"].items() if k != "activation"}
+    relus = [m for m in BValueSynthesizer(**old).G.modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus and not [m for m in BValueSynthesizer(**old).G.modules() if isinstance(m, torch.nn.LeakyReLU)]

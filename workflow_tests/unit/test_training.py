@@ -628,3 +628,14 @@ def test_signed_gradient_difference_prefers_the_noise_free_image_and_the_magnitu
     assert signed["clean"] < 0.95 * signed["striped"], signed
     with pytest.raises(ValueError, match="signed"):
         gradient_difference(clean, target, form="absolute")
+
+
+def test_a_network_blocks_grad_clip_overrides_the_training_blocks_and_null_defers_to_it():
+    from dwisynth.synthesis import trainer_config
+
+    training = {"batch_size": 2, "crop": 16, "checkpoint_every": 10, "log_every": 5, "grad_clip": 4.0}
+    own = build_network("pix2pix", {**TINY["pix2pix"], "grad_clip": 2.5}, len(INPUT_B), len(TARGET_B), seed=1)
+    deferring = build_network("pix2pix", TINY["pix2pix"], len(INPUT_B), len(TARGET_B), seed=1)
+    assert trainer_config(training, own, 1.0, 0, "cpu").grad_clip == 2.5
+    assert trainer_config(training, deferring, 1.0, 0, "cpu").grad_clip == 4.0
+    assert trainer_config({**training, "grad_clip": None}, deferring, 1.0, 0, "cpu").grad_clip is None
