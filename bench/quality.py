@@ -23,7 +23,7 @@ CONFIG (its defaults filled in, so MineGAN gets its full size too), and the trai
 run's (demo-size) DC²Anet: the check is of MineGAN's own training.
 --seconds 0 skips the equal wall-clock comparison. A warm-up never exceeds a tenth of the run's steps.
 A budget run whose wall time ends more than 5% off its budget (the machine's load changed after the
-calibration) is rerun once with its steps scaled by budget / wall time.
+calibration) is rerun with its steps scaled by budget / wall time, up to three runs in all.
 
 Writes bench/results/quality_<organ>.tsv (and long_training_<organ>.tsv, long_training_curves_<organ>.tsv,
 with _<device>_full for --size runs);
@@ -180,16 +180,19 @@ def long_row(organ: str, method: str, size: Path | None, factor: int, steps: int
 
 
 def budget_run(name: str, method: str, block: dict, data: SliceDataset, config: dict, organ: str, per_step: float,
-               seconds: float, out: Path) -> tuple[Path, float, int]:
-    """Train for `seconds` of wall time at the calibrated speed; when the run ends more than 5% off (the load
-    changed after calibrating: two organs side by side, --long beside it), rerun once at steps x budget / wall."""
+               seconds: float, out: Path, attempts: int = 3) -> tuple[Path, float, int]:
+    """Train for `seconds` of wall time at the calibrated speed; while a run ends more than 5% off (the load
+    changed after calibrating: the other organ finished, --long beside it), rerun at steps x budget / wall,
+    at most `attempts` runs in all (one rescaling left the brain's DC²Anet at 133 of 150 s)."""
     steps = max(10, int(seconds / per_step))
     print(f"[quality] {organ} {name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {seconds:g} s", flush=True)
     model_path, wall = train(method, block, data, config, steps, out)
-    if abs(wall - seconds) > 0.05 * seconds:
+    for attempt in range(1, attempts):
+        if abs(wall - seconds) <= 0.05 * seconds:
+            break
         steps = max(10, int(steps * seconds / wall))
         print(f"[quality] {organ} {name}: {wall:.0f} s for a {seconds:g} s budget; again with {steps} steps", flush=True)
-        model_path, wall = train(method, block, data, config, steps, out.with_name(out.name + "_rescaled"))
+        model_path, wall = train(method, block, data, config, steps, out.with_name(f"{out.name}_{attempt}"))
     return model_path, wall, steps
 
 
