@@ -51,7 +51,8 @@ from dwisynth.inference import load_model, synthesize_volume
 from dwisynth.io import load_dwi, load_mask
 from dwisynth.loader import SliceDataset
 from dwisynth.networks.base import build_network
-from dwisynth.training import Trainer, TrainerConfig
+from dwisynth.synthesis import train_model, trainer_config
+from dwisynth.training import Trainer
 
 METHODS = ("dc2anet", "pix2pix")
 NETWORKS = (*METHODS, "minegan")  # --networks: which to train (MineGAN only in --long)
@@ -77,21 +78,12 @@ def with_full_size(config: dict, path: Path) -> dict:
     return out
 
 
-def stability_settings(training: dict, steps: int) -> dict:
-    """Validation at most 20 times a run and a warm-up of at most a tenth of it, whatever the run's length."""
-    return {"validate_every": max(training["validate_every"], steps // 20),
+def bench_training(training: dict, steps: int) -> dict:
+    """The run's training block for one bench run: one thread, one checkpoint, validation at most 20 times a run
+    and a warm-up of at most a tenth of it, whatever the run's length."""
+    return {**training, "threads": 1, "checkpoint_every": max(steps, 1),
+            "validate_every": max(training["validate_every"], steps // 20),
             "warmup_steps": min(training["warmup_steps"], steps // 10)}
-
-
-def trainer_config(config: dict, block: dict, steps: int, decay_start: int | None = None) -> TrainerConfig:
-    t = config["training"]
-    return TrainerConfig(steps=steps, batch_size=t["batch_size"], crop=t["crop"], lr=block["lr"],
-                         betas=tuple(block["betas"]), decay_start=decay_start, checkpoint_every=max(steps, 1),
-                         log_every=t["log_every"],
-                         intensity_max=t.get("intensity_max"), seed=config["seed"], device=DEVICE, threads=1,
-                         progress=False, validation_subjects=t["validation_subjects"],
-                         grad_clip=block.get("grad_clip") or t["grad_clip"], collapse_db=t["collapse_db"],
-                         **stability_settings(t, steps))
 
 
 def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict,
@@ -114,8 +106,10 @@ def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int
     block = {**block, "steps": steps, "decay_start": None}
     model = build_network(method, block, len(b["inputs"]), len(b["targets"]), config["seed"])
     meta = {"method": method, "input_b": [float(x) for x in b["inputs"]], "target_b": [float(x) for x in b["targets"]]}
+    settings = trainer_config(bench_training(config["training"], steps), model, config["training"].get("intensity_max"),
+                              config["seed"], DEVICE, progress=False)
     start = time.perf_counter()
-    path = Trainer(model, data, trainer_config(config, block, steps, model.lr_decay_start()), out, meta).fit()
+    path = Trainer(model, data, settings, out, meta).fit()
     return path, time.perf_counter() - start
 
 
@@ -123,15 +117,11 @@ def train_minegan(run: Path, organ: str, shards: list[Path], block: dict, config
                   out: Path) -> tuple[Path, float, int]:
     """MineGAN with every phase `factor` times its demo length, built on the run's DC²Anet of the organ, through
     the workflow's own `train_model` (one thread, validation at most 20 times a run as for the others)."""
-    from dwisynth.synthesis import train_model
-
     phases = ("pretrain_steps", "mine_steps", "finetune_steps")
     block = {**block, **{k: int(block[k]) * factor for k in phases}}
     steps = sum(block[k] for k in phases)
-    t = config["training"]
-    training = {**t, "threads": 1, "checkpoint_every": steps, **stability_settings(t, steps)}
     start = time.perf_counter()
-    path = train_model("minegan", organ, shards, out, block, training, config["bvalues"], config["seed"], DEVICE,
+    path = train_model("minegan", organ, shards, out, block, bench_training(config["training"], steps), config["bvalues"], config["seed"], DEVICE,
                        progress=False, upstream={"stage1": run / layout.model("dc2anet", organ)})
     return path, time.perf_counter() - start, steps
 
@@ -283,12 +273,10 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
             if block.get("weights", {}).get("lesion", 0):
                 lesions = {(s["cohort"], s["subject"]): run_lesion_mask(run, config, s["cohort"], s["subject"])
                            for s in train}
-            training = {**config["training"], "threads": 1, "checkpoint_every": steps,
-                        **stability_settings(config["training"], steps)}
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                model_path = train_ct2dwi(cell, shards, tmp, block, training, config["ct2dwi"], config["seed"],
-                                          DEVICE, lesions, progress=False)
+                model_path = train_ct2dwi(cell, shards, tmp, block, bench_training(config["training"], steps),
+                                          config["ct2dwi"], config["seed"], DEVICE, lesions, progress=False)
                 wall = time.perf_counter() - start
                 psnr = np.mean([score_shard(model_path, run / layout.shard(s["cohort"], s["subject"]), target_b,
                                             device=DEVICE)["psnr"] for s in tests])
