@@ -33,6 +33,7 @@ with _<device>_full for --size runs);
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from dwisynth import layout
 from dwisynth.config import load_config
@@ -65,6 +67,7 @@ FULL_SIZE_BLOCKS = {**dict.fromkeys((*METHODS, "minegan", "unet"), FULL_SIZE_KEY
                     PROPOSED: (*FULL_SIZE_KEYS, "levels")}
 FULL_SIZE_TRAINING = ("validation_subjects", "warmup_steps", "grad_clip")
 DEVICE = "cpu"
+OVERRIDES: list[tuple[str, object]] = []  # --set: (dotted key, value) on the run's config
 
 
 def with_full_size(config: dict, path: Path) -> dict:
@@ -75,6 +78,18 @@ def with_full_size(config: dict, path: Path) -> dict:
            "ct2dwi": {**config["ct2dwi"], "lr": full["ct2dwi"]["lr"]}}
     for name, keys in FULL_SIZE_BLOCKS.items():
         out[name] = {**config.get(name, {}), **{k: v for k, v in full[name].items() if k in keys}}
+    return out
+
+
+def with_overrides(config: dict) -> dict:
+    """The config with the --set overrides: an ablation of one setting on the same run."""
+    out = copy.deepcopy(config)
+    for key, value in OVERRIDES:
+        *parents, last = key.split(".")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = value
     return out
 
 
@@ -132,7 +147,8 @@ def long_curve(out: Path, organ: str, method: str, factor: int, size: str) -> li
     if "val_psnr" not in log:
         return []
     return [{"organ": organ, "method": method, "device": DEVICE, "size": size, "factor": factor, "step": r["step"],
-             "val_psnr": r["val_psnr"]} for r in log.dropna(subset=["val_psnr"]).to_dict("records")]
+             **{k: v for k, v in r.items() if k in ("val_psnr", "val_score") or k.startswith("val_bridged")}}
+            for r in log.dropna(subset=["val_psnr"]).to_dict("records")]
 
 
 def test_psnr(run: Path, model_path: Path, tests: list[dict], config: dict) -> dict[float, float]:
@@ -165,6 +181,7 @@ def long_row(organ: str, method: str, size: Path | None, factor: int, steps: int
     return {"organ": organ, "method": method, "device": DEVICE, "size": "full" if size else "demo", "factor": factor,
             "steps": steps, "ms_per_step": wall / steps * 1000, "wall_s": wall, "selected_step": record["selected_step"],
             "stopped_early": record["stopped_early"], "val_psnr": record.get("validation_psnr", np.nan),
+            "val_score": record.get("validation_score", np.nan),
             **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
             "test_psnr_mean": float(np.mean([v for k, v in psnr.items() if k in trained_b]))}
 
@@ -191,6 +208,7 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | 
     config = run_config(run)
     if size is not None:
         config = with_full_size(config, size)
+    config = with_overrides(config)
     split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
     train_shards = [run / layout.shard(s["cohort"], s["subject"]) for s in task_members(split, "multib", "train", organ)]
     tests = task_members(split, "multib", "test", organ)
@@ -243,7 +261,8 @@ def file_tag(size: Path | None, networks: tuple[str, ...] = NETWORKS) -> str:
     """The results files' suffix: device and size off the CPU demo-size default, and a subset of networks, so
     processes run side by side (one per organ and network on a GPU) write files of their own."""
     tag = "" if DEVICE == "cpu" and size is None else f"_{DEVICE}" + ("_full" if size else "")
-    return tag + ("" if set(networks) == set(NETWORKS) else "_" + "-".join(networks))
+    tag += "" if set(networks) == set(NETWORKS) else "_" + "-".join(networks)
+    return tag + "".join(f"_{key.rsplit('.', 1)[-1]}{value}" for key, value in OVERRIDES)
 
 
 def write_long(organ: str, tag: str, long_rows: list[dict], curves: list[dict]) -> None:
@@ -258,6 +277,7 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
     config = run_config(run)
     if size is not None:
         config = with_full_size(config, size)
+    config = with_overrides(config)
     split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
     train, tests = task_members(split, "ct2dwi", "train"), task_members(split, "ct2dwi", "test")
     shards = [run / layout.shard(s["cohort"], s["subject"]) for s in train]
@@ -323,9 +343,17 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="merge the per-organ files and print the tables")
     parser.add_argument("--device", default="cpu", help="cpu (one thread) or cuda (bf16 autocast)")
     parser.add_argument("--size", type=Path, help="config whose network widths, lr and trainer stability settings to use")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one value of the run's config (dotted key, YAML value), e.g. "
+                             "minegan.weights.bridge=0; the results files' names carry it")
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item}: expected KEY=VALUE, e.g. minegan.weights.bridge=0")
+        OVERRIDES.append((key, yaml.safe_load(value)))
     networks = tuple(args.networks.split(","))
     if set(networks) - set(NETWORKS):
         parser.error(f"--networks: unknown {sorted(set(networks) - set(NETWORKS))}; choose from {', '.join(NETWORKS)}")

@@ -12,9 +12,11 @@ with deterministic algorithms.
 
 Validation: whole train-split subjects (never test) are held out of the batches; every
 `validate_every` steps the inference network predicts their slices and the masked PSNR per
-target b is logged. model.pt holds the weights of the best validation step, so a long run
-never exports worse weights than it passed through. Divergence (a non-finite or exploding
-loss, or validation PSNR falling `collapse_db` below its best twice in a row) stops the run
+target b is logged, with label-free scores at b-values without images where a network has them
+(`bridged_references`: MineGAN's held-out b). model.pt holds the weights of the step with the best
+mean of these (`val_score`), so a long run never exports worse weights than it passed through.
+Divergence (a non-finite or exploding loss, or the validation score falling `collapse_db` below its
+best twice in a row) stops the run
 with a message; the best validated weights are exported and model.pt says why it stopped.
 
 Honest resume: a checkpoint carries the fingerprint of everything that shaped it (the
@@ -196,7 +198,7 @@ class Trainer:
         self.log_rows: list[dict] = []
         self._log_fields: list[str] | None = None  # the columns of the training_log.csv on disk (None: rewrite it)
         self._log_written = 0  # rows of log_rows already in that file
-        self.best: dict | None = None  # {"step", "val_psnr", "state_dict"} of the best validation so far
+        self.best: dict | None = None  # {"step", "val_score", "val_psnr", "state_dict"} of the best validation
         self.collapses = 0  # consecutive validations collapse_db below the best
         self.stopped: str | None = None
         self.fingerprint_sources = self._fingerprint_sources()
@@ -375,7 +377,8 @@ class Trainer:
         selection = {"selected_step": self.step}
         if self.best is not None:
             weights = self.best["state_dict"]
-            selection = {"selected_step": self.best["step"], "validation_psnr": self.best["val_psnr"]}
+            selection = {"selected_step": self.best["step"], "validation_psnr": self.best["val_psnr"],
+                         "validation_score": self.best["val_score"]}
         record = {"format": MODEL_FORMAT, **self.meta, **self.model.inference_spec(),
                   "intensity_max": self.intensity_max, "trained_steps": self.step, "fingerprint": self.fingerprint,
                   **selection, "stopped_early": self.stopped or "", "state_dict": weights}
@@ -405,26 +408,35 @@ class Trainer:
             if mask.any():
                 scores[f"val_psnr_b{b:g}"] = masked_psnr(prediction[rows, j], v.targets[rows, j], mask)
         scores["val_psnr"] = float(np.mean(list(scores.values()))) if scores else float("nan")
+        bridged = self.model.bridged_references(to_network(torch.from_numpy(v.targets), imax),
+                                                torch.from_numpy(v.present), v.target_b)
+        for b, (rows, reference) in bridged.items():
+            rows = rows.numpy()
+            scores[f"val_bridged_psnr_b{b:g}"] = masked_psnr(prediction[rows, v.target_b.index(b)],
+                                                            from_network(reference, imax)[:, 0].numpy(), v.masks[rows])
+        # the exported step is chosen on every scored b, the bridged ones too (a held-out b may drift alone)
+        scored = [value for key, value in scores.items() if key.startswith(("val_psnr_b", "val_bridged_psnr_b"))]
+        scores["val_score"] = float(np.mean(scored)) if scored else float("nan")
         return scores
 
     def _judge_validation(self, scores: dict[str, float]) -> None:
         """Keep the best weights; stop on a collapse (twice collapse_db below the best) or a NaN score."""
-        value = scores["val_psnr"]
+        value = scores["val_score"]
         if not np.isfinite(value):
             self.stopped = f"validation PSNR is {value} at step {self.step}"
             return
         if not self.model.selectable(self.step - 1):
             return
-        if self.best is None or value > self.best["val_psnr"]:
+        if self.best is None or value > self.best["val_score"]:
             weights = self.model.inference_network().state_dict()
-            self.best = {"step": self.step, "val_psnr": value,
+            self.best = {"step": self.step, "val_score": value, "val_psnr": scores["val_psnr"],
                          "state_dict": {k: t.detach().cpu().clone() for k, t in weights.items()}}
             self.collapses = 0
-        elif value < self.best["val_psnr"] - self.config.collapse_db:
+        elif value < self.best["val_score"] - self.config.collapse_db:
             self.collapses += 1
             if self.collapses >= 2:
                 self.stopped = (f"validation PSNR collapsed to {value:.1f} dB at step {self.step} from "
-                                f"{self.best['val_psnr']:.1f} dB at step {self.best['step']}")
+                                f"{self.best['val_score']:.1f} dB at step {self.best['step']}")
         else:
             self.collapses = 0
 

@@ -131,6 +131,12 @@ class Network(nn.Module, ABC):
         """The inference network's prediction at target_b (N, len(target_b), H, W), for validation."""
         return network(inputs)
 
+    def bridged_references(self, targets: torch.Tensor, present: torch.Tensor,
+                           target_b: list[float]) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+        """Label-free validation at b-values without images: {b: (rows (M,), reference (M, 1, H, W))}, from the
+        validation targets on the network scale (N, T, H, W) and their `present` mask. None by default."""
+        return {}
+
     @abstractmethod
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """{name: parameters}: the trainer makes one Adam optimizer (and lr schedule) per group."""

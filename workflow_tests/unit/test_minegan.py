@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -366,3 +367,66 @@ def test_a_minegan_file_written_before_the_activation_option_loads_with_relu(mod
     old = {k: v for k, v in record["kwargs"].items() if k != "activation"}
     relus = [m for m in BValueSynthesizer(**old).G.modules() if isinstance(m, torch.nn.ReLU)]
     assert relus and not [m for m in BValueSynthesizer(**old).G.modules() if isinstance(m, torch.nn.LeakyReLU)]
+
+
+def test_the_bridge_draws_b_between_acquired_neighbours_of_one_group_and_labels_it_with_their_reading():
+    from dwisynth.networks.minegan import draw_bridges
+
+    image_b = torch.tensor([0.0, 75.0, 100.0, 400.0, 800.0, 850.0, 1000.0])
+    groups = torch.tensor([1, 0, 1, 2, 2, 0, 2])  # acquired inputs 1, trained stage-1 targets 2, held out 0
+    adc = torch.tensor([0.8e-3, 1.5e-3, 2.5e-3, 1.0e-3])  # one mono-exponential per sample
+    images = (2 * torch.exp(-image_b[None] * adc[:, None] / 2) - 1)[:, :, None, None].expand(-1, -1, 3, 3).clone()
+    present = torch.ones(4, 7, dtype=torch.bool)
+    present[1, 4] = False  # no 800: 400-1000 is one pair
+    present[2, 3:] = False  # no stage-1 target: only 0-100
+    present[3, [0, 4, 6]] = False  # 100 and 400 left, of two groups: no pair, dropped
+    seen = {0: set(), 1: set(), 2: set()}
+    for step in range(80):
+        rows, b, reading = draw_bridges(images, present, image_b, groups, torch.Generator().manual_seed(step))
+        assert rows.tolist() == [0, 1, 2]
+        assert not ((b > 100) & (b < 400)).any()  # never across the groups, where perfusion bends the curve
+        s = ((reading[:, 0, 0, 0] + 1) / 2) ** 2  # back to S/S0
+        torch.testing.assert_close(s, torch.exp(-b * adc[rows]), rtol=1e-4, atol=1e-6)
+        for i, value in enumerate(b.tolist()):
+            seen[i].add(next(k for k, edge in enumerate((100, 800, 1000)) if value < edge))
+    assert seen == {0: {0, 1, 2}, 1: {0, 1, 2}, 2: {0}}
+
+
+def test_validation_scores_the_held_out_b_against_its_acquired_neighbours_and_exports_on_every_b(models, tmp_path):
+    """850 (between stage-1 targets 800 and 1000) is scored without an image at 850; 75 (between the acquired
+    inputs) is not; the exported step is the one with the best mean of all scored b."""
+    out = tmp_path / "bridged"
+    train_model("minegan", "abdomen", models["shards"], out, MINEGAN, upstream={"stage1": models["stage1"]},
+                **models["common"])
+    log = pd.read_csv(out / "training_log.csv").dropna(subset=["val_psnr"])
+    assert "val_bridged_psnr_b850" in log and "val_bridged_psnr_b75" not in log and "val_psnr_b850" not in log
+    trained = [c for c in log if c.startswith("val_psnr_b")]
+    expected = log[trained + ["val_bridged_psnr_b850"]].mean(axis=1)
+    np.testing.assert_allclose(log["val_score"], expected, atol=2e-3)
+    record = torch.load(out / "model.pt", weights_only=True)
+    best = log.loc[log["val_score"].idxmax()]
+    assert record["selected_step"] == best["step"]
+    assert record["validation_score"] == pytest.approx(best["val_score"], abs=1e-3)
+    # the reference is the reading of the subject's own 800 and 1000: exact on a mono-exponential
+    model = prepared_minegan(models)
+    target_b = model.target_b
+    s = torch.exp(-torch.tensor(target_b) * 1.2e-3)
+    targets = (2 * torch.sqrt(s) - 1)[None, :, None, None].expand(3, -1, 2, 2).clone()
+    present = torch.ones(3, len(target_b), dtype=torch.bool)
+    present[:, target_b.index(75.0)] = present[:, target_b.index(850.0)] = False
+    present[1, target_b.index(1000.0)] = False  # nothing above 850: no reference
+    present[2, target_b.index(850.0)] = True  # acquired at 850: scored on its image, not bridged
+    references = model.bridged_references(targets, present, target_b)
+    assert list(references) == [850.0]
+    rows, reference = references[850.0]
+    assert rows.tolist() == [0]
+    torch.testing.assert_close(((reference[0, 0] + 1) / 2) ** 2, torch.full((2, 2), float(np.exp(-0.85 * 1.2))),
+                               rtol=1e-4, atol=1e-6)
+
+
+def prepared_minegan(models):
+    from dwisynth.networks.base import build_network
+
+    model = build_network("minegan", MINEGAN, 2, 7, 5)
+    model.prepare({"stage1": load_model(models["stage1"], "cpu").record}, BVALUES, 5)
+    return model
