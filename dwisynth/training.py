@@ -200,6 +200,10 @@ class Trainer:
         self._log_written = 0  # rows of log_rows already in that file
         self.best: dict | None = None  # {"step", "val_score", "val_psnr", "state_dict"} of the best validation
         self.collapses = 0  # consecutive validations collapse_db below the best
+        # the warm-up phase's (not selectable) best and latest validation, for a network that starts its next
+        # phase from the best (`Network.warm_start`); and the step it started from
+        self.warm: dict | None = None  # {"best": {"step", "val_score", "state_dict"}, "latest": val_score}
+        self.warm_started: int | None = None
         self.stopped: str | None = None
         self.fingerprint_sources = self._fingerprint_sources()
         self.fingerprint = hashlib.sha256(json.dumps(self.fingerprint_sources, sort_keys=True).encode()).hexdigest()[:16]
@@ -323,7 +327,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(), "log_rows": self.log_rows,
             # dropout and noise drawn on the GPU use its own generator: without it a resumed CUDA run diverges
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "best": self.best, "collapses": self.collapses,
+            "best": self.best, "collapses": self.collapses, "warm": self.warm, "warm_started": self.warm_started,
         }, self.out_dir / CHECKPOINT, keep_previous=self.out_dir / PREVIOUS_CHECKPOINT)
 
     def _load_checkpoint(self) -> tuple[Path, dict] | None:
@@ -367,6 +371,7 @@ class Trainer:
         self.log_rows = [row for row in state["log_rows"] if row["step"] <= self.step]
         self._log_fields = None  # the file may hold rows past the checkpoint: rewrite it from these
         self.best, self.collapses = state.get("best"), state.get("collapses", 0)
+        self.warm, self.warm_started = state.get("warm"), state.get("warm_started")
         print(f"[train] resumed from {path} at step {self.step}", file=sys.stderr)
         return True
 
@@ -374,10 +379,10 @@ class Trainer:
         """model.pt: the inference network's weights (CPU tensors) and what it needs to run."""
         network = self.model.inference_network()
         weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-        selection = {"selected_step": self.step}
+        selection = {"selected_step": self.step, "warm_started_from": self.warm_started}
         if self.best is not None:
             weights = self.best["state_dict"]
-            selection = {"selected_step": self.best["step"], "validation_psnr": self.best["val_psnr"],
+            selection = {**selection, "selected_step": self.best["step"], "validation_psnr": self.best["val_psnr"],
                          "validation_score": self.best["val_score"]}
         record = {"format": MODEL_FORMAT, **self.meta, **self.model.inference_spec(),
                   "intensity_max": self.intensity_max, "trained_steps": self.step, "fingerprint": self.fingerprint,
@@ -426,6 +431,11 @@ class Trainer:
             self.stopped = f"validation PSNR is {value} at step {self.step}"
             return
         if not self.model.selectable(self.step - 1):
+            if self.warm is None or value > self.warm["best"]["val_score"]:
+                weights = self.model.inference_network().state_dict()
+                self.warm = {"best": {"step": self.step, "val_score": value,
+                                      "state_dict": {k: t.detach().cpu().clone() for k, t in weights.items()}}}
+            self.warm["latest"] = value
             return
         if self.best is None or value > self.best["val_score"]:
             weights = self.model.inference_network().state_dict()
@@ -439,6 +449,20 @@ class Trainer:
                                 f"{self.best['val_score']:.1f} dB at step {self.best['step']}")
         else:
             self.collapses = 0
+
+    def _warm_start(self, phase: str) -> None:
+        """At the first step of a phase that `Network.warm_start`s: the inference network goes back to the
+        warm-up's best validated weights when validation has fallen since (a long warm-up overfits)."""
+        if self.warm is None or not self.model.warm_start(phase):
+            return
+        best = self.warm["best"]
+        if best["val_score"] > self.warm["latest"]:
+            weights = {k: t.to(self.device) for k, t in best["state_dict"].items()}
+            self.model.inference_network().load_state_dict(weights)
+            self.warm_started = best["step"]
+            print(f"[train] {phase} starts from step {best['step']} ({best['val_score']:.2f} dB), the best validated "
+                  f"step of the phase before; its last validation read {self.warm['latest']:.2f} dB", file=sys.stderr)
+        self.warm = None
 
     def _check_losses(self, losses: dict[str, float]) -> None:
         bad = {k: v for k, v in losses.items() if not np.isfinite(v) or abs(v) > self.config.loss_limit}
@@ -508,6 +532,8 @@ class Trainer:
         while self.step < cfg.steps:
             if self.model.phase(self.step) != phase:
                 phase = self.model.phase(self.step)
+                if self.step > 0 and self.model.phase(self.step - 1) != phase:
+                    self._warm_start(phase)
                 self.model.start_phase(phase, self.optimizers)
             generator = step_generator(cfg.seed, self.step)
             batch = self.batch(self.step, generator)

@@ -174,6 +174,11 @@ class Network(nn.Module, ABC):
         (DC²Anet's paired warm-up) is validated and logged but never exported."""
         return True
 
+    def warm_start(self, phase: str) -> bool:
+        """Whether `phase` starts from the best validated weights of the not-selectable phase before it (when
+        validation fell after them) instead of its last weights."""
+        return False
+
     def extra_state(self) -> dict:
         """What a resume needs besides weights and optimizers (image pools)."""
         return {}

@@ -13,6 +13,8 @@ A third PatchGAN judges the low-b stacks F produces.
 `paired_warmup` trains G alone on the paired terms first (phase "paired"), then everything (phase "dual-cycle"):
 a full step runs G and F four times and the discriminators nine times, so at equal wall-clock the joint
 training from scratch got about an eighth of pix2pix's steps and stayed behind it (`bench/quality.py`).
+The dual-cycle phase starts from the paired phase's best validated step when validation fell after it
+(`Network.warm_start`): a long paired phase overfits small cohorts, and only dual-cycle steps are exported.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class DC2AnetConfig(NetworkConfig):
     paired_warmup: float = field(default=0.0, metadata={"minimum": 0, "exclusiveMaximum": 1, "description": (
         "share of the steps trained first as a paired regression (phase 'paired': G alone on the voxel, "
         "gradient and SSIM terms, a fifth of a full step's time), then the whole dual-cycle adversarial "
-        "objective (phase 'dual-cycle'); 0 is the published joint training")})
+        "objective (phase 'dual-cycle'), started from the paired phase's best validated step when validation "
+        "fell after it; 0 is the published joint training")})
     weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights)
     perceptual_weights: str | None = field(default=None, metadata={
         "description": "torchvision vgg16 state dict (.pth) for the perceptual loss"})
@@ -134,6 +137,12 @@ class DC2Anet(Network):
 
     def selectable(self, step: int) -> bool:
         return self.phase(step) == "dual-cycle"  # the exported model is always trained on the whole objective
+
+    def warm_start(self, phase: str) -> bool:
+        # full size on a GPU, the paired regression overfit the demo's 8 abdomen subjects: validation peaked
+        # near step 7000 of 19000 paired steps, and the dual-cycle phase, which alone may be exported, never
+        # climbed back from where the warm-up left it
+        return phase == "dual-cycle"
 
     def lr_decay_start(self) -> int | None:
         # the dual-cycle phase gets the whole schedule (constant, then linear to zero), not its tail

@@ -640,3 +640,36 @@ def test_a_network_blocks_grad_clip_overrides_the_training_blocks_and_null_defer
     assert trainer_config(training, own, 1.0, 0, "cpu").grad_clip == 2.5
     assert trainer_config(training, deferring, 1.0, 0, "cpu").grad_clip == 4.0
     assert trainer_config({**training, "grad_clip": None}, deferring, 1.0, 0, "cpu").grad_clip is None
+
+
+def test_a_phase_after_an_overfit_warm_up_starts_from_its_best_validated_step_also_when_resumed_there(
+        cohort, tmp_path, capsys):
+    from plugins.warm_started_tiny_conv import WarmStartedTinyConv  # noqa: F401 (registers the network)
+
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B)
+    config = TrainerConfig(steps=50, batch_size=4, crop=24, lr=3e-3, checkpoint_every=10, log_every=5, seed=3,
+                           device="cpu", progress=False, validate_every=5)
+
+    def trainer():
+        model = build_network("warmstartedtinyconv", {"steps": 50, "warm_steps": 30, "wreck_step": 22}, 2, 3, seed=3)
+        return Trainer(model, data, config, tmp_path, {"method": "warmstartedtinyconv", "input_b": INPUT_B,
+                                                       "target_b": TARGET_B})
+
+    first = trainer()
+    first.fit(stop_after=30)  # killed at the end of the warm-up; the checkpoint holds its best weights
+    best = first.warm["best"]
+    second = trainer()
+    started = {}
+    start_phase = second.model.start_phase
+    second.model.start_phase = lambda phase, optimizers: (
+        started.setdefault(phase, {k: t.clone() for k, t in second.model.inference_network().state_dict().items()}),
+        start_phase(phase, optimizers))
+    record = torch.load(second.fit(), weights_only=True)
+    log = pd.read_csv(tmp_path / "training_log.csv").dropna(subset=["val_psnr"]).set_index("step")["val_psnr"]
+    assert log[25] < log[20] - 1 and log[30] < log[20] - 1  # the wreck at step 22
+    assert best["step"] == log.loc[:30].idxmax() <= 20
+    assert record["warm_started_from"] == best["step"]
+    for name, weight in best["state_dict"].items():  # the main phase's first step saw the best warm-up weights
+        torch.testing.assert_close(started["main"][name], weight)
+    assert f"main starts from step {best['step']}" in capsys.readouterr().err
+    assert record["selected_step"] > 30 and log[35] > log[30] + 1
