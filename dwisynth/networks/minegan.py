@@ -21,8 +21,8 @@ trained on; architecture, losses and schedule are ours:
   b ~ 400 perfusion has decayed and the signal is close to mono-exponential between neighbours, so the
   reading is a fair label; between the inputs it is the stack's own reading, which holds the small correction
   there small. It uses no image at the b it judges. Validation scores held-out b between stage-1 targets
-  against the same reading of the validation
-  subjects' images (`val_bridged_psnr_b850`), so the exported step sees a held-out b drift.
+  against the same reading of the validation subjects' images (`val_bridged_psnr_b850`), so the exported
+  step sees a held-out b drift.
 
 Variants (sharing the `minegan` config block): `mineganfewshot` starts from the organ's zero-shot model and
 mines and fine-tunes again with `fewshot.k` slices per held-out b from train-split subjects; `bcond` (the
@@ -382,7 +382,8 @@ class MineGAN(Network):
         acquired images is a fair label. Between the acquired inputs (75 between 0 and 100) that label is the
         stack's own reading, so the bridge holds the correction near zero there, where the generator, which now
         also sees stacks with nothing blanked, would otherwise bring corrections learned for 400-1000 (brain,
-        ten times the demo steps: b 75 0.9 dB lower). Never from 100 to 400: perfusion bends the curve there."""
+        ten times the demo steps, seen on the test split: b 75 0.9 dB lower). Never from 100 to 400: perfusion
+        bends the curve there."""
         inputs, trained = set(self.input_b), set(self.trained_b())
         stage1 = set(self.stack_b[len(self.input_b):]) & trained
         return torch.tensor([2 if b in stage1 else 1 if b in inputs else 0 for b in map(float, image_b)])
