@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 150] [--long] [--ct2dwi]
                                           [--device cuda] [--size config/examples/multicenter_tcga.yaml]
+                                          [--networks minegan] [--set minegan.weights.bridge=0]
        (RUN_DIR defaults to this checkout, after `make demo`; run one organ per process to use two cores)
 
 Equal wall-clock: each network trains on the run's train-split shards of one organ for the same CPU
@@ -21,6 +22,8 @@ that), scored on the test stroke subjects as the workflow scores them (brain PSN
 CONFIG (its defaults filled in, so MineGAN gets its full size too), and the trainer its stability settings
 (validation subjects, warm-up, gradient clipping): the full-size check on a GPU. MineGAN still reads the
 run's (demo-size) DC²Anet: the check is of MineGAN's own training.
+--set KEY=VALUE (repeatable): one value of the run's config overridden (dotted key, YAML value), for an
+ablation on the same run: `--set minegan.weights.bridge=0`; the results files' names end in `_bridge0`.
 --seconds 0 skips the equal wall-clock comparison. A warm-up never exceeds a tenth of the run's steps.
 A budget run whose wall time ends more than 5% off its budget (the machine's load changed after the
 calibration) is rerun with its steps scaled by budget / wall time, up to three runs in all.

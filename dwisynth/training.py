@@ -16,8 +16,9 @@ target b is logged, with label-free scores at b-values without images where a ne
 (`bridged_references`: MineGAN's held-out b). model.pt holds the weights of the step with the best
 mean of these (`val_score`), so a long run never exports worse weights than it passed through.
 Divergence (a non-finite or exploding loss, or the validation score falling `collapse_db` below its
-best twice in a row) stops the run
-with a message; the best validated weights are exported and model.pt says why it stopped.
+best twice in a row) stops the run with a message; the best validated weights are exported and
+model.pt says why it stopped. A network whose first phase is a warm-up that may not be exported
+(`selectable`) may start the next phase from the warm-up's best validated weights (`warm_start`).
 
 Honest resume: a checkpoint carries the fingerprint of everything that shaped it (the
 network's config block, the trainer settings, the b-values and model metadata, the
