@@ -425,6 +425,10 @@ class Trainer:
         scores["val_score"] = float(np.mean(scored)) if scored else float("nan")
         return scores
 
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the inference network's weights now (a best step to export or start from)."""
+        return {k: t.detach().cpu().clone() for k, t in self.model.inference_network().state_dict().items()}
+
     def _judge_validation(self, scores: dict[str, float]) -> None:
         """Keep the best weights; stop on a collapse (twice collapse_db below the best) or a NaN score."""
         value = scores["val_score"]
@@ -433,15 +437,12 @@ class Trainer:
             return
         if not self.model.selectable(self.step - 1):
             if self.warm is None or value > self.warm["best"]["val_score"]:
-                weights = self.model.inference_network().state_dict()
-                self.warm = {"best": {"step": self.step, "val_score": value,
-                                      "state_dict": {k: t.detach().cpu().clone() for k, t in weights.items()}}}
+                self.warm = {"best": {"step": self.step, "val_score": value, "state_dict": self._weights()}}
             self.warm["latest"] = value
             return
         if self.best is None or value > self.best["val_score"]:
-            weights = self.model.inference_network().state_dict()
             self.best = {"step": self.step, "val_score": value, "val_psnr": scores["val_psnr"],
-                         "state_dict": {k: t.detach().cpu().clone() for k, t in weights.items()}}
+                         "state_dict": self._weights()}
             self.collapses = 0
         elif value < self.best["val_score"] - self.config.collapse_db:
             self.collapses += 1

@@ -134,7 +134,7 @@ class Network(nn.Module, ABC):
     def bridged_references(self, targets: torch.Tensor, present: torch.Tensor,
                            target_b: list[float]) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
         """Label-free validation at b-values without images: {b: (rows (M,), reference (M, 1, H, W))}, from the
-        validation targets on the network scale (N, T, H, W) and their `present` mask. None by default."""
+        validation targets on the network scale (N, T, H, W) and their `present` mask; none by default."""
         return {}
 
     @abstractmethod
