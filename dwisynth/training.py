@@ -183,6 +183,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             torch.set_flush_denormal(True)  # denormals in instance norm make CPU steps many times slower
         self.model.to(self.device)
+        if model.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizers = {name: torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
                            for name, params in model.parameter_groups().items()}
         decay_start = config.decay_start if config.decay_start is not None else config.steps // 2

@@ -78,6 +78,9 @@ class Network(nn.Module, ABC):
     # Models of the same organ this one is built from: {role: method}; their model.pt files are inputs
     # of its training job and `prepare` gets their records.
     upstream: ClassVar[dict[str, str]] = {}
+    # Train with channels-last weights and activations: a measured choice per network, as the gain depends
+    # on its convolutions (`bench/quality.py` calibration, CPU, one thread).
+    channels_last: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

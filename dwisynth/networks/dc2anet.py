@@ -92,6 +92,9 @@ class DC2Anet(Network):
     label = "DC²Anet"
     task = "multib"
     Config = DC2AnetConfig
+    # the backward of its full-resolution 7x7 and residual convolutions: CPU step 27.6 -> 23.7 ms in the
+    # brain's calibration (pix2pix's U-Net unchanged, JMMDA-GAN's 12% slower), dual-cycle step 106 -> 86 ms
+    channels_last = True
 
     def __init__(self, config: DC2AnetConfig, n_inputs: int, n_targets: int):
         super().__init__(config, n_inputs, n_targets)

@@ -283,6 +283,7 @@ class MineGAN(Network):
     label = "MineGAN"
     task = "multib"
     Config = MineGANConfig
+    channels_last = True  # its FiLM ResNet generator, like DC²Anet's: demo brain step 158 -> 131 ms on the CPU
     upstream: ClassVar[dict[str, str]] = {"stage1": "dc2anet"}
     mined: ClassVar[bool] = True
 

@@ -243,6 +243,20 @@ def test_trainer_writes_log_and_model_and_resumes_to_the_same_weights(cohort, tm
     assert pd.read_csv(tmp_path / "resumed" / "training_log.csv")["step"].tolist() == log["step"].tolist()
 
 
+def test_a_channels_last_network_trains_in_that_layout_and_exports_what_it_trained(cohort, tmp_path):
+    trainer = tiny_trainer(cohort, "dc2anet", tmp_path, steps=4)
+    path = trainer.fit()
+    convs = [m.weight for m in trainer.model.G.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not build_network("pix2pix", TINY["pix2pix"], 2, 3, 0).channels_last  # a choice per network
+    exported = load_model(path)  # a fresh network in the default layout, as synthesis builds it
+    x = torch.rand(2, len(INPUT_B), 24, 24) * 2 - 1
+    record = torch.load(path, weights_only=True)
+    trainer.model.G.load_state_dict(record["state_dict"])
+    with torch.no_grad():
+        assert torch.allclose(exported.network(x), trainer.model.G(x), atol=1e-5)
+
+
 KILL_RUNNER = """
 import sys
 import tempfile
