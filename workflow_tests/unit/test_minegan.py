@@ -369,27 +369,27 @@ def test_a_minegan_file_written_before_the_activation_option_loads_with_relu(mod
     assert relus and not [m for m in BValueSynthesizer(**old).G.modules() if isinstance(m, torch.nn.LeakyReLU)]
 
 
-def test_the_bridge_draws_b_between_acquired_neighbours_of_one_group_and_labels_it_with_their_reading():
+def test_the_bridge_draws_b_between_acquired_stage1_neighbours_and_labels_it_with_their_reading():
     from dwisynth.networks.minegan import draw_bridges
 
     image_b = torch.tensor([0.0, 75.0, 100.0, 400.0, 800.0, 850.0, 1000.0])
-    groups = torch.tensor([1, 0, 1, 2, 2, 0, 2])  # acquired inputs 1, trained stage-1 targets 2, held out 0
+    bridgeable = torch.tensor([False, False, False, True, True, False, True])  # the trained stage-1 targets
     adc = torch.tensor([0.8e-3, 1.5e-3, 2.5e-3, 1.0e-3])  # one mono-exponential per sample
     images = (2 * torch.exp(-image_b[None] * adc[:, None] / 2) - 1)[:, :, None, None].expand(-1, -1, 3, 3).clone()
     present = torch.ones(4, 7, dtype=torch.bool)
     present[1, 4] = False  # no 800: 400-1000 is one pair
-    present[2, 3:] = False  # no stage-1 target: only 0-100
-    present[3, [0, 4, 6]] = False  # 100 and 400 left, of two groups: no pair, dropped
-    seen = {0: set(), 1: set(), 2: set()}
+    present[2, 3:] = False  # no stage-1 target: only the inputs, dropped
+    present[3, [4, 6]] = False  # 400 alone: no pair, dropped
+    seen = {0: set(), 1: set()}
     for step in range(80):
-        rows, b, reading = draw_bridges(images, present, image_b, groups, torch.Generator().manual_seed(step))
-        assert rows.tolist() == [0, 1, 2]
-        assert not ((b > 100) & (b < 400)).any()  # never across the groups, where perfusion bends the curve
+        rows, b, reading = draw_bridges(images, present, image_b, bridgeable, torch.Generator().manual_seed(step))
+        assert rows.tolist() == [0, 1]
+        assert (b >= 400).all()  # never from the inputs, where perfusion bends the curve
         s = ((reading[:, 0, 0, 0] + 1) / 2) ** 2  # back to S/S0
         torch.testing.assert_close(s, torch.exp(-b * adc[rows]), rtol=1e-4, atol=1e-6)
         for i, value in enumerate(b.tolist()):
-            seen[i].add(next(k for k, edge in enumerate((100, 800, 1000)) if value < edge))
-    assert seen == {0: {0, 1, 2}, 1: {0, 1, 2}, 2: {0}}
+            seen[i].add(next(k for k, edge in enumerate((800, 1000)) if value < edge))
+    assert seen == {0: {0, 1}, 1: {0, 1}}
 
 
 def test_validation_scores_the_held_out_b_against_its_acquired_neighbours_and_exports_on_every_b(models, tmp_path):
@@ -410,6 +410,8 @@ def test_validation_scores_the_held_out_b_against_its_acquired_neighbours_and_ex
     # the reference is the reading of the subject's own 800 and 1000: exact on a mono-exponential
     model = prepared_minegan(models)
     target_b = model.target_b
+    # bridges end only on the trained stage-1 targets: not the acquired inputs, not the held-out b
+    assert [b for b, ok in zip(target_b, model.bridge_channels(target_b).tolist()) if ok] == [400.0, 800.0, 1000.0]
     s = torch.exp(-torch.tensor(target_b) * 1.2e-3)
     targets = (2 * torch.sqrt(s) - 1)[None, :, None, None].expand(3, -1, 2, 2).clone()
     present = torch.ones(3, len(target_b), dtype=torch.bool)
