@@ -92,7 +92,7 @@ class DC2Anet(Network):
     label = "DC²Anet"
     task = "multib"
     Config = DC2AnetConfig
-    # the backward of its full-resolution 7x7 and residual convolutions: CPU step 27.6 -> 23.7 ms in the
+    # the backward of its full-resolution 7x7 and residual convolutions: CPU step 27.6 -> 21.9 ms in the
     # brain's calibration (pix2pix's U-Net unchanged, JMMDA-GAN's 12% slower), dual-cycle step 106 -> 86 ms
     channels_last = True
 
