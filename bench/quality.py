@@ -3,6 +3,7 @@
 Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 150] [--long] [--ct2dwi]
                                           [--device cuda] [--size config/examples/multicenter_tcga.yaml]
                                           [--networks minegan] [--set minegan.weights.bridge=0]
+                                          [--threads 2]
        (RUN_DIR defaults to this checkout, after `make demo`; run one organ per process to use two cores)
 
 Equal wall-clock: each network trains on the run's train-split shards of one organ for the same CPU
@@ -24,6 +25,8 @@ CONFIG (its defaults filled in, so MineGAN gets its full size too), and the trai
 run's (demo-size) DC²Anet: the check is of MineGAN's own training.
 --set KEY=VALUE (repeatable): one value of the run's config overridden (dotted key, YAML value), for an
 ablation on the same run: `--set minegan.weights.bridge=0`; the results files' names end in `_bridge0`.
+--threads N: CPU threads per training run (default 1). Only for a --long check on the CPU, whose numbers do not
+depend on it (a full-size one on the CPU: `--size ... --threads 2`); the equal wall-clock budget is of one thread.
 --seconds 0 skips the equal wall-clock comparison. A warm-up never exceeds a tenth of the run's steps.
 A budget run whose wall time ends more than 5% off its budget (the machine's load changed after the
 calibration) is rerun with its steps scaled by budget / wall time, up to three runs in all.
@@ -70,6 +73,7 @@ FULL_SIZE_BLOCKS = {**dict.fromkeys((*METHODS, "minegan", "unet"), FULL_SIZE_KEY
                     PROPOSED: (*FULL_SIZE_KEYS, "levels")}
 FULL_SIZE_TRAINING = ("validation_subjects", "warmup_steps", "grad_clip")
 DEVICE = "cpu"
+THREADS = 1  # --threads: CPU threads per training run (the equal wall-clock budget is of one thread by default)
 OVERRIDES: list[tuple[str, object]] = []  # --set: (dotted key, value) on the run's config
 
 
@@ -97,9 +101,9 @@ def with_overrides(config: dict) -> dict:
 
 
 def bench_training(training: dict, steps: int) -> dict:
-    """The run's training block for one bench run: one thread, one checkpoint, validation at most 20 times a run
-    and a warm-up of at most a tenth of it, whatever the run's length."""
-    return {**training, "threads": 1, "checkpoint_every": max(steps, 1),
+    """The run's training block for one bench run: `THREADS` threads, one checkpoint, validation at most 20 times
+    a run and a warm-up of at most a tenth of it, whatever the run's length."""
+    return {**training, "threads": THREADS, "checkpoint_every": max(steps, 1),
             "validate_every": max(training["validate_every"], steps // 20),
             "warmup_steps": min(training["warmup_steps"], steps // 10)}
 
@@ -182,7 +186,7 @@ def long_row(organ: str, method: str, size: Path | None, factor: int, steps: int
     the mean is over the trained b only, so a network that also writes held-out b compares like for like."""
     record = torch.load(model_path, weights_only=True)
     return {"organ": organ, "method": method, "device": DEVICE, "size": "full" if size else "demo", "factor": factor,
-            "steps": steps, "ms_per_step": wall / steps * 1000, "wall_s": wall, "selected_step": record["selected_step"],
+            "threads": THREADS, "steps": steps, "ms_per_step": wall / steps * 1000, "wall_s": wall, "selected_step": record["selected_step"],
             "stopped_early": record["stopped_early"], "val_psnr": record.get("validation_psnr", np.nan),
             "val_score": record.get("validation_score", np.nan),
             **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
@@ -217,7 +221,7 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | 
     tests = task_members(split, "multib", "test", organ)
     b = config["bvalues"]
     data = SliceDataset(train_shards, b["inputs"], b["targets"], b["heldout"], zero_shot=True)
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     rows, long_rows, curves = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         blocks = {name: (method, {**config[method], **over}) for name, (method, over) in VARIANTS.items()
@@ -285,7 +289,7 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
     train, tests = task_members(split, "ct2dwi", "train"), task_members(split, "ct2dwi", "test")
     shards = [run / layout.shard(s["cohort"], s["subject"]) for s in train]
     target_b = float(config["ct2dwi"]["target_b"][0])
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     long_rows, curves = [], []
     for method in config["ct2dwi"]["methods"]:
         cell = Cell("main", method, "main")
@@ -345,13 +349,17 @@ def main() -> None:
                         help="comma-separated subset of dc2anet,pix2pix,minegan (one per process to fill a GPU)")
     parser.add_argument("--summary", action="store_true", help="merge the per-organ files and print the tables")
     parser.add_argument("--device", default="cpu", help="cpu (one thread) or cuda (bf16 autocast)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per training run (default 1; more only shortens a --long check on the CPU)")
     parser.add_argument("--size", type=Path, help="config whose network widths, lr and trainer stability settings to use")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one value of the run's config (dotted key, YAML value), e.g. "
                              "minegan.weights.bridge=0; the results files' names carry it")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, THREADS
+    DEVICE, THREADS = args.device, args.threads
+    if THREADS < 1:
+        parser.error(f"--threads {THREADS}: expected 1 or more")
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
