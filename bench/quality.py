@@ -25,8 +25,9 @@ CONFIG (its defaults filled in, so MineGAN gets its full size too), and the trai
 run's (demo-size) DC²Anet: the check is of MineGAN's own training.
 --set KEY=VALUE (repeatable): one value of the run's config overridden (dotted key, YAML value), for an
 ablation on the same run: `--set minegan.weights.bridge=0`; the results files' names end in `_bridge0`.
---threads N: CPU threads per training run (default 1). Only for a --long check on the CPU, whose numbers do not
-depend on it (a full-size one on the CPU: `--size ... --threads 2`); the equal wall-clock budget is of one thread.
+--threads N: CPU threads per training run (default 1), for a --long check on the CPU (a full-size one:
+`--size ... --threads 2`), whose numbers it changes only through the order of floating-point sums; the equal
+wall-clock budget is of one thread, so --threads above 1 needs --seconds 0.
 --seconds 0 skips the equal wall-clock comparison. A warm-up never exceeds a tenth of the run's steps.
 A budget run whose wall time ends more than 5% off its budget (the machine's load changed after the
 calibration) is rerun with its steps scaled by budget / wall time, up to three runs in all.
@@ -186,7 +187,8 @@ def long_row(organ: str, method: str, size: Path | None, factor: int, steps: int
     the mean is over the trained b only, so a network that also writes held-out b compares like for like."""
     record = torch.load(model_path, weights_only=True)
     return {"organ": organ, "method": method, "device": DEVICE, "size": "full" if size else "demo", "factor": factor,
-            "threads": THREADS, "steps": steps, "ms_per_step": wall / steps * 1000, "wall_s": wall, "selected_step": record["selected_step"],
+            "threads": THREADS, "steps": steps, "ms_per_step": wall / steps * 1000, "wall_s": wall,
+            "selected_step": record["selected_step"],
             "stopped_early": record["stopped_early"], "val_psnr": record.get("validation_psnr", np.nan),
             "val_score": record.get("validation_score", np.nan),
             **{f"test_psnr_b{k:g}": v for k, v in psnr.items()},
@@ -348,7 +350,7 @@ def main() -> None:
     parser.add_argument("--networks", default=",".join(NETWORKS),
                         help="comma-separated subset of dc2anet,pix2pix,minegan (one per process to fill a GPU)")
     parser.add_argument("--summary", action="store_true", help="merge the per-organ files and print the tables")
-    parser.add_argument("--device", default="cpu", help="cpu (one thread) or cuda (bf16 autocast)")
+    parser.add_argument("--device", default="cpu", help="cpu (--threads threads) or cuda (bf16 autocast)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per training run (default 1; more only shortens a --long check on the CPU)")
     parser.add_argument("--size", type=Path, help="config whose network widths, lr and trainer stability settings to use")
@@ -360,6 +362,9 @@ def main() -> None:
     DEVICE, THREADS = args.device, args.threads
     if THREADS < 1:
         parser.error(f"--threads {THREADS}: expected 1 or more")
+    if THREADS > 1 and args.seconds > 0 and not (args.ct2dwi or args.summary):
+        parser.error(f"--threads {THREADS}: the equal wall-clock budget is of one thread per method; "
+                     "add --seconds 0 to run only the --long check on more threads")
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
