@@ -15,8 +15,9 @@ them (`dwisynth.evaluate.score_synthesis`, volume PSNR in the organ mask), besid
 reference from the run's own `synthesis_metrics.tsv`. Nothing here reads the test split before scoring.
 
 --long: each network also trains for its demo step count and ten times that (MineGAN: every phase ten times,
-on the run's DC²Anet); both end points' validation and test PSNR go to long_training.tsv and the validation
-curves to long_training_curves.tsv. The test PSNR mean is over the trained b; held-out b get their own columns.
+on the run's DC²Anet), validated as often as the demo-length run (the 10x run differs in its steps alone); both
+end points' validation and test PSNR go to long_training.tsv and the validation curves to
+long_training_curves.tsv. The test PSNR mean is over the trained b; held-out b get their own columns.
 --ct2dwi: the same for the CT -> DWI networks (`ct2dwi.methods`, the main cell, `ct2dwi.steps` and ten times
 that), scored on the test stroke subjects as the workflow scores them (brain PSNR; organ column "stroke").
 --size CONFIG: the networks take their widths (ngf, ndf, n_residual, JMMDA-GAN's levels), lr and betas from
@@ -101,11 +102,16 @@ def with_overrides(config: dict) -> dict:
     return out
 
 
-def bench_training(training: dict, steps: int) -> dict:
+def bench_training(training: dict, steps: int, demo_steps: int | None = None) -> dict:
     """The run's training block for one bench run: `THREADS` threads, one checkpoint, validation at most 20 times
-    a run and a warm-up of at most a tenth of it, whatever the run's length."""
+    a run of `demo_steps` (default: this run's) and a warm-up of at most a tenth of this run.
+
+    A --long run at 10x passes the demo length, so it validates as often as the demo-length run and differs from
+    it in its steps alone, as when a user multiplies `steps` (`validate_every` does not scale). Spacing
+    validation by the run's own length left DC²Anet's exported dual-cycle phase, its last 5%, one validation at
+    10x: model.pt was its last step, not its best (full size, abdomen, 2026-11-24)."""
     return {**training, "threads": THREADS, "checkpoint_every": max(steps, 1),
-            "validate_every": max(training["validate_every"], steps // 20),
+            "validate_every": max(training["validate_every"], (demo_steps or steps) // 20),
             "warmup_steps": min(training["warmup_steps"], steps // 10)}
 
 
@@ -124,12 +130,13 @@ def seconds_per_step(method: str, block: dict, data: SliceDataset, config: dict,
     return (times[1] - times[0]) / (short[1] - short[0])
 
 
-def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int, out: Path) -> tuple[Path, float]:
+def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int, out: Path,
+          demo_steps: int | None = None) -> tuple[Path, float]:
     b = config["bvalues"]
     block = {**block, "steps": steps, "decay_start": None}
     model = build_network(method, block, len(b["inputs"]), len(b["targets"]), config["seed"])
     meta = {"method": method, "input_b": [float(x) for x in b["inputs"]], "target_b": [float(x) for x in b["targets"]]}
-    settings = trainer_config(bench_training(config["training"], steps), model, config["training"].get("intensity_max"),
+    settings = trainer_config(bench_training(config["training"], steps, demo_steps), model, config["training"].get("intensity_max"),
                               config["seed"], DEVICE, progress=False)
     start = time.perf_counter()
     path = Trainer(model, data, settings, out, meta).fit()
@@ -139,12 +146,14 @@ def train(method: str, block: dict, data: SliceDataset, config: dict, steps: int
 def train_minegan(run: Path, organ: str, shards: list[Path], block: dict, config: dict, factor: int,
                   out: Path) -> tuple[Path, float, int]:
     """MineGAN with every phase `factor` times its demo length, built on the run's DC²Anet of the organ, through
-    the workflow's own `train_model` (one thread, validation at most 20 times a run as for the others)."""
+    the workflow's own `train_model` (validation spaced as in the demo-length run, as for the others)."""
     phases = ("pretrain_steps", "mine_steps", "finetune_steps")
+    demo_steps = sum(int(block[k]) for k in phases)
     block = {**block, **{k: int(block[k]) * factor for k in phases}}
     steps = sum(block[k] for k in phases)
     start = time.perf_counter()
-    path = train_model("minegan", organ, shards, out, block, bench_training(config["training"], steps), config["bvalues"], config["seed"], DEVICE,
+    path = train_model("minegan", organ, shards, out, block, bench_training(config["training"], steps, demo_steps),
+                       config["bvalues"], config["seed"], DEVICE,
                        progress=False, upstream={"stage1": run / layout.model("dc2anet", organ)})
     return path, time.perf_counter() - start, steps
 
@@ -244,7 +253,7 @@ def bench_organ(run: Path, organ: str, seconds: float, long: bool, size: Path | 
             for factor in (1, 10):
                 steps = int(block["steps"]) * factor
                 out = Path(tmp) / f"{method}_x{factor}"
-                model_path, wall = train(method, block, data, config, steps, out)
+                model_path, wall = train(method, block, data, config, steps, out, demo_steps=int(block["steps"]))
                 long_rows.append(long_row(organ, method, size, factor, steps, wall, model_path,
                                           test_psnr(run, model_path, tests, config), b["targets"]))
                 curves += long_curve(out, organ, method, factor, "full" if size else "demo")
@@ -304,7 +313,8 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
                            for s in train}
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                model_path = train_ct2dwi(cell, shards, tmp, block, bench_training(config["training"], steps),
+                model_path = train_ct2dwi(cell, shards, tmp, block,
+                                          bench_training(config["training"], steps, int(config["ct2dwi"]["steps"])),
                                           config["ct2dwi"], config["seed"], DEVICE, lesions, progress=False)
                 wall = time.perf_counter() - start
                 psnr = np.mean([score_shard(model_path, run / layout.shard(s["cohort"], s["subject"]), target_b,
