@@ -6,6 +6,7 @@ exports often carry patient names), so a rerun on the same inputs writes the sam
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -19,14 +20,89 @@ PACKAGES = ["dwisynth", "torch", "torchvision", "monai", "snakemake", "antspyx",
             "dcm2niix", "nibabel", "simpleitk", "pydicom", "numpy", "scipy", "pandas", "scikit-image", "pingouin"]
 
 
-def source_digest(*modules: str) -> str:
-    """Digest of the named modules' source files (`dwisynth.preprocess.normalize`): a rule's param, so that
-    a change to the code that shapes its output reruns it, as a changed config value does."""
+def _module_file(name: str) -> Path | None:
+    """The source file of module `name` (a package's __init__.py), found without importing it."""
     import importlib.util
 
+    top, *rest = name.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):  # a module made at run time (no spec): nothing on disk to digest
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    if not rest:
+        return Path(spec.origin)
+    base = Path(spec.origin).parent.joinpath(*rest)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None  # an attribute (`from pkg.mod import name`), not a module
+
+
+def _imported_names(path: Path, name: str | None) -> frozenset[str]:
+    """Absolute names of everything `path` imports, at any depth (functions import lazily here)."""
+    return _parse_imports(path.read_bytes(), path.name == "__init__.py", name)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_imports(source: bytes, is_package: bool, name: str | None) -> frozenset[str]:
+    """`_imported_names`, parsed once per source text (the DAG asks for the same files hundreds of times)."""
+    import ast
+
+    package = None
+    if name is not None:
+        package = name if is_package else name.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if package is None:
+                    continue
+                parts = package.split(".")
+                module = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return frozenset(names)
+
+
+def module_closure(*modules: str, script: str | Path | None = None) -> dict[str, Path]:
+    """{module name: source file} of the named modules (or of what `script` imports) and of every module of
+    their own top-level packages that those import, directly or not, with the packages' __init__ files."""
+    pending = set(modules)
+    if script is not None:
+        pending |= {n for n in _imported_names(Path(script), None) if n.split(".")[0] == "dwisynth"}
+    packages = {n.split(".")[0] for n in pending}
+    found: dict[str, Path] = {}
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # a submodule runs its parent packages' __init__ first
+            module = ".".join(parts[:depth])
+            if module in found:
+                continue
+            path = _module_file(module)
+            if path is None:
+                continue
+            found[module] = path
+            pending |= {n for n in _imported_names(path, module) if n.split(".")[0] in packages} - set(found)
+    return found
+
+
+def source_digest(*modules: str, script: str | Path | None = None) -> str:
+    """Digest of the code that shapes a rule's output: the named modules (`dwisynth.preprocess.normalize`) or
+    the rule's `script`, and every package module they import, directly or not. A rule's `code` param, so
+    that a change to that code reruns it, as a changed config value does (Snakemake itself watches only the
+    script)."""
     digest = hashlib.sha256()
-    for name in sorted(modules):
-        digest.update(name.encode() + b"\0" + Path(importlib.util.find_spec(name).origin).read_bytes())
+    if script is not None:
+        digest.update(Path(script).read_bytes())
+    for name, path in sorted(module_closure(*modules, script=script).items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -42,12 +118,21 @@ def package_versions() -> dict[str, str]:
 
 def git_state(repo: str | Path) -> dict:
     def run(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
+        except OSError:  # no git on this node: every Slurm job parses the workflow again
+            return ""
 
     commit = run("rev-parse", "HEAD")
     if not commit:
         return {"commit": "unknown (not a git checkout)", "dirty": None}
     return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+
+
+def file_checksum(path: str | Path) -> str:
+    """sha256 of one file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def series_checksum(folder: str | Path) -> tuple[int, str]:

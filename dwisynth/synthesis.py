@@ -27,7 +27,7 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     from dwisynth.inference import load_model
     from dwisynth.loader import SliceDataset
     from dwisynth.networks.base import build_network, network_class
-    from dwisynth.training import Trainer
+    from dwisynth.training import Trainer, weights_digest
 
     cls = network_class(method)
     inputs, targets = cls.dataset_bvalues(bvalues)
@@ -51,7 +51,11 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     meta = {"method": method, "task": model.task, "organ": organ, "input_b": [float(b) for b in inputs],
             "target_b": [float(b) for b in targets], "heldout_b": [float(b) for b in bvalues.get("heldout", ())],
             "train_subjects": [[cohort, subject] for cohort, subject in subjects], "seed": seed,
-            "upstream": {role: r["fingerprint"] for role, r in records.items()}, **model.describe()}
+            "upstream": {role: r["fingerprint"] for role, r in records.items()},
+            # the upstream model's weights, not only its recipe: a retrain with the same settings (a GPU run
+            # is not bit-reproducible) must not let this network resume on what the old one taught it
+            "upstream_weights": {role: weights_digest(r["state_dict"]) for role, r in records.items()},
+            **model.describe()}
     return Trainer(model, data, config, out_dir, meta).fit()
 
 

@@ -37,6 +37,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,9 @@ import torch.nn.functional as F
 from dwisynth.errors import ConfigError, DwisynthError
 from dwisynth.inference import MODEL_FORMAT, resolve_device
 from dwisynth.loader import chunked_percentile, inputs_to_network
-from dwisynth.networks.base import code_digest
+from dwisynth.networks.base import code_digest, config_weight_files
 from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
+from dwisynth.provenance import file_checksum
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"  # the one before: what a corrupt checkpoint falls back to
@@ -55,6 +57,28 @@ MODEL = "model.pt"
 LOG = "training_log.csv"
 # Trainer settings that change how a run is carried out, never what it learns.
 NOT_FINGERPRINTED = ("device", "threads", "progress", "checkpoint_every", "log_every")
+# Libraries whose version can change the learned weights (kernels, initialisers, the MONAI SSIM loss).
+FINGERPRINTED_LIBRARIES = ("torch", "monai", "numpy")
+
+
+def weights_file_digest(path: str | Path) -> str:
+    """sha256 of a weights file named in a network's config."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: weights file not found; fix the path in the network's config block")
+    return file_checksum(path)
+
+
+def weights_digest(state_dict: dict) -> str:
+    """sha256 over a model's tensors in name order: what a network built on another model learned from."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode() + b"\0" + _tensor_bytes(state_dict[name]))
+    return digest.hexdigest()[:16]
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return str(flat.dtype).encode() + flat.view(torch.uint8).numpy().tobytes()  # bf16 has no numpy dtype
 
 
 @dataclass
@@ -222,6 +246,8 @@ class Trainer:
         return json.loads(json.dumps({
             "network": network, "trainer": trainer, "meta": self.meta, "intensity_max": self.intensity_max,
             "spec": self.model.inference_spec(), "data": self.data_digest,
+            "files": {k: weights_file_digest(path) for k, path in config_weight_files(self.model.config).items()},
+            "libraries": {name: metadata.version(name) for name in FINGERPRINTED_LIBRARIES},
             "code": code_digest(self.model.name)}, sort_keys=True, default=str))
 
     # --- data ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ rule cdwi:
         inputs=config["bvalues"]["inputs"],
         targets=SYNTHESIS_B,
         adc=ADC,
+        code=script_code("cdwi.py"),  # a change to the code it runs reruns it
     log:
         layout.log("cdwi", "{cohort}", "{subject}"),
     conda:
@@ -37,6 +38,7 @@ rule dc2anet_interpolation:
         inputs=config["bvalues"]["inputs"],
         targets=SYNTHESIS_B,
         adc=ADC,
+        code=script_code("dc2anet_interpolation.py"),  # a change to the code it runs reruns it
     log:
         layout.log("dc2anet_interpolation", "{cohort}", "{subject}"),
     conda:
@@ -64,6 +66,7 @@ if config["demo"]["enabled"]:
             targets=SYNTHESIS_B,
             b0_max=config["bvalues"]["b0_max"],
             adc=ADC,
+            code=script_code("noise_free_reference.py"),  # a change to the code it runs reruns it
         log:
             layout.log("noise_free_reference", "{cohort}", "{subject}"),
         conda:

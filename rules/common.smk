@@ -1,3 +1,7 @@
+import hashlib
+import json
+from pathlib import Path
+
 import pandas as pd
 
 from dwisynth import layout
@@ -21,8 +25,8 @@ from dwisynth.ct2dwi import (
 )
 from dwisynth.dataset import check_ct2dwi_subjects, subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
-from dwisynth.networks.base import code_digest, config_block_name, network_class, networks
-from dwisynth.provenance import source_digest
+from dwisynth.networks.base import code_digest, config_block_name, network_class, networks, weight_files
+from dwisynth.provenance import file_checksum, git_state, package_versions, source_digest
 
 
 validate_config(config, "config")
@@ -62,6 +66,18 @@ wildcard_constraints:
     subject="[A-Za-z0-9]+",
 
 
+# The pinned versions (requirements.lock, which the conda envs install too) and those installed here (listed in
+# results/provenance/provenance.json): an upgrade of ANTs, SimpleITK or torch can change any output, as our code can.
+ENVIRONMENT = hashlib.sha256(json.dumps([file_checksum(Path(workflow.basedir) / "requirements.lock"),
+                                         package_versions()], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def script_code(name):
+    """Each rule's `code` param: a digest of scripts/`name`, every dwisynth module it imports and the library
+    versions (Snakemake itself watches only the script)."""
+    return {"source": source_digest(script=Path(workflow.basedir) / "scripts" / name), "environment": ENVIRONMENT}
+
+
 def series_row(wildcards, modality):
     return SAMPLES.loc[(wildcards.cohort, wildcards.subject, modality)]
 
@@ -71,6 +87,13 @@ def dicom_dir(modality):
         return series_row(wildcards, modality)["dicom_dir"]
 
     return lookup
+
+
+def hdbet_v2_weights_file(wildcards):
+    """The user's hd-bet 2.x weights as an input, so weights replaced at the same path reinstall and remask;
+    a path that does not exist is left to the install script's clear error, not Snakemake's."""
+    path = config["masking"]["hdbet_v2_weights"]
+    return [path] if path and Path(path).exists() else []
 
 
 def hdbet_weights_input(wildcards):

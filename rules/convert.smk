@@ -6,6 +6,7 @@ rule convert_dwi:
     params:
         modality="DWI",
         b0_max=config["bvalues"]["b0_max"],
+        code=script_code("convert.py"),  # a change to the code it runs reruns it
     priority: 10
     log:
         layout.log("convert_dwi", "{cohort}", "{subject}"),
@@ -25,6 +26,7 @@ rule convert_ct:
     params:
         modality="CT",
         b0_max=config["bvalues"]["b0_max"],
+        code=script_code("convert.py"),  # a change to the code it runs reruns it
     priority: 10
     log:
         layout.log("convert_ct", "{cohort}", "{subject}"),

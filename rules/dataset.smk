@@ -9,6 +9,7 @@ checkpoint split_manifest:
         tolerance=config["bvalues"]["tolerance"],
         test_fraction=config["split"]["test_fraction"],
         seed=config["split"]["seed"],
+        code=script_code("split_manifest.py"),  # a change to the code it runs reruns it
     log:
         "logs/split_manifest.log",
     conda:
@@ -30,6 +31,7 @@ rule slice_shard:
         metadata=lambda wc: {
             k: series_row(wc, "DWI")[k] for k in ("cohort", "center", "organ", "subject")
         },
+        code=script_code("slice_shard.py"),  # a change to the code it runs reruns it
     priority: 10
     log:
         layout.log("slice_shard", "{cohort}", "{subject}"),

@@ -13,5 +13,13 @@ if config["demo"]["enabled"]:
             "../envs/dwisynth.yaml"
         benchmark:
             "benchmarks/demo_cohort.tsv"
+        params:
+            # everything the generator reads (dwisynth.demo.cohort): a change regenerates the cohort, whose
+            # series folders keep their names, so Snakemake would otherwise see nothing to redo
+            demo=config["demo"],
+            seed=config["seed"],
+            bvalues={k: config["bvalues"][k] for k in ("inputs", "targets", "heldout")},
+            adc_bvalues=ADC["bvalues"],
+            code=script_code("demo_cohort.py"),  # a change to the code it runs reruns it
         script:
             "../scripts/demo_cohort.py"

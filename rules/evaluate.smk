@@ -14,7 +14,7 @@ rule evaluate_synthesis:
         targets=config["bvalues"]["targets"],
         heldout=config["bvalues"]["heldout"],
         adc_min_snr=config["adc"]["roi_min_snr"],
-        code=source_digest("dwisynth.evaluate", "dwisynth.metrics", "dwisynth.diffusion"),  # a change rescores
+        code=script_code("evaluate_synthesis.py"),  # a change to the code it runs reruns it
     threads: 4  # subjects in parallel; it runs near the end, when little else can (capped at --cores)
     log:
         "logs/evaluate_synthesis.log",

@@ -7,6 +7,7 @@ rule train_ct2dwi:
     input:
         shards=ct2dwi_training_shards,
         lesions=lambda wc: [v["mask"] for v in ct2dwi_lesion_inputs(wc).values()],
+        weights=lambda wc: list(weight_files(wc.method, network_block(config, ct2dwi_cell(wc))).values()),
     output:
         model=layout.ct2dwi_model("{experiment}", "{method}"),
         log=layout.ct2dwi_training_log("{experiment}", "{method}"),
@@ -18,7 +19,8 @@ rule train_ct2dwi:
         ct2dwi={k: CT2DWI[k] for k in ("target_b", "hu_window")},  # only what shapes the model: a new grid retrains nothing
         seed=config["seed"],
         device=config["device"],
-        code=lambda wc: code_digest(wc.method),  # a change to the network's code retrains it
+        network_code=lambda wc: code_digest(wc.method),  # a change to the network's code retrains it
+        code=script_code("train_ct2dwi.py"),  # a change to the code it runs reruns it
     wildcard_constraints:
         method=CT2DWI_NETWORKS,
     threads: config["training"]["threads"]
@@ -44,6 +46,7 @@ rule synthesize_ct2dwi:
         **layout.ct2dwi_synth("{experiment}", "{method}", "{cohort}", "{subject}"),
     params:
         device=config["device"],
+        code=script_code("synthesize_ct2dwi.py"),  # a change to the code it runs reruns it
     wildcard_constraints:
         method=CT2DWI_NETWORKS,
     resources:
@@ -71,6 +74,7 @@ if config["demo"]["enabled"]:
             truth=lambda wc: f"{layout.demo_truth_stem(config['demo']['outdir'], wc.cohort, wc.subject)}_desc-noisefree_dwi",
             target_b=CT2DWI["target_b"],
             b0_max=config["bvalues"]["b0_max"],
+            code=script_code("noise_free_ct2dwi.py"),  # a change to the code it runs reruns it
         log:
             layout.log("noise_free_ct2dwi", "{cohort}", "{subject}"),
         conda:
@@ -90,6 +94,7 @@ rule score_ct2dwi:
         blocks=lambda wc: {c.method: network_block(config, c) for c in ct2dwi_cells(wc.experiment)},
         noise_free=config["demo"]["enabled"],
         target_b=CT2DWI["target_b"][0],
+        code=script_code("score_ct2dwi.py"),  # a change to the code it runs reruns it
     log:
         layout.log("score_ct2dwi", "{experiment}"),
     conda:
@@ -107,6 +112,8 @@ rule ct2dwi_experiment_table:
         "logs/ct2dwi_experiment_table.log",
     conda:
         "../envs/networks.yaml"
+    params:
+        code=script_code("ct2dwi_tables.py"),  # a change to the code it runs reruns it
     script:
         "../scripts/ct2dwi_tables.py"
 
@@ -119,6 +126,7 @@ rule ct2dwi_compute:
     params:
         cells=[cell_params(c) for c in CT2DWI_TRAINED],
         benchmarks=[layout.benchmark("train_ct2dwi", c.experiment, c.method) for c in CT2DWI_TRAINED],
+        code=script_code("ct2dwi_compute.py"),  # a change to the code it runs reruns it
     log:
         "logs/ct2dwi_compute.log",
     conda:
@@ -138,6 +146,8 @@ rule ct2dwi_grid:
         "logs/ct2dwi_grid_{grid}.log",
     conda:
         "../envs/networks.yaml"
+    params:
+        code=script_code("ct2dwi_tables.py"),  # a change to the code it runs reruns it
     script:
         "../scripts/ct2dwi_tables.py"
 

@@ -7,6 +7,7 @@ rule train:
     input:
         shards=training_shards,
         upstream=lambda wc: list(upstream_models(wc).values()),
+        weights=lambda wc: list(weight_files(wc.method, config[config_block_name(wc.method)]).values()),
     output:
         model=layout.model("{method}", "{organ}"),
         log=layout.training_log("{method}", "{organ}"),
@@ -17,7 +18,8 @@ rule train:
         bvalues=config["bvalues"],
         seed=config["seed"],
         device=config["device"],
-        code=lambda wc: code_digest(wc.method),  # a change to the network's code retrains it
+        network_code=lambda wc: code_digest(wc.method),  # a change to the network's code retrains it
+        code=script_code("train.py"),  # a change to the code it runs reruns it
     wildcard_constraints:
         method=NETWORK_PATTERN,
     threads: config["training"]["threads"]
@@ -42,6 +44,7 @@ rule synthesize:
     params:
         device=config["device"],
         adc=ADC,
+        code=script_code("synthesize.py"),  # a change to the code it runs reruns it
     wildcard_constraints:
         method=NETWORK_PATTERN,
     resources:

@@ -14,6 +14,7 @@ rule register_dwi:
         seed=config["seed"],
         motion=config["registration"]["dwi_motion"],
         b0_max=config["bvalues"]["b0_max"],
+        code=script_code("register_dwi.py"),  # a change to the code it runs reruns it
     priority: 10  # the chain to the training shards: before synthesis and scoring, so training starts early
     log:
         layout.log("register_dwi", "{cohort}", "{subject}"),
@@ -28,10 +29,13 @@ rule register_dwi:
 if config["masking"]["method"] == "hd-bet-v2":
 
     rule install_hdbet_v2_weights:
+        input:
+            hdbet_v2_weights_file,
         output:
             "results/provenance/hdbet_v2_weights.json",
         params:
             weights=config["masking"]["hdbet_v2_weights"],
+            code=script_code("install_hdbet_v2_weights.py"),  # a change to the code it runs reruns it
         localrule: True
         log:
             "logs/install_hdbet_v2_weights.log",
@@ -55,6 +59,7 @@ rule organ_mask:
         hdbet_precision=config["masking"]["hdbet_precision"],
         b0_max=config["bvalues"]["b0_max"],
         device=config["device"],
+        code=script_code("organ_mask.py"),  # a change to the code it runs reruns it
     log:
         layout.log("organ_mask", "{cohort}", "{subject}"),
     threads: lambda wildcards: config["masking"]["brain_threads"] if series_row(wildcards, "DWI")["organ"] == "brain" else 1
@@ -81,8 +86,7 @@ rule normalize_dwi:
         tolerance=config["bvalues"]["tolerance"],
         n4=config["normalization"]["n4"],
         b0_max=config["bvalues"]["b0_max"],
-        # a change to the code it runs renormalizes
-        code=source_digest("dwisynth.preprocess.normalize", "dwisynth.preprocess.steps", "dwisynth.diffusion"),
+        code=script_code("normalize_dwi.py"),  # a change to the code it runs reruns it
     priority: 10
     log:
         layout.log("normalize_dwi", "{cohort}", "{subject}"),
@@ -104,6 +108,7 @@ rule adc_acquired:
         PRE["adc"],
     params:
         adc=ADC,
+        code=script_code("adc.py"),  # a change to the code it runs reruns it
     log:
         layout.log("adc_acquired", "{cohort}", "{subject}"),
     benchmark:
@@ -126,6 +131,7 @@ rule register_ct:
         transform=config["registration"]["ct_transform"],
         seed=config["seed"],
         b0_max=config["bvalues"]["b0_max"],
+        code=script_code("register_ct.py"),  # a change to the code it runs reruns it
     priority: 10
     log:
         layout.log("register_ct", "{cohort}", "{subject}"),
@@ -145,6 +151,7 @@ rule ct_brain_mask:
         record=PRE["ct_mask_record"],
     params:
         brain_hu=config["ct2dwi"]["brain_hu"],
+        code=script_code("ct_brain_mask.py"),  # a change to the code it runs reruns it
     priority: 10
     log:
         layout.log("ct_brain_mask", "{cohort}", "{subject}"),

@@ -9,6 +9,7 @@ rule summarize:
         layout.SUMMARY,
     params:
         margin=config["adc"]["equivalence_margin"],
+        code=script_code("summarize.py"),  # a change to the code it runs reruns it
     log:
         "logs/summarize.log",
     conda:
@@ -30,6 +31,7 @@ rule reader_study_export:
         score_b=config["bvalues"]["targets"] + config["bvalues"]["heldout"],
         heldout=config["bvalues"]["heldout"],
         seed=config["seed"],
+        code=script_code("reader_study_export.py"),  # a change to the code it runs reruns it
     log:
         "logs/reader_study_export.log",
     conda:
@@ -48,6 +50,8 @@ rule reader_scores:
         "logs/reader_scores.log",
     conda:
         "../envs/evaluate.yaml"
+    params:
+        code=script_code("reader_scores.py"),  # a change to the code it runs reruns it
     script:
         "../scripts/reader_scores.py"
 
@@ -63,6 +67,10 @@ rule provenance:
         config=config,
         sheet=SAMPLES.reset_index(drop=True)[["cohort", "subject", "modality", "dicom_dir"]].to_dict("records"),
         repo=workflow.basedir,
+        # what provenance.json records: a new commit, local edits or a library upgrade rewrite it
+        git=git_state(workflow.basedir),
+        versions=package_versions(),
+        code=script_code("provenance.py"),  # a change to the code it runs reruns it
     log:
         "logs/provenance.log",
     conda:
@@ -82,6 +90,7 @@ rule report:
         targets=SYNTHESIS_B,
         logs=training_logs,
         ct2dwi=ct2dwi_report,
+        code=script_code("report.py"),  # a change to the code it runs reruns it
     log:
         "logs/report.log",
     conda:

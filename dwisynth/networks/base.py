@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -259,17 +258,32 @@ def build_inference_network(record: dict) -> nn.Module:
     return network_class(record["method"]).build_inference_network(**record["kwargs"])
 
 
+def weight_files(method: str, block: dict | None) -> dict[str, str]:
+    """{field: path} of the files a network's config points at for fixed weights (`format: file-path`
+    fields, e.g. DC²Anet's VGG16 for the perceptual loss): their bytes shape training, so they are the
+    train rule's inputs and their digests part of the checkpoint fingerprint, not just their paths."""
+    return config_weight_files(config_from_block(network_class(method).Config, block, method))
+
+
+def config_weight_files(config) -> dict[str, str]:
+    """`weight_files` of a built config dataclass."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.metadata.get("format") == "file-path" and getattr(config, f.name)}
+
+
 def code_digest(method: str) -> str:
-    """Digest of the source that shapes a network's training: its module, the shared network
-    modules, the trainer and the data loader. A change retrains (the train rule's params)."""
-    package = Path(__file__).parents[1]
-    files = {Path(inspect.getfile(network_class(method))).resolve()}
-    files |= {(package / "networks" / f"{m}.py").resolve() for m in _SHARED_MODULES}
-    files |= {(package / f).resolve() for f in ("training.py", "loader.py")}
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    """Digest of the source that shapes a network's training: its module, the shared network modules, the
+    trainer, the data loader and the drivers that build its data and metadata (synthesis, ct2dwi), with every
+    package module those import. A change retrains (the train rule's params, the checkpoint fingerprint);
+    another network's module is not part of it, unless this one imports it."""
+    from dwisynth.provenance import source_digest
+
+    cls = network_class(method)
+    modules = [f"{__package__}.{m}" for m in _SHARED_MODULES]
+    modules += ["dwisynth.training", "dwisynth.loader", "dwisynth.synthesis", "dwisynth.ct2dwi"]
+    if cls.__module__.startswith("dwisynth."):
+        return source_digest(cls.__module__, *modules)
+    return source_digest(*modules, script=inspect.getfile(cls))  # a plugin network (DWISYNTH_PLUGINS)
 
 
 # --- config blocks from dataclasses ----------------------------------------------------------

@@ -65,7 +65,7 @@ class DC2AnetConfig(NetworkConfig):
         "fell after it; 0 is the published joint training")})
     weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights)
     perceptual_weights: str | None = field(default=None, metadata={
-        "description": "torchvision vgg16 state dict (.pth) for the perceptual loss"})
+        "format": "file-path", "description": "torchvision vgg16 state dict (.pth) for the perceptual loss"})
 
 
 class HybridDiscriminator(nn.Module):

@@ -119,8 +119,9 @@ def install_hd_bet_v2_weights(weights: str | Path | None) -> dict:
     hd-bet 2.x looks only in ~/hd-bet_params/release_2.0.0 and otherwise downloads,
     which compute nodes cannot: the workflow installs them once, on the login node.
     """
-    import hashlib
     import shutil
+
+    from dwisynth.provenance import file_checksum, series_checksum
 
     if not weights or not Path(weights).exists():
         raise MaskError(
@@ -132,11 +133,11 @@ def install_hd_bet_v2_weights(weights: str | Path | None) -> dict:
         from HD_BET.checkpoint_download import install_model_from_zip_file
 
         install_model_from_zip_file(str(weights))
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        digest = file_checksum(weights)
     else:
         source = weights / "release_2.0.0" if (weights / "release_2.0.0").is_dir() else weights
         shutil.copytree(source, HDBET_V2_PARAMS, dirs_exist_ok=True)
-        digest = "folder"
+        digest = series_checksum(source)[1]  # every file's name and bytes: which weights, not just where
     checkpoint = HDBET_V2_PARAMS / "fold_all" / "checkpoint_final.pth"
     if not checkpoint.exists():
         raise MaskError(f"{weights}: installed, but {checkpoint} is missing; is this the hd-bet release_2.0.0 archive?")

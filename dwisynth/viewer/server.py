@@ -67,6 +67,7 @@ class Viewer:
     studies: dict = field(default_factory=dict)
     jobs: dict = field(default_factory=dict)
     _models: list | None = None
+    _models_stamp: tuple = ()
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "dwisynth-view"))
@@ -78,8 +79,12 @@ class Viewer:
             return f"{prefix}{next(self._ids)}"
 
     def models(self) -> list[studies.ModelInfo]:
-        if self._models is None:
-            self._models = studies.list_models(self.models_dir)
+        # relisted when any model.pt is added, removed or rewritten: a retrained network may take other inputs
+        root = Path(self.models_dir)
+        stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size)
+                      for p in sorted(root.rglob("model.pt"))) if root.is_dir() else ()
+        if self._models is None or stamp != self._models_stamp:
+            self._models, self._models_stamp = studies.list_models(self.models_dir), stamp
         return self._models
 
     def model(self, model_id: str) -> studies.ModelInfo:

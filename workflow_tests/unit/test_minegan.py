@@ -185,6 +185,26 @@ def test_minegan_records_its_b_range_trained_b_and_embedded_stage1(models):
     assert record["intensity_max"] == stage1["intensity_max"] == few["intensity_max"]
 
 
+def test_a_stage1_retrained_to_other_weights_under_the_same_settings_retrains_minegan(models, tmp_path, capsys):
+    """A GPU retrain of DC²Anet with unchanged settings gives other weights under the same fingerprint:
+    MineGAN must not resume on (and re-export) the stage 1 it embedded before."""
+    import shutil
+
+    out = shutil.copytree(models["root"] / "minegan", tmp_path / "minegan")
+    stage1 = torch.load(models["stage1"], weights_only=True)
+    stage1["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in stage1["state_dict"].items()}
+    torch.save(stage1, tmp_path / "stage1.pt")
+    assert stage1["fingerprint"] == torch.load(models["stage1"], weights_only=True)["fingerprint"]
+    capsys.readouterr()
+    retrained = train_model("minegan", "abdomen", models["shards"], out, MINEGAN,
+                            upstream={"stage1": tmp_path / "stage1.pt"}, **models["common"])
+    err = capsys.readouterr().err
+    assert "training from scratch" in err and "meta.upstream_weights.stage1" in err and "resumed" not in err
+    embedded = torch.load(retrained, weights_only=True)["state_dict"]
+    name = next(k for k in stage1["state_dict"] if stage1["state_dict"][k].is_floating_point())
+    assert torch.equal(embedded[f"stage1.{name}"], stage1["state_dict"][name])
+
+
 KILL_RUNNER = """
 import sys
 sys.path.insert(0, {tests!r})

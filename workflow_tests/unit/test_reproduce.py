@@ -3,6 +3,7 @@
 import shutil
 
 import pandas as pd
+import pytest
 import torch
 
 from dwisynth.cli import main as cli
@@ -58,6 +59,46 @@ def test_compare_runs_refuses_a_folder_without_tables(tmp_path, capsys):
     shutil.rmtree(a / "tables")
     assert cli(["compare-runs", str(a), str(a)]) == 2
     assert "no tables/ here" in capsys.readouterr().err
+
+
+def test_source_digest_follows_what_the_named_modules_import_at_any_depth(tmp_path, monkeypatch):
+    """A rule's output depends on the package code its script reaches through imports (a function-level
+    import, a relative one, a parent package's __init__), and on nothing else in the package."""
+    from dwisynth.provenance import module_closure, source_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = tmp_path / "digestpkg"
+    (package / "sub").mkdir(parents=True)
+    files = {"__init__.py": "", "entry.py": "def run():\n    from digestpkg.sub import helper\n",
+             "sub/__init__.py": "", "sub/helper.py": "from .deep import VALUE\n", "sub/deep.py": "VALUE = 1\n",
+             "unrelated.py": "VALUE = 1\n"}
+    for name, text in files.items():
+        (package / name).write_text(text)
+    assert set(module_closure("digestpkg.entry")) == {"digestpkg", "digestpkg.entry", "digestpkg.sub",
+                                                      "digestpkg.sub.helper", "digestpkg.sub.deep"}
+    before = source_digest("digestpkg.entry")
+    (package / "unrelated.py").write_text("VALUE = 2\n")
+    assert source_digest("digestpkg.entry") == before
+    (package / "sub/deep.py").write_text("VALUE = 2\n")
+    assert source_digest("digestpkg.entry") != before
+
+
+@pytest.mark.parametrize("edited, retrains", [("dwisynth.synthesis", True), ("dwisynth.ct2dwi", True),
+                                              ("dwisynth.networks.losses", True), ("dwisynth.networks.pix2pix", False),
+                                              ("dwisynth.report", False)])
+def test_a_networks_code_digest_follows_its_training_drivers_and_not_other_networks(tmp_path, monkeypatch,
+                                                                                    edited, retrains):
+    """The train rule's `network_code` and the checkpoint fingerprint: an edit to the code that builds a
+    network's data and metadata retrains it; an edit to another network's module does not."""
+    from dwisynth import provenance
+    from dwisynth.networks.base import code_digest
+
+    before = code_digest("dc2anet")
+    find = provenance._module_file
+    copy = tmp_path / "edited.py"
+    copy.write_text(find(edited).read_text() + "\n# an edit\n")
+    monkeypatch.setattr(provenance, "_module_file", lambda name: copy if name == edited else find(name))
+    assert (code_digest("dc2anet") != before) is retrains
 
 
 def test_source_digest_follows_the_code_of_the_named_modules(tmp_path, monkeypatch):

@@ -456,6 +456,22 @@ def test_a_changed_setting_or_training_voxel_trains_from_scratch(cohort, tmp_pat
         assert any(not torch.equal(v, first["state_dict"][k]) for k, v in changed["state_dict"].items())
 
 
+def test_a_weights_file_rewritten_at_the_same_path_trains_from_scratch(cohort, tmp_path, capsys):
+    """A network's fixed weights (DC²Anet's VGG16 file) shape what it learns: the checkpoint follows the
+    file's bytes, not its path."""
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(b"first release")
+    first = torch.load(_train(cohort["shards"][:6], tmp_path / "m", perceptual_weights=str(weights)),
+                       weights_only=True)
+    weights.write_bytes(b"other release")
+    capsys.readouterr()
+    changed = torch.load(_train(cohort["shards"][:6], tmp_path / "m", perceptual_weights=str(weights)),
+                         weights_only=True)
+    err = capsys.readouterr().err
+    assert "training from scratch" in err and "files.perceptual_weights" in err and "resumed" not in err
+    assert changed["fingerprint"] != first["fingerprint"]
+
+
 def test_resume_loads_the_checkpoint_on_cpu_whatever_the_training_device(cohort, tmp_path):
     tiny_trainer(cohort, "pix2pix", tmp_path, steps=6).fit(stop_after=5)
     saved_rng = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["torch_rng"]

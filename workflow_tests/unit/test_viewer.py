@@ -106,3 +106,23 @@ def test_model_checks_name_what_would_fit(tmp_path):
     no_b100 = Study("s4", "s4 (DWI)", "brain", tmp_path, dwi=tmp_path / "dwi.nii.gz", acquired_b=[0.0, 1000.0])
     with pytest.raises(ViewerError, match="needs b = 100 as input"):
         check_model_fits(no_b100, minegan, 850.0)
+
+
+def test_the_model_list_follows_a_retrained_model_pt(tmp_path):
+    """A retrain may change what a network reads: the viewer relists instead of feeding it the old inputs."""
+    import os
+
+    import torch
+
+    from dwisynth.viewer.server import Viewer
+
+    path = tmp_path / "models/dc2anet/abdomen/model.pt"
+    path.parent.mkdir(parents=True)
+    record = {"method": "dc2anet", "organ": "abdomen", "input_b": [0.0, 100.0], "target_b": [800.0, 1000.0]}
+    torch.save(record, path)
+    viewer = Viewer(models_dir=tmp_path / "models", results_dir=tmp_path, config={}, roots=[tmp_path],
+                    workspace=tmp_path / "ws", max_upload_bytes=1)
+    assert viewer.models()[0].input_b == (0.0, 100.0)
+    torch.save({**record, "input_b": [0.0]}, path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert viewer.models()[0].input_b == (0.0,)

@@ -121,3 +121,18 @@ def test_adding_a_training_subject_schedules_its_chain_and_only_its_organs_model
     per_subject = [w for _, w in jobs if "subject=" in w]
     assert per_subject and all("subject=S0010" in w for w in per_subject), per_subject
     assert {"register_dwi", "organ_mask", "normalize_dwi", "slice_shard", "train", "report"} <= set(planned), planned
+
+
+def test_an_edit_to_a_networks_code_retrains_that_network_and_no_other(shared_id_run, tmp_path):
+    """The train rule's `network_code`: a plugin network's file is its code, like a module of dwisynth."""
+    workdir = tmp_path / "run"
+    shutil.copytree(shared_id_run, workdir, symlinks=True)
+    edited = tmp_path / "tiny_conv.py"
+    edited.write_text(PLUGIN.read_text().replace('label = "', 'label = "edited ', 1))
+    assert edited.read_text() != PLUGIN.read_text()
+    env = {**os.environ, "DWISYNTH_PLUGINS": str(edited)}
+    plan = snakemake("-n", "--cores", "2", workdir=workdir, configfile=workdir / "config.yaml", env=env).stdout
+    blocks = re.split(r"^(?=(?:local)?rule \w+:)", plan, flags=re.M)
+    trained = [(re.findall(r"wildcards: (.*)", b) or [""])[0] for b in blocks if b.startswith("rule train:")]
+    assert trained and all("method=tinyconv" in w for w in trained), trained
+    assert not any(b.startswith(("rule register_dwi:", "rule slice_shard:")) for b in blocks), plan[-3000:]
