@@ -29,12 +29,13 @@ def _demo_cohort(args) -> None:
 
 def _adc(args) -> None:
     from dwisynth.diffusion import fit_adc
-    from dwisynth.io import load_dwi, load_mask, save_like
+    from dwisynth.io import load_dwi, load_mask, save_like, written_whole
 
     dwi, bvals = load_dwi(args.dwi, args.bval)
     mask = load_mask(args.mask) if args.mask else None
     adc = fit_adc(dwi, bvals, mask=mask, max_adc=args.max_adc, use_b=args.bvalues)
-    save_like(adc, args.dwi, args.output)
+    with written_whole(args.output) as partial:
+        save_like(adc, args.dwi, partial)
     print(f"[adc] {args.output} (x10^-3 mm²/s)")
 
 
@@ -48,9 +49,8 @@ def _preprocess(args) -> None:
 
 
 def _synthesize(args) -> None:
-    import torch
-
     from dwisynth.config import adc_settings, load_config
+    from dwisynth.inference import load_model
     from dwisynth.layout import synth_folder_files
     from dwisynth.preprocess.steps import preprocess_subject
     from dwisynth.synthesis import synthesize_subject
@@ -61,15 +61,14 @@ def _synthesize(args) -> None:
                             "the synthetic ADC is fitted inside it")
     from dwisynth.synthesis import check_multib_model
 
-    record = torch.load(args.model, map_location="cpu", weights_only=True) if args.model.is_file() else {}
-    check_multib_model(record, args.model)  # before converting or preprocessing anything
+    model = load_model(args.model, "cpu")  # a missing or damaged model.pt is refused before converting anything
+    record = model.record
+    check_multib_model(record, args.model)
     organ = args.organ or record.get("organ")
     if not organ:
         raise DwisynthError(f"{args.model}: the model does not name its organ; pass --organ")
     if args.b:  # refuse a b the model cannot give before converting anything
-        from dwisynth.inference import load_model
-
-        load_model(args.model, "cpu").check_b(args.b, str(args.model))
+        model.check_b(args.b, str(args.model))
     out = args.output
     dwi, bval = args.input, args.bval
     if args.input.is_dir():  # a DICOM series: convert it first, as the workflow does
@@ -152,11 +151,11 @@ def _view(args) -> None:
 
 
 def _scan(args) -> None:
+    from dwisynth.io import write_table
     from dwisynth.scan import scan_dicom_tree
 
     sheet = scan_dicom_tree(args.dicom_root, cohort=args.cohort)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    sheet.to_csv(args.output, sep="\t", index=False)
+    write_table(sheet, args.output)
     print(f"[scan] {len(sheet)} series -> {args.output}; check the columns marked for review")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +44,9 @@ def _default_filling_validator():
     return validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
 
 
-def _validate(data, schema: Path | dict, what: str):
+def _validate(data, schema: Path | dict, what: str, unshown=()):
+    """unshown: keys whose invalid value the message must not repeat (a sheet's subject may hold a patient ID
+    typed by mistake); it names the rule the value breaks instead."""
     from jsonschema.exceptions import best_match
 
     if not isinstance(schema, dict):
@@ -51,7 +54,11 @@ def _validate(data, schema: Path | dict, what: str):
     error = best_match(_default_filling_validator()(schema).iter_errors(data))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path)
-        raise ConfigError(f"{what}: {where + ': ' if where else ''}{error.message}")
+        message = error.message
+        if error.absolute_path and error.absolute_path[0] in unshown:
+            message = (f"the value (not shown) breaks the rule {error.validator} {error.validator_value!r}"
+                       + (f": {error.schema['description']}" if "description" in error.schema else ""))
+        raise ConfigError(f"{what}: {where + ': ' if where else ''}{message}")
 
 
 def _config_schema() -> dict:
@@ -170,7 +177,7 @@ def validate_sample_sheet(sheet: pd.DataFrame, source: str) -> pd.DataFrame:
     sheet = sheet.fillna("").astype(str)
     for i, row in sheet.iterrows():
         try:
-            _validate(row.to_dict(), SAMPLES_SCHEMA, f"{source} row {i + 2}")
+            _validate(row.to_dict(), SAMPLES_SCHEMA, f"{source} row {i + 2}", unshown={"subject"})
         except ConfigError as exc:
             raise SampleSheetError(str(exc)) from exc
     duplicated = sheet.duplicated(["cohort", "subject", "modality"], keep=False)
@@ -179,6 +186,16 @@ def validate_sample_sheet(sheet: pd.DataFrame, source: str) -> pd.DataFrame:
         raise SampleSheetError(
             f"{source}: rows {rows} repeat the same cohort, subject and modality; each series needs its own "
             "subject/modality pair"
+        )
+    # a CT is registered to its subject's DWI: a CT row whose DWI row is spelled otherwise has nothing to go to
+    dwi = set(zip(sheet.loc[sheet["modality"] == "DWI", "cohort"], sheet.loc[sheet["modality"] == "DWI", "subject"]))
+    lone = [i for i, r in sheet.iterrows() if r["modality"] == "CT" and (r["cohort"], r["subject"]) not in dwi]
+    if lone:
+        raise SampleSheetError(
+            f"{source}: " + (f"row {lone[0] + 2} is a CT series" if len(lone) == 1 else
+                             f"rows {', '.join(str(i + 2) for i in lone)} are CT series")
+            + " with no DWI row of the same cohort and subject; add the subject's DWI row, or spell cohort and "
+            "subject exactly as on its DWI row"
         )
     return sheet
 
@@ -189,7 +206,10 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
         raise SampleSheetError(f"{path}: sample sheet not found; set `samples:` in the config or run "
                                "`dwisynth scan DICOM_ROOT -o samples.tsv`")
     try:
-        sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+        # only whole lines starting with '#' are comments: pandas' comment= would also cut a value at a '#'
+        # (a dicom_dir such as /data/case#12)
+        lines = [line for line in io.StringIO(path.read_text(encoding="utf-8")) if not line.startswith("#")]
+        sheet = pd.read_csv(io.StringIO("".join(lines)), sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
         raise SampleSheetError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
     return validate_sample_sheet(sheet, str(path))

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -67,6 +68,20 @@ def _file_label(ds, headers, pseudonymous: bool) -> str:
     if not pseudonymous:
         return Path(ds.filename).name
     return f"file {sorted(str(h.filename) for h in headers).index(str(ds.filename)) + 1} of {len(headers)} (by name)"
+
+
+def _without_file_names(text: str, dicom_dir: Path, folder: str) -> str:
+    """dcm2niix's output with each file of the series named by its position (as `read_series_headers` names
+    it) and the series folder by `folder`: folder and file names can hold a patient's name."""
+    files = sorted(p for p in dicom_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    labels = {p.name: f"file {i} of {len(files)} (by name)" for i, p in enumerate(files, 1)}
+    names = "|".join(re.escape(n) for n in sorted(labels, key=len, reverse=True)) or "(?!)"  # (?!) matches nothing
+    spellings = {str(dicom_dir), str(dicom_dir.absolute()), str(dicom_dir.resolve())}
+    folders = "|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True))
+    text = re.sub(rf"(?:{folders})/({names})(?![\w.-])", lambda m: labels[m[1]], text)
+    # the folder itself, or anything else under it (dcm2niix also searches subfolders)
+    text = re.sub(rf"(?:{folders})(?:/[^\s'\"]*)?", lambda m: folder, text)
+    return re.sub(rf"(?<![\w.-])({names})(?![\w.-])", lambda m: labels[m[1]], text)  # a name on its own
 
 
 def _check_dwi_headers(folder: str, headers, pseudonymous: bool = False) -> dict:
@@ -201,7 +216,9 @@ def convert_series(
 
         if dcm2niix.wait() != 0:
             said.seek(0)
-            text = said.read().strip().replace(str(path), folder)
+            text = said.read().strip()
+            if source is not None:
+                text = _without_file_names(text, path, folder)
             raise DicomSeriesError(f"{folder}: dcm2niix failed (exit {dcm2niix.returncode}): {text}")
         image = _pick_output(tmp, stem, folder)
         final = {"image": out / f"{stem}.nii.gz", "json": out / f"{stem}.json"}

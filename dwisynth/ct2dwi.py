@@ -129,7 +129,11 @@ def read_lesion_table(path) -> dict[tuple[str, str], str]:
 
     if not Path(path).is_file():
         raise ConfigError(f"ct2dwi.lesion_masks: {path} not found; give a TSV with cohort, subject, path, or null")
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:  # pandas' empty-file and parser errors, a spreadsheet's bytes: ValueErrors
+        raise ConfigError(f"ct2dwi.lesion_masks: {path} cannot be read ({type(exc).__name__}: {exc}); give a "
+                          "tab-separated text file with the columns cohort, subject, path") from exc
     missing = {"cohort", "subject", "path"} - set(table.columns)
     if missing:
         raise ConfigError(f"{path}: lesion mask table needs the columns cohort, subject, path (missing "

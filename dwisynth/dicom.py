@@ -29,6 +29,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from dwisynth.errors import DicomSeriesError
 from dwisynth.geometry import Grid
 
+# Header values are patient data. pydicom 3 checks a value against its VR when it converts it (on first access,
+# long after dcmread) and warns and logs an invalid one with the value itself ("Invalid value for VR UI:
+# '1.2.Doe.3'"), which reaches job logs. dwisynth never relies on that check, so it is off for reading, for the
+# whole process: a setting scoped around dcmread would miss the later conversions, and a scoped change of this
+# global would race between the viewer's threads. Every dwisynth reader of DICOM imports this module.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 GE_B_OFFSET = 1_000_000_000
@@ -177,6 +184,12 @@ def _check_pixel_bytes(ds: Dataset, remaining: int) -> None:
         raise ValueError(f"pixel data has {max(remaining - element_header, 0)} of {expected} bytes")
 
 
+def read_header(path: str | Path, **kwargs) -> Dataset:
+    """One file's header, without its pixels, its values converted without warnings that echo them (see
+    reading_validation_mode above); kwargs such as specific_tags go to pydicom's dcmread."""
+    return pydicom.dcmread(path, stop_before_pixels=True, **kwargs)
+
+
 def read_series_headers(dicom_dir: str | Path, source: str | None = None) -> list[Dataset]:
     """Read every file's header in a series folder, failing on the first bad file.
 
@@ -194,6 +207,7 @@ def read_series_headers(dicom_dir: str | Path, source: str | None = None) -> lis
         raise DicomSeriesError(f"{where}: folder holds no files; check dicom_dir in the sample sheet")
     headers = []
     for index, path in enumerate(files, 1):
+        size = None
         try:
             # The header only: pydicom stops at the pixel data and leaves the stream there, so the bytes
             # that follow tell whether the pixels are complete (a truncated file often has a complete header)
@@ -208,10 +222,14 @@ def read_series_headers(dicom_dir: str | Path, source: str | None = None) -> lis
             _check_pixel_bytes(ds, size - pixels_at)
         except Exception as exc:  # pydicom raises many types for broken files
             named = path if source is None else f"{source}: file {index} of {len(files)} (by name)"
-            raise DicomSeriesError(
-                f"{named}: not a readable DICOM image ({exc}; {path.stat().st_size} bytes); "
-                "remove or re-export this file"
-            ) from exc
+            # an OSError's text holds the path ("Permission denied: '/data/Doe_Jane/IM1.dcm'"): its reason only
+            reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
+            error = DicomSeriesError(
+                f"{named}: not a readable DICOM image ({reason}"
+                f"{'' if size is None else f'; {size} bytes'}); remove or re-export this file"
+            )
+            # a chained cause prints its own text (the path again) in the job's traceback
+            raise error from (exc if source is None else None)
         headers.append(ds)
     return headers
 

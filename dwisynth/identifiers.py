@@ -76,6 +76,8 @@ def header_values(headers, attributes) -> set[tuple[str, str]]:
     attributes took half a second per series)."""
     from pydicom.datadict import tag_for_keyword
 
+    import dwisynth.dicom  # noqa: F401  (converts values without pydicom's warnings, which echo them)
+
     keyword = {tag_for_keyword(attribute): attribute for attribute in attributes}
     wanted = set(keyword) - {None}
     found: set[tuple[str, str]] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -35,11 +36,19 @@ def check_image_values(data: np.ndarray, source, bvals=None) -> None:
 def load_dwi(dwi_path: str | Path, bval_path: str | Path, canonical: bool = False,
              check: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """4D DWI (x, y, z, n_b) as float and its b-values (s/mm²), refused with a message naming the file when
-    it is empty, non-finite or holds an all-zero volume (`check_image_values`).
+    the .bval does not give one number per volume, or the image is empty, non-finite or holds an all-zero
+    volume (`check_image_values`).
 
     canonical: reorient to RAS (nibabel's closest canonical), the voxel order of every
     image under results/ (the demo truth is written in the DICOM's LPS order).
     """
+    _, data, bvals = load_dwi_image(dwi_path, bval_path, canonical, check)
+    return data, bvals
+
+
+def load_dwi_image(dwi_path: str | Path, bval_path: str | Path, canonical: bool = False,
+                   check: bool = True) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
+    """`load_dwi`, and the (reoriented) image its array came from, for its affine and header."""
     img = nib.load(dwi_path)
     if canonical:
         img = nib.as_closest_canonical(img)
@@ -48,12 +57,16 @@ def load_dwi(dwi_path: str | Path, bval_path: str | Path, canonical: bool = Fals
         data = data[..., None]
     if check and data.size == 0:
         check_image_values(data, dwi_path)
-    bvals = np.loadtxt(bval_path, ndmin=1)
+    try:
+        bvals = np.loadtxt(bval_path, ndmin=1)
+    except ValueError as exc:
+        raise DwisynthError(f"{bval_path}: not a .bval ({exc}); it holds the b-values (s/mm²) of {dwi_path}, "
+                            "one number per volume on one line") from exc
     if bvals.size != data.shape[-1]:
         raise DwisynthError(f"{bval_path}: {bvals.size} b-values for {data.shape[-1]} volumes in {dwi_path}")
     if check:
         check_image_values(data, dwi_path, bvals)
-    return data, bvals
+    return img, data, bvals
 
 
 def load_mask(path: str | Path, canonical: bool = False) -> np.ndarray:
@@ -86,10 +99,23 @@ def write_bval(bvals, path: str | Path) -> None:
     Path(path).write_text(" ".join(f"{float(b):g}" for b in bvals) + "\n")
 
 
+@contextmanager
+def written_whole(path: str | Path, tmp: str | Path | None = None):
+    """Yields the file to write instead of `path` (default: .partial-<name> beside it, whose suffixes still
+    tell nibabel the format), renamed onto `path` when the block succeeds and removed when it fails: a failed
+    command leaves no half-written file, under the final name or beside it."""
+    path = Path(path)
+    tmp = Path(tmp) if tmp else path.with_name(f".partial-{path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_table(table, path: str | Path) -> None:
     """A TSV written whole or not at all (a failed job leaves no half table)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    tmp.replace(path)
+    with written_whole(path, path.with_name(path.name + ".tmp")) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")

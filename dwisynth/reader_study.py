@@ -61,8 +61,10 @@ def read_ratings(path, key: pd.DataFrame) -> pd.DataFrame:
     path = Path(path)
     try:
         ratings = pd.read_csv(path, sep="\t")
-    except (OSError, pd.errors.ParserError) as exc:
-        raise RatingsError(f"{path}: cannot read the ratings ({exc})") from exc
+    except (OSError, ValueError) as exc:  # pandas' empty-file and parser errors, a spreadsheet's bytes: ValueErrors
+        raise RatingsError(f"{path}: cannot read the ratings ({type(exc).__name__}: {exc}); expected a tab-separated "
+                           "text file with the columns reader, image, score, as ratings_template.tsv (save a "
+                           "spreadsheet as tab-separated text, not .xlsx)") from exc
     missing = {"reader", "image", "score"} - set(ratings.columns)
     if missing:
         raise RatingsError(f"{path}: missing column(s) {sorted(missing)}; start from ratings_template.tsv")

@@ -11,9 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
-import pydicom
 
-from dwisynth.dicom import read_bvalue, vendor_from_manufacturer
+from dwisynth.dicom import read_bvalue, read_header, vendor_from_manufacturer
 
 ORGAN_KEYWORDS = {
     "brain": ("brain", "head", "cerebr", "neuro", "skull"),
@@ -39,7 +38,7 @@ def scan_dicom_tree(root: str | Path, cohort: str = "study") -> pd.DataFrame:
     series_per_folder = defaultdict(set)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = read_header(path)
         except Exception:
             continue  # not DICOM (DICOMDIR, notes, thumbnails)
         uid = str(ds.get("SeriesInstanceUID", ""))

@@ -14,7 +14,7 @@ import numpy as np
 
 from dwisynth.diffusion import adc_fit_bvalues, fit_adc, noise_sigma_background, noise_sigma_repeats, trace_average
 from dwisynth.errors import DwisynthError
-from dwisynth.io import check_image_values, save_nifti, write_bval
+from dwisynth.io import load_dwi_image, save_nifti, write_bval
 from dwisynth.preprocess.masking import (BRAIN_METHODS, body_mask, check_ct_hu, check_mask, hd_bet_v1_mask,
                                         hd_bet_v2_mask)
 from dwisynth.preprocess.normalize import check_finite, normalize_dwi, snap_bvalues
@@ -27,13 +27,13 @@ def _load(path):
 
 
 def _load_dwi(dwi_path, bval_path, b0_max: float):
-    """(image, 4D float array in RAS, b-values, mean b0) of a DWI and its .bval."""
-    img, dwi = _load(dwi_path)
-    if dwi.ndim == 3:
-        dwi = dwi[..., None]
-    bvals = np.loadtxt(bval_path, ndmin=1)
-    check_image_values(dwi, dwi_path, bvals)
-    return img, dwi, bvals, dwi[..., bvals <= b0_max].mean(-1)
+    """(image, 4D float array in RAS, b-values, mean b0) of a DWI and its .bval, checked as `load_dwi` checks."""
+    img, dwi, bvals = load_dwi_image(dwi_path, bval_path, canonical=True)
+    b0 = bvals <= b0_max
+    if not b0.any():  # every step reads the mean b0 (the registration reference, the mask, the CT's target)
+        raise DwisynthError(f"{bval_path}: no b0 volume (lowest b-value {bvals.min():g} > b0_max {b0_max:g}) in "
+                            f"{dwi_path}; preprocessing needs one: add the b0 to the series or raise bvalues.b0_max")
+    return img, dwi, bvals, dwi[..., b0].mean(-1)
 
 
 def _write_json(record, path):

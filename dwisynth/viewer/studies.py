@@ -195,11 +195,11 @@ def open_results_subject(results_dir: str | Path, cohort: str, subject: str, stu
 
 def _series_modality(folder: Path) -> tuple[str, str | None]:
     """(DICOM Modality of the folder's first readable file, organ from BodyPartExamined or None)."""
-    import pydicom
+    from dwisynth.dicom import read_header
 
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "BodyPartExamined"])
+            ds = read_header(path, specific_tags=["Modality", "BodyPartExamined"])
         except Exception:  # conversion reads every file and names a broken one; here any readable file will do
             continue
         part = str(ds.get("BodyPartExamined", "")).upper()

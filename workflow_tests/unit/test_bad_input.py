@@ -28,7 +28,7 @@ import yaml
 from dwisynth.config import check_data_root, load_config, read_sample_sheet
 from dwisynth.convert import convert_series, staging_folder
 from dwisynth.dicom import series_uids, write_ct_series, write_dwi_series
-from dwisynth.errors import ConfigError, DicomSeriesError, HeaderQCError, SampleSheetError
+from dwisynth.errors import ConfigError, DicomSeriesError, DwisynthError, HeaderQCError, SampleSheetError
 from dwisynth.geometry import Grid
 from dwisynth.metrics import robust_max
 
@@ -208,6 +208,31 @@ def test_an_empty_image_is_refused(tmp_path):
     assert not (tmp_path / "adc.nii.gz").exists()
 
 
+def _dwi(tmp_path, n_volumes: int, bvals: str) -> tuple[Path, Path]:
+    dwi = np.full((4, 4, 3, n_volumes), 100.0, np.float32)
+    dwi[..., 1:] = 40.0
+    nib.save(nib.Nifti1Image(dwi, np.eye(4)), tmp_path / "dwi.nii.gz")
+    (tmp_path / "dwi.bval").write_text(bvals + "\n")
+    return tmp_path / "dwi.nii.gz", tmp_path / "dwi.bval"
+
+
+@pytest.mark.parametrize("n_volumes, bvals, message", [
+    (3, "0 1000", "2 b-values for 3 volumes in .*dwi.nii.gz"),
+    (2, "0 b1000", "not a .bval .*one number per volume"),
+    (2, "500 1000", r"no b0 volume \(lowest b-value 500 > b0_max 10\).*add the b0 to the series or raise "
+                    "bvalues.b0_max"),
+], ids=["count", "not-numbers", "no-b0"])
+def test_preprocessing_refuses_a_bval_that_does_not_fit_or_has_no_b0_naming_it(tmp_path, n_volumes, bvals, message):
+    from dwisynth.preprocess.steps import register_dwi
+
+    dwi, bval = _dwi(tmp_path, n_volumes, bvals)
+    out = tmp_path / "out"
+    with pytest.raises(DwisynthError, match=f"{re.escape(str(bval))}: {message}"):
+        register_dwi(dwi, bval, out / "r_dwi.nii.gz", out / "r_dwi.bval", out / "r.json", "P01", seed=1,
+                     motion=False)
+    assert written(out) == []
+
+
 def test_a_reference_without_signal_in_the_mask_is_an_error_not_a_scale_of_one():
     reference = np.zeros((6, 6, 2))
     reference[0, 0, 0] = 5.0  # signal only outside the mask
@@ -217,7 +242,61 @@ def test_a_reference_without_signal_in_the_mask_is_an_error_not_a_scale_of_one()
         robust_max(reference, mask)
 
 
+# --- models -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+def test_synthesize_refuses_a_damaged_model_file_naming_it_before_writing_anything(tmp_path, damage):
+    import torch
+
+    model = tmp_path / "model.pt"
+    torch.save({"format": "dwisynth-model/2", "state_dict": {"w": torch.ones(64, 64)}}, model)
+    whole = model.read_bytes()
+    damaged = {"empty": b"", "garbage": b"<html>404 Not Found</html>", "truncated": whole[:len(whole) // 2]}
+    model.write_bytes(damaged[damage])
+    dwi, bval = _dwi(tmp_path, 2, "0 1000")
+    proc = dwisynth("synthesize", model, dwi, "--bval", bval, "--config", REPO / "config" / "config.yaml",
+                    "-o", tmp_path / "out")
+    assert proc.returncode == 2 and f"{model}: not a readable model file" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and written(tmp_path / "out") == []
+
+
 # --- sheet and config ---------------------------------------------------------------------------------------
+
+
+def _spreadsheet(path: Path) -> Path:
+    """The bytes of an .xlsx (a zip of XML parts), as a reader saves ratings from a spreadsheet program."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as xlsx:
+        xlsx.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/'
+                                             'package/2006/content-types"/>')
+        xlsx.writestr("xl/worksheets/sheet1.xml", "<worksheet><sheetData>" + "".join(
+            f'<row r="{r}"><c t="inlineStr"><is><t>reader1</t></is></c><c><v>{r % 5 + 1}</v></c></row>'
+            for r in range(1, 40)) + "</sheetData></worksheet>")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "xlsx"])
+@pytest.mark.parametrize("table", ["ratings", "lesion masks"])
+def test_a_ratings_or_lesion_table_that_is_empty_or_a_spreadsheet_is_refused_naming_the_file_and_format(
+        tmp_path, table, kind):
+    import pandas as pd
+
+    from dwisynth.ct2dwi import read_lesion_table
+    from dwisynth.reader_study import RatingsError, read_ratings
+
+    path = tmp_path / "table.tsv"
+    path.write_bytes(b"") if kind == "empty" else _spreadsheet(path)
+    expected = "tab-separated text file with the columns"
+    if table == "ratings":
+        error, message = RatingsError, f"{re.escape(str(path))}: cannot read the ratings .*{expected} reader, image, score"
+        read = lambda: read_ratings(path, pd.DataFrame({"image": ["case-001.png"]}))  # noqa: E731
+    else:
+        error, message = ConfigError, f"ct2dwi.lesion_masks: {re.escape(str(path))} cannot be read .*{expected} cohort"
+        read = lambda: read_lesion_table(path)  # noqa: E731
+    with pytest.raises(error, match=message):
+        read()
 
 
 def test_a_sheet_repeating_cohort_subject_and_modality_names_both_rows(tmp_path):
@@ -226,6 +305,19 @@ def test_a_sheet_repeating_cohort_subject_and_modality_names_both_rows(tmp_path)
     path.write_text("\n".join(lines + [lines[1].replace("brain", "pelvis")]) + "\n")
     with pytest.raises(SampleSheetError, match=f"{path}: rows 2, 3 repeat the same cohort, subject and modality"):
         read_sample_sheet(path)
+
+
+def test_a_ct_row_whose_subject_has_no_dwi_row_is_refused_naming_the_row(tmp_path):
+    """SA1 vs SA01: the CT would be registered to a DWI series that is not in the sheet."""
+    path = write_sheet(tmp_path)
+    lines = path.read_text().splitlines()
+    ct = lines[1].replace("S0001", "S001").replace("DWI", "CT")
+    path.write_text("\n".join(lines + [ct]) + "\n")
+    with pytest.raises(SampleSheetError, match=f"{path}: row 3 is a CT series with no DWI row of the same "
+                                               "cohort and subject"):
+        read_sample_sheet(path)
+    path.write_text("\n".join(lines + [ct.replace("S001", "S0001")]) + "\n")
+    assert list(read_sample_sheet(path)["modality"]) == ["DWI", "CT"]
 
 
 def test_a_sheet_path_leading_outside_the_data_root_is_refused_without_showing_it(tmp_path):

@@ -1,5 +1,6 @@
 """The dwisynth command line, one subject at a time."""
 
+import resource
 import subprocess
 import sys
 
@@ -8,11 +9,16 @@ import numpy as np
 import pandas as pd
 
 from dwisynth.demo.cohort import generate_demo_cohort
+from dwisynth.dicom import series_uids, write_dwi_series
 from dwisynth.diffusion import ivim_signal
 
 
-def dwisynth(*args):
-    return subprocess.run([sys.executable, "-m", "dwisynth.cli", *map(str, args)], capture_output=True, text=True)
+def dwisynth(*args, file_size_limit=None):
+    """The CLI in a subprocess; file_size_limit (bytes): a write past it fails (EFBIG), as on a full disk."""
+    limit = None if file_size_limit is None else (
+        lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit)))
+    return subprocess.run([sys.executable, "-m", "dwisynth.cli", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=limit)  # Python ignores SIGXFSZ: the write raises instead of killing it
 
 
 def test_adc_command_recovers_phantom_adc(tmp_path):
@@ -31,6 +37,27 @@ def test_adc_command_with_one_b_value_fails_clearly(tmp_path):
     proc = dwisynth("adc", tmp_path / "dwi.nii.gz", "--bval", tmp_path / "dwi.bval", "-o", tmp_path / "adc.nii.gz")
     assert proc.returncode == 2 and "two distinct b-values" in proc.stderr
     assert not (tmp_path / "adc.nii.gz").exists()
+
+
+def test_adc_command_failing_mid_write_leaves_no_file(tmp_path):
+    truth = np.random.default_rng(5).uniform(0.5, 2.5, (32, 32, 16))  # an ADC map that compresses little
+    dwi = ivim_signal(1000.0, truth, [0, 1000]).astype(np.float32)
+    nib.save(nib.Nifti1Image(dwi, np.eye(4)), tmp_path / "dwi.nii.gz")
+    (tmp_path / "dwi.bval").write_text("0 1000\n")
+    proc = dwisynth("adc", tmp_path / "dwi.nii.gz", "--bval", tmp_path / "dwi.bval", "-o", tmp_path / "adc.nii.gz",
+                    file_size_limit=4096)
+    assert proc.returncode != 0 and "File too large" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dwi.bval", "dwi.nii.gz"]
+
+
+def test_scan_failing_mid_write_leaves_no_sheet(tmp_path, small_grid, small_dwi, patient):
+    volumes, bvals = small_dwi
+    for series in range(4):
+        write_dwi_series(tmp_path / "dicom" / f"series{series}", volumes, bvals, small_grid, "siemens", patient,
+                         series_uids("scan", series))
+    proc = dwisynth("scan", tmp_path / "dicom", "-o", tmp_path / "sheet" / "samples.tsv", file_size_limit=200)
+    assert proc.returncode != 0 and "File too large" in proc.stderr, proc.stderr
+    assert list((tmp_path / "sheet").iterdir()) == []
 
 
 def test_scan_drafts_one_row_per_series_with_pseudonyms(tiny_config, tmp_path):

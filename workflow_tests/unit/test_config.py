@@ -56,6 +56,25 @@ def test_sheet_with_bad_organ_names_the_row(tmp_path):
         read_sample_sheet(path)
 
 
+def test_a_sheet_skips_whole_comment_lines_and_keeps_a_hash_inside_a_value(tmp_path):
+    path = _sheet(tmp_path)
+    header, row = path.read_text().splitlines()
+    path.write_text(f"# exported 2025-01-01\n{header}\n# the case below was re-exported\n"
+                    f"{row.replace('/data/x', '/data/case#12/DWI')}\n")
+    sheet = read_sample_sheet(path)
+    assert len(sheet) == 1 and sheet.loc[0, "dicom_dir"] == "/data/case#12/DWI"
+
+
+def test_an_invalid_subject_is_refused_by_row_and_rule_without_showing_the_value(tmp_path):
+    """The subject column should hold a pseudonym; a patient ID typed there must not reach the message."""
+    path = _sheet(tmp_path)
+    path.write_text(path.read_text().replace("S0001", "MRN-7654321"))
+    with pytest.raises(SampleSheetError, match=r"row 2: subject: .*not shown.*\^\[A-Za-z0-9\]\+\$.*never a "
+                                               "patient ID") as error:
+        read_sample_sheet(path)
+    assert "7654321" not in str(error.value)
+
+
 
 
 def test_a_misspelt_key_in_any_block_names_the_nearest_valid_one(tmp_path):

@@ -1,8 +1,12 @@
 """dcm2niix conversion: b-values per vendor convention, voxel values, geometry, errors."""
 
 import json
+import logging
+import os
 import subprocess
 import sys
+import textwrap
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +17,7 @@ import pytest
 from dwisynth.convert import convert_series, staging_folder
 from dwisynth.dicom import VENDORS, element_value, read_bvalue, write_ct_series, write_dwi_series
 from dwisynth.errors import DicomSeriesError, HeaderQCError
+from dwisynth.scan import scan_dicom_tree
 
 
 def canonical(img):
@@ -259,3 +264,81 @@ def test_repeated_b0_volumes_are_accepted(tmp_path, small_grid, small_dwi, patie
     write_dwi_series(tmp_path / "dcm", volumes, [0, 0, 500, 1000], small_grid, "siemens", patient, uids)
     record = convert_series(tmp_path / "dcm", tmp_path / "out", "T11", "DWI", log=lambda *_: None)
     assert sorted(record["bvals"]) == [0, 0, 500, 1000] and record["n_volumes"] == 4
+
+
+def test_header_values_invalid_for_their_vr_are_read_without_a_warning_or_log_that_echoes_them(
+        tmp_path, small_grid, small_dwi, patient, uids, capfd, caplog):
+    """pydicom 3 warns and logs a value that breaks its VR with the value itself ("Invalid value for VR UI:
+    '1.2.826.0.MRN7654321'") when it first converts it; conversion and scan run in jobs whose output is logs/."""
+    volumes, bvals = small_dwi
+    files = write_dwi_series(tmp_path / "Export" / "DWI", volumes, bvals, small_grid, "siemens", patient, uids)
+    with warnings.catch_warnings():  # as a hospital export may hold them: a date with dashes, the ID in a UID
+        warnings.simplefilter("ignore")
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.PatientBirthDate = "1957-11-03"
+            ds.StudyInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.MRN7654321"
+            ds.save_as(path)
+    caplog.set_level(logging.DEBUG)
+    said = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_series(files[0].parent, tmp_path / "out", "T23", "DWI", log=said.append, source="study/sub-T23 DWI")
+        assert len(scan_dicom_tree(tmp_path / "Export")) == 1
+    out, err = capfd.readouterr()
+    text = "\n".join([str(w.message) for w in caught] + [caplog.text, out, err] + said)
+    assert "7654321" not in text and "1957" not in text, text
+
+
+def _without_reading_every_file():
+    """Root reads a file whatever its mode: the command drops the capabilities that let it (PR_CAPBSET_DROP of
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, effective from its exec on)."""
+    if os.geteuid() == 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):
+            if libc.prctl(24, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_an_unreadable_file_is_named_by_position_and_its_path_stays_out_of_the_job_log(tmp_path, small_grid,
+                                                                                      small_dwi, patient, uids):
+    """An OSError's text holds the path ("Permission denied: '/data/Testpatient_Herbert/DWI/...'"); the job's
+    traceback (its log) must show neither it nor the chained error."""
+    folder = tmp_path / "Testpatient_Herbert_MRN7654321" / "DWI"
+    volumes, bvals = small_dwi
+    files = write_dwi_series(folder, volumes, bvals, small_grid, "siemens", patient, uids)
+    files[2].chmod(0o000)
+    script = textwrap.dedent(f"""
+        from dwisynth.dicom import read_series_headers
+        read_series_headers({str(folder)!r}, source="multicenter/sub-T24 DWI (dicom_dir in the sample sheet)")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          preexec_fn=_without_reading_every_file)
+    assert proc.returncode == 1 and "DicomSeriesError: multicenter/sub-T24 DWI" in proc.stderr, proc.stderr
+    assert f"file 3 of {len(files)} (by name): not a readable DICOM image (Permission denied" in proc.stderr
+    assert "herbert" not in proc.stderr.casefold() and "MRN" not in proc.stderr, proc.stderr
+
+
+def test_dcm2niix_failing_on_a_file_names_it_by_position_never_by_folder_or_file_name(tmp_path, small_grid, small_dwi,
+                                                                                     patient, uids):
+    """dcm2niix prints the paths of the files it fails on; the message (it reaches logs/) keeps what went
+    wrong and names the file as the header checks do."""
+    volumes, bvals = small_dwi
+    folder = tmp_path / "Testpatient_Herbert_MRN7654321" / "DWI"
+    files = write_dwi_series(folder, volumes, bvals, small_grid, "standard", patient, uids)
+    bad = files[3].rename(folder / "Herbert_slice4.dcm")
+    ds = pydicom.dcmread(bad)  # damaged JPEG 2000 pixel data: the header checks pass, dcm2niix cannot decode it
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51" + bytes(20)])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.save_as(bad, enforce_file_format=True)
+    position = sorted(p.name for p in folder.iterdir()).index(bad.name) + 1
+    with pytest.raises(DicomSeriesError, match="dcm2niix failed") as error:
+        convert_series(folder, tmp_path / "out", "T25", "DWI", log=lambda *_: None,
+                       source="multicenter/sub-T25 DWI (dicom_dir in the sample sheet)")
+    message = str(error.value)
+    assert f"file {position} of {len(files)} (by name)" in message, message
+    assert "herbert" not in message.casefold() and "MRN" not in message and str(tmp_path) not in message
+    assert _only_outputs(tmp_path / "out") == []
