@@ -208,7 +208,9 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
     try:
         # only whole lines starting with '#' are comments: pandas' comment= would also cut a value at a '#'
         # (a dicom_dir such as /data/case#12)
-        lines = [line for line in io.StringIO(path.read_text(encoding="utf-8")) if not line.startswith("#")]
+        # utf-8-sig: a spreadsheet's "UTF-8 text" starts with a byte-order mark, which would hide a first '#'
+        lines = [line for line in io.StringIO(path.read_text(encoding="utf-8-sig"))
+                 if not line.lstrip().startswith("#")]
         sheet = pd.read_csv(io.StringIO("".join(lines)), sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
         raise SampleSheetError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc

@@ -72,16 +72,27 @@ def _file_label(ds, headers, pseudonymous: bool) -> str:
 
 def _without_file_names(text: str, dicom_dir: Path, folder: str) -> str:
     """dcm2niix's output with each file of the series named by its position (as `read_series_headers` names
-    it) and the series folder by `folder`: folder and file names can hold a patient's name."""
+    it) and the series folder by `folder`: folder and file names can hold a patient's name.
+
+    One pass, so a label already written is never rewritten; a path under the folder that is not one of its
+    files (dcm2niix also searches subfolders, whose names may hold spaces) is cut to the end of its line.
+    A name on its own is replaced only if it holds a letter: "3" in "Found 3 DICOM file(s)" is a count.
+    """
     files = sorted(p for p in dicom_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     labels = {p.name: f"file {i} of {len(files)} (by name)" for i, p in enumerate(files, 1)}
     names = "|".join(re.escape(n) for n in sorted(labels, key=len, reverse=True)) or "(?!)"  # (?!) matches nothing
+    worded = "|".join(re.escape(n) for n in sorted(labels, key=len, reverse=True) if re.search("[A-Za-z]", n))
     spellings = {str(dicom_dir), str(dicom_dir.absolute()), str(dicom_dir.resolve())}
     folders = "|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True))
-    text = re.sub(rf"(?:{folders})/({names})(?![\w.-])", lambda m: labels[m[1]], text)
-    # the folder itself, or anything else under it (dcm2niix also searches subfolders)
-    text = re.sub(rf"(?:{folders})(?:/[^\s'\"]*)?", lambda m: folder, text)
-    return re.sub(rf"(?<![\w.-])({names})(?![\w.-])", lambda m: labels[m[1]], text)  # a name on its own
+    pattern = (rf"(?:{folders})/(?P<file>{names})(?![\w.-])|(?P<folder>(?:{folders})[^\n'\"]*)"
+               + (rf"|(?<![\w.-])(?P<bare>{worded})(?![\w.-])" if worded else ""))
+
+    def label(match: re.Match) -> str:
+        if match["file"] is not None:
+            return labels[match["file"]]
+        return folder if match["folder"] is not None else labels[match["bare"]]
+
+    return re.sub(pattern, label, text)
 
 
 def _check_dwi_headers(folder: str, headers, pseudonymous: bool = False) -> dict:

@@ -20,7 +20,7 @@ PACKAGES = ["dwisynth", "torch", "torchvision", "monai", "snakemake", "antspyx",
             "dcm2niix", "nibabel", "simpleitk", "pydicom", "numpy", "scipy", "pandas", "scikit-image", "pingouin"]
 
 
-def _module_file(name: str) -> Path | None:
+def module_file(name: str) -> Path | None:
     """The source file of module `name` (a package's __init__.py), found without importing it."""
     import importlib.util
 
@@ -85,7 +85,7 @@ def module_closure(*modules: str, script: str | Path | None = None) -> dict[str,
             module = ".".join(parts[:depth])
             if module in found:
                 continue
-            path = _module_file(module)
+            path = module_file(module)
             if path is None:
                 continue
             found[module] = path
@@ -116,11 +116,22 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def environment_digest(lock: str | Path) -> str:
+    """Digest of the library versions outputs may depend on: the pins in `lock` (requirements.lock, which the
+    conda envs install too) and the versions installed here. Snakemake and its plugins run the workflow and
+    shape no output, so upgrading them reruns nothing."""
+    pins = [line.strip() for line in Path(lock).read_text().splitlines()
+            if line.strip() and not line.lower().startswith("snakemake")]
+    installed = {name: version for name, version in package_versions().items() if name != "snakemake"}
+    return hashlib.sha256(json.dumps([pins, installed], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def git_state(repo: str | Path) -> dict:
     def run(*args):
-        try:
-            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
-        except OSError:  # no git on this node: every Slurm job parses the workflow again
+        try:  # the workflow asks at every parse, also in each Slurm job: no git, or a hung disk, is no commit
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
             return ""
 
     commit = run("rev-parse", "HEAD")

@@ -1,5 +1,3 @@
-import hashlib
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +24,7 @@ from dwisynth.ct2dwi import (
 from dwisynth.dataset import check_ct2dwi_subjects, subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
 from dwisynth.networks.base import code_digest, config_block_name, network_class, networks, weight_files
-from dwisynth.provenance import file_checksum, git_state, package_versions, source_digest
+from dwisynth.provenance import environment_digest, git_state, package_versions, source_digest
 
 
 validate_config(config, "config")
@@ -66,10 +64,8 @@ wildcard_constraints:
     subject="[A-Za-z0-9]+",
 
 
-# The pinned versions (requirements.lock, which the conda envs install too) and those installed here (listed in
-# results/provenance/provenance.json): an upgrade of ANTs, SimpleITK or torch can change any output, as our code can.
-ENVIRONMENT = hashlib.sha256(json.dumps([file_checksum(Path(workflow.basedir) / "requirements.lock"),
-                                         package_versions()], sort_keys=True).encode()).hexdigest()[:16]
+# An upgrade of ANTs, SimpleITK or torch can change any output, as our own code can (provenance.json lists them).
+ENVIRONMENT = environment_digest(Path(workflow.basedir) / "requirements.lock")
 
 
 def script_code(name):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -273,17 +274,21 @@ def config_weight_files(config) -> dict[str, str]:
 
 def code_digest(method: str) -> str:
     """Digest of the source that shapes a network's training: its module, the shared network modules, the
-    trainer, the data loader and the drivers that build its data and metadata (synthesis, ct2dwi), with every
-    package module those import. A change retrains (the train rule's params, the checkpoint fingerprint);
-    another network's module is not part of it, unless this one imports it."""
-    from dwisynth.provenance import source_digest
+    trainer and the data loader with every package module those import, and the source of the drivers that
+    build its data and metadata (synthesis, ct2dwi). A change retrains (the train rule's params, the
+    checkpoint fingerprint). Not part of it: another network's module, unless this one imports it, and what
+    the drivers import for scoring and synthesis (an edit to the metrics must not discard checkpoints)."""
+    from dwisynth.provenance import module_file, source_digest
 
     cls = network_class(method)
-    modules = [f"{__package__}.{m}" for m in _SHARED_MODULES]
-    modules += ["dwisynth.training", "dwisynth.loader", "dwisynth.synthesis", "dwisynth.ct2dwi"]
-    if cls.__module__.startswith("dwisynth."):
-        return source_digest(cls.__module__, *modules)
-    return source_digest(*modules, script=inspect.getfile(cls))  # a plugin network (DWISYNTH_PLUGINS)
+    modules = [f"{__package__}.{m}" for m in _SHARED_MODULES] + ["dwisynth.training", "dwisynth.loader"]
+    if module_file(cls.__module__) == Path(inspect.getfile(cls)):  # in dwisynth, or a plugin found by its name
+        digest = hashlib.sha256(source_digest(cls.__module__, *modules).encode())
+    else:  # a plugin loaded from a file (DWISYNTH_PLUGINS)
+        digest = hashlib.sha256(source_digest(*modules, script=inspect.getfile(cls)).encode())
+    for driver in ("dwisynth.synthesis", "dwisynth.ct2dwi"):
+        digest.update(module_file(driver).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # --- config blocks from dataclasses ----------------------------------------------------------

@@ -53,6 +53,14 @@ class Job:
         return out
 
 
+def _file_stamp(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+    except OSError:  # removed since it was listed: list_models will leave it out
+        return (str(path), None, None)
+    return (str(path), stat.st_mtime_ns, stat.st_size)
+
+
 @dataclass
 class Viewer:
     """The server's state: models, opened studies, the job queue and the workspace they write into."""
@@ -80,9 +88,7 @@ class Viewer:
 
     def models(self) -> list[studies.ModelInfo]:
         # relisted when any model.pt is added, removed or rewritten: a retrained network may take other inputs
-        root = Path(self.models_dir)
-        stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size)
-                      for p in sorted(root.rglob("model.pt"))) if root.is_dir() else ()
+        stamp = tuple(_file_stamp(p) for p in sorted(Path(self.models_dir).rglob("model.pt")))
         if self._models is None or stamp != self._models_stamp:
             self._models, self._models_stamp = studies.list_models(self.models_dir), stamp
         return self._models

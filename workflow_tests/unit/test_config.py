@@ -59,9 +59,11 @@ def test_sheet_with_bad_organ_names_the_row(tmp_path):
 def test_a_sheet_skips_whole_comment_lines_and_keeps_a_hash_inside_a_value(tmp_path):
     path = _sheet(tmp_path)
     header, row = path.read_text().splitlines()
-    path.write_text(f"# exported 2025-01-01\n{header}\n# the case below was re-exported\n"
-                    f"{row.replace('/data/x', '/data/case#12/DWI')}\n")
+    # a spreadsheet's "UTF-8 text" starts with a byte-order mark; an indented comment is a comment too
+    path.write_text(f"\ufeff# exported 2025-01-01\n{header}\n  # the case below was re-exported\n"
+                    f"{row.replace('/data/x', '/data/case#12/DWI')}\n", encoding="utf-8")
     sheet = read_sample_sheet(path)
+    assert list(sheet.columns[:2]) == ["cohort", "center"]
     assert len(sheet) == 1 and sheet.loc[0, "dicom_dir"] == "/data/case#12/DWI"
 
 

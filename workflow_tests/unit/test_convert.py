@@ -321,6 +321,22 @@ def test_an_unreadable_file_is_named_by_position_and_its_path_stays_out_of_the_j
     assert "herbert" not in proc.stderr.casefold() and "MRN" not in proc.stderr, proc.stderr
 
 
+def test_dcm2niix_output_is_scrubbed_in_one_pass_so_counts_and_labels_stay_right(tmp_path):
+    """Numbered file names (a count is not a name), a labelled file is never relabelled, and a subfolder
+    whose name holds a space is cut with the rest of its line."""
+    from dwisynth.convert import _without_file_names
+
+    folder = tmp_path / "Doe_Jane" / "DWI"
+    folder.mkdir(parents=True)
+    for name in ("1", "2", "24", "3", "4", "Doe_IM5.dcm"):
+        (folder / name).write_bytes(b"")
+    said = (f"Found 24 DICOM file(s)\nUnable to decode {folder}/3\nwarning: Doe_IM5.dcm is odd\n"
+            f"skipping {folder}/Doe Jane old/x.dcm (no image)\n")
+    text = _without_file_names(said, folder, "multicenter/sub-T25 DWI")
+    assert text.splitlines() == ["Found 24 DICOM file(s)", "Unable to decode file 4 of 6 (by name)",
+                                 "warning: file 6 of 6 (by name) is odd", "skipping multicenter/sub-T25 DWI"], text
+
+
 def test_dcm2niix_failing_on_a_file_names_it_by_position_never_by_folder_or_file_name(tmp_path, small_grid, small_dwi,
                                                                                      patient, uids):
     """dcm2niix prints the paths of the files it fails on; the message (it reaches logs/) keeps what went

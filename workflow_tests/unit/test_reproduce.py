@@ -83,22 +83,38 @@ def test_source_digest_follows_what_the_named_modules_import_at_any_depth(tmp_pa
     assert source_digest("digestpkg.entry") != before
 
 
-@pytest.mark.parametrize("edited, retrains", [("dwisynth.synthesis", True), ("dwisynth.ct2dwi", True),
-                                              ("dwisynth.networks.losses", True), ("dwisynth.networks.pix2pix", False),
-                                              ("dwisynth.report", False)])
+@pytest.mark.parametrize("edited, retrains", [
+    ("dwisynth.synthesis", True), ("dwisynth.ct2dwi", True), ("dwisynth.networks.losses", True),
+    ("dwisynth.metrics", True),  # validation PSNR picks the exported step
+    ("dwisynth.networks.pix2pix", False), ("dwisynth.report", False),
+    ("dwisynth.evaluate", False), ("dwisynth.preprocess.registration", False)])  # imported by the drivers to score
 def test_a_networks_code_digest_follows_its_training_drivers_and_not_other_networks(tmp_path, monkeypatch,
                                                                                     edited, retrains):
     """The train rule's `network_code` and the checkpoint fingerprint: an edit to the code that builds a
-    network's data and metadata retrains it; an edit to another network's module does not."""
+    network's data and metadata retrains it; an edit to another network's module, or to the scoring code the
+    drivers also import, does not (it would throw the checkpoints away)."""
     from dwisynth import provenance
     from dwisynth.networks.base import code_digest
 
     before = code_digest("dc2anet")
-    find = provenance._module_file
+    find = provenance.module_file
     copy = tmp_path / "edited.py"
     copy.write_text(find(edited).read_text() + "\n# an edit\n")
-    monkeypatch.setattr(provenance, "_module_file", lambda name: copy if name == edited else find(name))
+    monkeypatch.setattr(provenance, "module_file", lambda name: copy if name == edited else find(name))
     assert (code_digest("dc2anet") != before) is retrains
+
+
+def test_the_environment_digest_follows_the_pinned_libraries_but_not_snakemake(tmp_path):
+    """Every rule's `code` param holds it: an ANTs upgrade reruns the workflow, a Snakemake upgrade does not."""
+    from dwisynth.provenance import environment_digest
+
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("antspyx==0.6.3\nsnakemake==9.27.1\nsnakemake-executor-plugin-slurm==2.6.1\n")
+    before = environment_digest(lock)
+    lock.write_text("antspyx==0.6.3\nsnakemake==9.30.0\nsnakemake-executor-plugin-slurm==2.7.0\n")
+    assert environment_digest(lock) == before
+    lock.write_text("antspyx==0.6.4\nsnakemake==9.30.0\nsnakemake-executor-plugin-slurm==2.7.0\n")
+    assert environment_digest(lock) != before
 
 
 def test_source_digest_follows_the_code_of_the_named_modules(tmp_path, monkeypatch):
