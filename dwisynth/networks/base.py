@@ -277,7 +277,7 @@ def code_digest(method: str) -> str:
     trainer and the data loader with every package module those import, and the source of the drivers that
     build its data and metadata (synthesis, ct2dwi). A change retrains (the train rule's params, the
     checkpoint fingerprint). Not part of it: another network's module, unless this one imports it, and what
-    the drivers import for scoring and synthesis (an edit to the metrics must not discard checkpoints)."""
+    the drivers import for scoring and synthesis (an edit to evaluate.py must not discard checkpoints)."""
     from dwisynth.provenance import module_file, source_digest
 
     cls = network_class(method)
