@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 CORES ?= all
 
-.PHONY: demo test bench lint dryrun lock envs clean-demo system-deps slurm-profile reproduce
+.PHONY: demo test bench lint dryrun lock clean-demo system-deps slurm-profile reproduce
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,10 +56,6 @@ lock:
 	rm -rf /tmp/dwisynth-lock && $(PYTHON) -m venv /tmp/dwisynth-lock
 	/tmp/dwisynth-lock/bin/pip install --quiet '.[test,bench]'
 	/tmp/dwisynth-lock/bin/pip freeze --exclude dwisynth > requirements.lock
-
-# One conda env per rule group (pyproject.toml's extras) for `snakemake --sdm conda`.
-envs: $(STAMP)
-	$(BIN)/python -m dwisynth.envs envs
 
 # `snakemake --profile slurm` looks in ./slurm, $XDG_CONFIG_HOME/snakemake/slurm (~/.config/...), then
 # /etc/xdg/snakemake/slurm. A link, not a copy: the partition and account edited in profiles/slurm and

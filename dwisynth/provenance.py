@@ -117,9 +117,9 @@ def package_versions() -> dict[str, str]:
 
 
 def environment_digest(lock: str | Path) -> str:
-    """Digest of the library versions outputs may depend on: the pins in `lock` (requirements.lock, which the
-    conda envs install too) and the versions installed here. Snakemake and its plugins run the workflow and
-    shape no output, so upgrading them reruns nothing."""
+    """Digest of the library versions outputs may depend on: the pins in `lock` (requirements.lock) and the
+    versions installed here. Snakemake and its plugins run the workflow and shape no output, so upgrading
+    them reruns nothing."""
     pins = [line.strip() for line in Path(lock).read_text().splitlines()
             if line.strip() and not line.lower().startswith("snakemake")]
     installed = {name: version for name, version in package_versions().items() if name != "snakemake"}

@@ -19,8 +19,6 @@ rule cdwi:
         code=script_code("cdwi.py"),  # a change to the code it runs reruns it
     log:
         layout.log("cdwi", "{cohort}", "{subject}"),
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/cdwi.py"
 
@@ -41,8 +39,6 @@ rule dc2anet_interpolation:
         code=script_code("dc2anet_interpolation.py"),  # a change to the code it runs reruns it
     log:
         layout.log("dc2anet_interpolation", "{cohort}", "{subject}"),
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/dc2anet_interpolation.py"
 
@@ -69,7 +65,5 @@ if config["demo"]["enabled"]:
             code=script_code("noise_free_reference.py"),  # a change to the code it runs reruns it
         log:
             layout.log("noise_free_reference", "{cohort}", "{subject}"),
-        conda:
-            "../envs/networks.yaml"
         script:
             "../scripts/noise_free_reference.py"

@@ -12,8 +12,6 @@ rule convert_dwi:
         layout.log("convert_dwi", "{cohort}", "{subject}"),
     benchmark:
         layout.benchmark("convert_dwi", "{cohort}", "{subject}")
-    conda:
-        "../envs/convert.yaml"
     script:
         "../scripts/convert.py"
 
@@ -32,7 +30,5 @@ rule convert_ct:
         layout.log("convert_ct", "{cohort}", "{subject}"),
     benchmark:
         layout.benchmark("convert_ct", "{cohort}", "{subject}")
-    conda:
-        "../envs/convert.yaml"
     script:
         "../scripts/convert.py"

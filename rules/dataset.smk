@@ -12,8 +12,6 @@ checkpoint split_manifest:
         code=script_code("split_manifest.py"),  # a change to the code it runs reruns it
     log:
         "logs/split_manifest.log",
-    conda:
-        "../envs/preprocess.yaml"
     script:
         "../scripts/split_manifest.py"
 
@@ -37,7 +35,5 @@ rule slice_shard:
         layout.log("slice_shard", "{cohort}", "{subject}"),
     benchmark:
         layout.benchmark("slice_shard", "{cohort}", "{subject}")
-    conda:
-        "../envs/preprocess.yaml"
     script:
         "../scripts/slice_shard.py"

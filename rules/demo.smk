@@ -9,8 +9,6 @@ if config["demo"]["enabled"]:
         threads: 4  # nothing else can run before it; Snakemake caps it at --cores
         log:
             "logs/demo_cohort.log",
-        conda:
-            "../envs/dwisynth.yaml"
         benchmark:
             "benchmarks/demo_cohort.tsv"
         params:

@@ -20,7 +20,5 @@ rule evaluate_synthesis:
         "logs/evaluate_synthesis.log",
     benchmark:
         "benchmarks/evaluate_synthesis.tsv"
-    conda:
-        "../envs/evaluate.yaml"
     script:
         "../scripts/evaluate_synthesis.py"

@@ -31,8 +31,6 @@ rule train_ct2dwi:
         layout.log("train_ct2dwi", "{experiment}", "{method}"),
     benchmark:
         layout.benchmark("train_ct2dwi", "{experiment}", "{method}")
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/train_ct2dwi.py"
 
@@ -53,8 +51,6 @@ rule synthesize_ct2dwi:
         gpu=config["training"]["gpus"],
     log:
         layout.log("synthesize_ct2dwi", "{experiment}", "{method}", "{cohort}", "{subject}"),
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/synthesize_ct2dwi.py"
 
@@ -77,8 +73,6 @@ if config["demo"]["enabled"]:
             code=script_code("noise_free_ct2dwi.py"),  # a change to the code it runs reruns it
         log:
             layout.log("noise_free_ct2dwi", "{cohort}", "{subject}"),
-        conda:
-            "../envs/networks.yaml"
         script:
             "../scripts/noise_free_ct2dwi.py"
 
@@ -97,8 +91,6 @@ rule score_ct2dwi:
         code=script_code("score_ct2dwi.py"),  # a change to the code it runs reruns it
     log:
         layout.log("score_ct2dwi", "{experiment}"),
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/score_ct2dwi.py"
 
@@ -110,8 +102,6 @@ rule ct2dwi_experiment_table:
         layout.CT2DWI_EXPERIMENTS,
     log:
         "logs/ct2dwi_experiment_table.log",
-    conda:
-        "../envs/networks.yaml"
     params:
         code=script_code("ct2dwi_tables.py"),  # a change to the code it runs reruns it
     script:
@@ -129,8 +119,6 @@ rule ct2dwi_compute:
         code=script_code("ct2dwi_compute.py"),  # a change to the code it runs reruns it
     log:
         "logs/ct2dwi_compute.log",
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/ct2dwi_compute.py"
 
@@ -144,8 +132,6 @@ rule ct2dwi_grid:
         grid="|".join(GRIDS),
     log:
         "logs/ct2dwi_grid_{grid}.log",
-    conda:
-        "../envs/networks.yaml"
     params:
         code=script_code("ct2dwi_tables.py"),  # a change to the code it runs reruns it
     script:

@@ -30,8 +30,6 @@ rule train:
         layout.log("train", "{method}", "{organ}"),
     benchmark:
         layout.benchmark("train", "{method}", "{organ}")
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/train.py"
 
@@ -53,7 +51,5 @@ rule synthesize:
         layout.log("synthesize", "{method}", "{cohort}", "{subject}"),
     benchmark:
         layout.benchmark("synthesize", "{method}", "{cohort}", "{subject}")
-    conda:
-        "../envs/networks.yaml"
     script:
         "../scripts/synthesize.py"

@@ -18,8 +18,6 @@ rule register_dwi:
     priority: 10  # the chain to the training shards: before synthesis and scoring, so training starts early
     log:
         layout.log("register_dwi", "{cohort}", "{subject}"),
-    conda:
-        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("register_dwi", "{cohort}", "{subject}")
     script:
@@ -39,8 +37,6 @@ if config["masking"]["method"] == "hd-bet-v2":
         localrule: True
         log:
             "logs/install_hdbet_v2_weights.log",
-        conda:
-            "../envs/preprocess.yaml"
         script:
             "../scripts/install_hdbet_v2_weights.py"
 
@@ -64,8 +60,6 @@ rule organ_mask:
         layout.log("organ_mask", "{cohort}", "{subject}"),
     threads: lambda wildcards: config["masking"]["brain_threads"] if series_row(wildcards, "DWI")["organ"] == "brain" else 1
     priority: 10
-    conda:
-        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("organ_mask", "{cohort}", "{subject}")
     script:
@@ -90,8 +84,6 @@ rule normalize_dwi:
     priority: 10
     log:
         layout.log("normalize_dwi", "{cohort}", "{subject}"),
-    conda:
-        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("normalize_dwi", "{cohort}", "{subject}")
     script:
@@ -113,8 +105,6 @@ rule adc_acquired:
         layout.log("adc_acquired", "{cohort}", "{subject}"),
     benchmark:
         layout.benchmark("adc_acquired", "{cohort}", "{subject}")
-    conda:
-        "../envs/preprocess.yaml"
     script:
         "../scripts/adc.py"
 
@@ -135,8 +125,6 @@ rule register_ct:
     priority: 10
     log:
         layout.log("register_ct", "{cohort}", "{subject}"),
-    conda:
-        "../envs/preprocess.yaml"
     benchmark:
         layout.benchmark("register_ct", "{cohort}", "{subject}")
     script:
@@ -155,7 +143,5 @@ rule ct_brain_mask:
     priority: 10
     log:
         layout.log("ct_brain_mask", "{cohort}", "{subject}"),
-    conda:
-        "../envs/preprocess.yaml"
     script:
         "../scripts/ct_brain_mask.py"

@@ -12,8 +12,6 @@ rule summarize:
         code=script_code("summarize.py"),  # a change to the code it runs reruns it
     log:
         "logs/summarize.log",
-    conda:
-        "../envs/evaluate.yaml"
     script:
         "../scripts/summarize.py"
 
@@ -34,8 +32,6 @@ rule reader_study_export:
         code=script_code("reader_study_export.py"),  # a change to the code it runs reruns it
     log:
         "logs/reader_study_export.log",
-    conda:
-        "../envs/evaluate.yaml"
     script:
         "../scripts/reader_study_export.py"
 
@@ -48,8 +44,6 @@ rule reader_scores:
         "results/tables/reader_scores.tsv",
     log:
         "logs/reader_scores.log",
-    conda:
-        "../envs/evaluate.yaml"
     params:
         code=script_code("reader_scores.py"),  # a change to the code it runs reruns it
     script:
@@ -73,8 +67,6 @@ rule provenance:
         code=script_code("provenance.py"),  # a change to the code it runs reruns it
     log:
         "logs/provenance.log",
-    conda:
-        "../envs/evaluate.yaml"
     script:
         "../scripts/provenance.py"
 
@@ -93,7 +85,5 @@ rule report:
         code=script_code("report.py"),  # a change to the code it runs reruns it
     log:
         "logs/report.log",
-    conda:
-        "../envs/dwisynth.yaml"
     script:
         "../scripts/report.py"

