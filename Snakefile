@@ -9,7 +9,12 @@ from dwisynth.workflow_scheduler import coalesce_scheduler_timers
 coalesce_scheduler_timers()  # Snakemake 9's wake-up timers multiply with every finished job
 
 
-configfile: "config/config.yaml"
+# A config given with --configfile is the whole config, completed by the schema's defaults: the template is read
+# only when none is given, so no value of it (or of the demo's file) reaches a study unasked.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 include: "rules/common.smk"
@@ -33,6 +38,8 @@ rule all:
         layout.SUMMARY,
         layout.REPORT,
         ct2dwi_targets(),
+        rules.resolved_config.output,
+        rules.dataset_description.output,
     default_target: True
 
 

@@ -1,7 +1,7 @@
 """Equal wall-clock comparison of the learned methods, and long-training stability, on a finished demo run.
 
 Usage: .venv/bin/python bench/quality.py [RUN_DIR] [--organ abdomen] [--seconds 150] [--long] [--ct2dwi]
-                                          [--device cuda] [--size config/examples/multicenter_tcga.yaml]
+                                          [--device cuda] [--size config/config.yaml]
                                           [--networks minegan] [--set minegan.weights.bridge=0]
                                           [--threads 2]
        (RUN_DIR defaults to this checkout, after `make demo`; run one organ per process to use two cores)

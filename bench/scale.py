@@ -73,7 +73,7 @@ class PeakMemory:
 def demo_config() -> dict:
     from dwisynth.config import load_config
 
-    return load_config(Path(__file__).resolve().parents[1] / "config/config.yaml")
+    return load_config(Path(__file__).resolve().parents[1] / "config/demo.yaml")
 
 
 # --- workers: one step in one process ------------------------------------------------------------

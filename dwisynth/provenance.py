@@ -166,7 +166,7 @@ def input_checksums(sheet: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance_record(config: dict, repo: str | Path) -> dict:
-    return {"dwisynth_git": git_state(repo), "python": platform.python_version(), "packages": package_versions(),
+    return {"dwisynth_version": metadata.version("dwisynth"), "dwisynth_git": git_state(repo), "python": platform.python_version(), "packages": package_versions(),
             "seeds": {"seed": config.get("seed"), "split_seed": config.get("split", {}).get("seed")},
             "device_setting": config.get("device"), "masking_method": config.get("masking", {}).get("method"),
             "config": config}
@@ -177,6 +177,42 @@ def write_provenance(config: dict, sheet: pd.DataFrame, repo, out_json, out_chec
 
     write_table(input_checksums(sheet), out_checksums)
     Path(out_json).write_text(json.dumps(provenance_record(config, repo), indent=2, default=str) + "\n")
+
+
+def write_resolved_config(config: dict, out_yaml) -> None:
+    """The config the run used, as YAML: the user's file plus the schema's defaults, nothing else."""
+    import yaml
+
+    header = "# The resolved config of this run (the --configfile given, completed by the schema's defaults).\n"
+    Path(out_yaml).write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+
+BIDS_VERSION = "1.10.0"
+CITATIONS = ("Multi-b-value DWI synthesis: DC²Anet and a MineGAN-style miner; CT -> DWI for acute ischemic stroke: "
+             "JMMDA-GAN. Cite this software as CITATION.cff in its repository says.")
+
+
+def dataset_description(git: dict, cohorts: list[str]) -> dict:
+    """results/dataset_description.json: what BIDS tools read to recognise a derivatives dataset."""
+    commit = git.get("commit", "unknown")
+    return {
+        "Name": "dwisynth derivatives: synthetic DWI, ADC maps and their evaluation",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": "dwisynth",
+            "Version": metadata.version("dwisynth"),
+            "Description": f"git commit {commit}" + (" with local changes" if git.get("dirty") else ""),
+        }],
+        # cohorts by name only: the sheet's paths may carry patient names
+        "SourceDatasets": [{"Description": f"DICOM series of cohort {cohort} (checksums: "
+                                           "provenance/input_checksums.tsv)"} for cohort in cohorts],
+        "HowToAcknowledge": CITATIONS,
+    }
+
+
+def write_dataset_description(git: dict, cohorts: list[str], out_json) -> None:
+    Path(out_json).write_text(json.dumps(dataset_description(git, cohorts), indent=2, ensure_ascii=False) + "\n")
 
 
 def run_config(run: str | Path) -> dict:

@@ -71,6 +71,31 @@ rule provenance:
         "../scripts/provenance.py"
 
 
+rule resolved_config:
+    output:
+        "results/provenance/config.yaml",
+    params:
+        config=config,
+        code=script_code("resolved_config.py"),  # a change to the code it runs reruns it
+    log:
+        "logs/resolved_config.log",
+    script:
+        "../scripts/resolved_config.py"
+
+
+rule dataset_description:
+    output:
+        "results/dataset_description.json",
+    params:
+        git=git_state(workflow.basedir),  # a new commit or local edits rewrite it
+        cohorts=COHORTS,
+        code=script_code("dataset_description.py"),  # a change to the code it runs reruns it
+    log:
+        "logs/dataset_description.log",
+    script:
+        "../scripts/dataset_description.py"
+
+
 rule report:
     input:
         unpack(report_inputs),

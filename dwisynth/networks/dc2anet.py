@@ -36,7 +36,7 @@ def _weight(default: float, description: str = "") -> float:
 
 @dataclass
 class DC2AnetLossWeights:
-    adversarial: float = _weight(1.0)
+    adversarial: float = _weight(1.0, "LSGAN of both discriminators")
     cycle: float = _weight(10.0, "cycle L1, per direction")
     voxel: float = _weight(100.0, "voxel L1 on acquired target b-values")
     gradient: float = _weight(100.0, "gradient difference")
@@ -63,7 +63,8 @@ class DC2AnetConfig(NetworkConfig):
         "gradient and SSIM terms, a fifth of a full step's time), then the whole dual-cycle adversarial "
         "objective (phase 'dual-cycle'), started from the paired phase's best validated step when validation "
         "fell after it; 0 is the published joint training")})
-    weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights)
+    weights: DC2AnetLossWeights = field(default_factory=DC2AnetLossWeights,
+                                        metadata={"description": "loss weights (0 drops a term)"})
     perceptual_weights: str | None = field(default=None, metadata={
         "format": "file-path", "description": "torchvision vgg16 state dict (.pth) for the perceptual loss"})
 

@@ -71,7 +71,8 @@ class JMMDAConfig(NetworkConfig):
         "description": "wavelet encoder with a high-frequency path (else stride-2 convs)"})
     adaptive_fusion: bool = field(default=True, metadata={
         "description": "learned per-channel weights over the paths (else their mean)"})
-    weights: JMMDAWeights = field(default_factory=JMMDAWeights)
+    weights: JMMDAWeights = field(default_factory=JMMDAWeights,
+                                  metadata={"description": "loss weights (0 drops a term)"})
 
     def __post_init__(self):
         if self.heads < 1 or self.ngf % self.heads:

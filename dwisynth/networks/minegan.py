@@ -88,7 +88,8 @@ class MineGANConfig(NetworkConfig):
     ndf: int = field(default=64, metadata={"minimum": 4, "description": "discriminator base channels"})
     n_residual: int = field(default=6, metadata={"minimum": 1, "description": "FiLM residual blocks"})
     norm: str = field(default="none", metadata={"enum": ["none", "instance"], "description": "generator norm"})
-    upsample: str = field(default="resize", metadata={"enum": ["resize", "transposed"]})
+    upsample: str = field(default="resize", metadata={"enum": ["resize", "transposed"], "description":
+                          "generator upsampling: resize (nearest + 3x3 conv) or transposed conv"})
     activation: str = field(default="leaky", metadata={"enum": ["leaky", "relu"], "description": (
         "generator activation. relu (the published generators) died at ten times the demo steps (CPU, "
         "abdomen): after one loss spike every unit of the generator's last layer was zero on every input, the "
@@ -113,8 +114,10 @@ class MineGANConfig(NetworkConfig):
                        "(850 between 800 and 1000) keeps the whole correction; free: unscaled (stop 18's design)"})
     b_range: tuple[float, float] = field(default=(0.0, 1000.0), metadata={
         "description": "b-values (s/mm²) the model may be asked for"})
-    weights: MineGANWeights = field(default_factory=MineGANWeights)
-    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    weights: MineGANWeights = field(default_factory=MineGANWeights,
+                                    metadata={"description": "loss weights (0 drops a term)"})
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig, metadata={
+        "description": "mineganfewshot: adapt the miner on k acquired slices per held-out b (train subjects only)"})
 
     def __post_init__(self):
         if self.steps is not None:

@@ -26,8 +26,9 @@ class Pix2PixConfig(NetworkConfig):
     ngf: int = field(default=64, metadata={"minimum": 4, "description": "generator base channels"})
     ndf: int = field(default=64, metadata={"minimum": 4, "description": "discriminator base channels"})
     levels: int = field(default=8, metadata={"minimum": 2, "maximum": 8, "description": "U-Net resolution levels"})
-    l1_weight: float = field(default=100.0, metadata={"minimum": 0})
-    norm: Literal["none", "instance"] = "none"
+    l1_weight: float = field(default=100.0, metadata={"minimum": 0, "description": "weight of the voxel L1 beside the LSGAN"})
+    norm: Literal["none", "instance"] = field(default="none", metadata={
+        "description": "generator normalization; instance discards the absolute S/S0 level"})
 
 
 def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: int = 4,
@@ -105,7 +106,8 @@ class Pix2Pix(UNetNetwork):
 class UNetConfig(NetworkConfig):
     ngf: int = field(default=64, metadata={"minimum": 4, "description": "base channels"})
     levels: int = field(default=8, metadata={"minimum": 2, "maximum": 8, "description": "U-Net resolution levels"})
-    norm: Literal["none", "instance"] = "none"
+    norm: Literal["none", "instance"] = field(default="none", metadata={
+        "description": "normalization; instance discards the absolute S/S0 level"})
 
 
 class UNetL1(UNetNetwork):

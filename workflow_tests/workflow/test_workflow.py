@@ -168,7 +168,7 @@ def test_lint_is_clean_apart_from_the_one_environment(tmp_path):
 
 def test_dry_run_of_the_default_demo_config(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--directory", str(tmp_path),
-           "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config/config.yaml")]
+           "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config/demo.yaml")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "demo_cohort" in proc.stdout

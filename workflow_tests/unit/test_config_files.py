@@ -1,0 +1,34 @@
+"""The shipped config files: a complete study template, the demo apart, and config/README.md from the schema."""
+
+import yaml
+
+from dwisynth.config import config_schema, load_config
+from dwisynth.config_reference import reference_markdown, undocumented_keys
+from helpers import REPO
+
+
+def test_config_readme_is_generated_from_the_current_schema():
+    written = (REPO / "config/README.md").read_text()
+    assert written == reference_markdown(config_schema()), "config/README.md is stale: run make config-docs"
+
+
+def test_every_config_key_has_a_meaning():
+    assert undocumented_keys(config_schema()) == []
+
+
+def test_the_reference_lists_every_key_with_its_default():
+    text = reference_markdown(config_schema())
+    assert "| `steps` | integer | `200000` |" in text  # a network block, from its Config dataclass
+    assert "| `weights.voxel` | number | `100.0` |" in text  # nested blocks, flattened
+    assert "| `dwi_motion` | boolean | `true` |" in text
+
+
+def test_the_study_template_has_every_block_and_no_demo():
+    template = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert set(template) == set(config_schema()["properties"])
+    assert template["demo"] == {"enabled": False}
+    assert load_config(REPO / "config/config.yaml")["demo"]["enabled"] is False
+
+
+def test_the_demo_file_runs_the_demo():
+    assert load_config(REPO / "config/demo.yaml")["demo"]["enabled"] is True
