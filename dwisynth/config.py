@@ -13,6 +13,7 @@ import copy
 import difflib
 import functools
 import io
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -125,8 +126,51 @@ def _check_network_blocks(config: dict, source: str) -> None:
                 raise ConfigError(f"{source}: {exc}") from None
 
 
+def _value_from_text(text: str, types: set[str]):
+    """What a text means where the schema wants one of `types` (integer, number, boolean, null): read as YAML,
+    as a config file is, and 5e-4 (text to YAML 1.1) as a number. The text itself where it means none of them
+    (or NaN/infinity), so validation names it."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and types & {"integer", "number"}:
+        try:
+            value = float(value)
+        except ValueError:
+            return text
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return text
+        if value.is_integer() and "integer" in types:
+            value = int(value)  # steps: 2e4
+    kinds = {bool: {"boolean"}, int: {"integer", "number"}, float: {"number"}, type(None): {"null"}}
+    return value if kinds.get(type(value), set()) & types else text
+
+
+def _typed_text(value, schema: dict):
+    """`value` with every text where the schema wants a number, integer, boolean or null (and no text) read as
+    one, in place for mappings: Snakemake hands the nested values of `--config 'dc2anet={steps: 20000}'` over
+    as text."""
+    types = schema.get("type", [])
+    types = {types} if isinstance(types, str) else set(types)
+    if isinstance(value, str):
+        typed = types & {"integer", "number", "boolean", "null"} and "string" not in types
+        return _value_from_text(value, types) if typed else value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_typed_text(item, schema["items"]) for item in value]
+    if isinstance(value, dict):
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key, extra)
+            if isinstance(sub, dict):
+                value[key] = _typed_text(item, sub)
+    return value
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate in place, filling schema defaults; returns the config."""
+    """Validate in place, reading numbers and booleans given as text (`snakemake --config`) and filling
+    schema defaults; returns the config."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the configuration must be a YAML mapping of keys to values")
     schema = _config_schema()
@@ -134,6 +178,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
         _unknown_keys(config, schema, "")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    _typed_text(config, schema)
     _validate(config, schema, source)
     _check_network_blocks(config, source)
     b = config["bvalues"]

@@ -20,6 +20,7 @@ from dwisynth.networks.base import method_labels
 # The acquisition first, then the registry's networks and the baselines, in registration order.
 METHOD_LABEL = {"acquired": "acquired", **method_labels()}
 METHOD_ORDER = list(METHOD_LABEL)
+MISSING = "—"  # a cell with no value (a method that does not synthesize that b), where pandas would print NaN
 
 
 def _plt():
@@ -170,9 +171,14 @@ def _embed(fig, name: str, figures_dir: Path) -> str:
     return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
 
+def _html_table(table: pd.DataFrame, index: bool = True) -> str:
+    """A table as the report shows it: numbers to 3 significant digits, a missing value as a dash."""
+    return table.to_html(classes="table", border=0, index=index, na_rep=MISSING, float_format=lambda v: f"{v:.3g}")
+
+
 def _fmt_ci(row) -> str:
     if not np.isfinite(row["mean"]):
-        return "–"
+        return MISSING
     if np.isfinite(row["ci_low"]):
         return f"{row['mean']:.3g} ({row['ci_low']:.3g}–{row['ci_high']:.3g})"
     return f"{row['mean']:.3g}"
@@ -188,7 +194,7 @@ def comparison_table(summary: pd.DataFrame, metric: str) -> str:
     wide = wide.loc[_ordered(wide.index)]
     wide.index = [METHOD_LABEL.get(m, m) for m in wide.index]
     wide.columns = [f"b = {b:g}" for b in wide.columns]
-    return wide.to_html(classes="table", border=0)
+    return _html_table(wide)
 
 
 def agreement_table(summary: pd.DataFrame) -> str:
@@ -211,8 +217,7 @@ def agreement_table(summary: pd.DataFrame) -> str:
             continue
         out = rows[list(cols)].rename(columns=cols)
         out["method"] = out["method"].map(lambda m: METHOD_LABEL.get(m, m))
-        blocks.append(f"<h3>{caption}</h3>" + out.to_html(classes="table", border=0, index=False,
-                                                          float_format=lambda v: f"{v:.3g}"))
+        blocks.append(f"<h3>{caption}</h3>" + _html_table(out, index=False))
     note = (f"<p class='caption'>x10⁻³ mm²/s. A paired test's p &gt; 0.05 does not show agreement; "
             f"<em>equivalent</em> means TOST p &lt; 0.05 for a mean difference within {margin_text} "
             "(the seed paper's bound).</p>")
@@ -305,7 +310,7 @@ def _ct2dwi_summary_table(summary: pd.DataFrame) -> str:
     wide = t.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
     wide = wide.loc[_ordered(wide.index), [m for m in metrics if m in wide.columns]]
     wide.index = [METHOD_LABEL.get(m, m) for m in wide.index]
-    return wide.to_html(classes="table", border=0)
+    return _html_table(wide)
 
 
 def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str, str], figures_dir: Path,
@@ -342,8 +347,7 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
     for name, path in tables.items():
         if path and Path(path).is_file():
             table = pd.read_csv(path, sep="\t")
-            parts.append(f"<h3>{html.escape(captions.get(name, name))}</h3>"
-                         + table.to_html(classes="table", border=0, index=False, float_format=lambda v: f"{v:.3g}"))
+            parts.append(f"<h3>{html.escape(captions.get(name, name))}</h3>" + _html_table(table, index=False))
     return "".join(parts)
 
 
@@ -353,7 +357,6 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
 
     ct2dwi: {"records": the main experiment's test subjects (as `score_ct2dwi` gets them, plus `ct`),
     "tables": {name: path}, "hu_window"} for the CT -> DWI section."""
-    """Assemble the report from the tables, the example subjects, the training logs and the provenance."""
     figures_dir = Path(figures_dir)
     full_summary = pd.read_csv(summary_path, sep="\t")
     summary = full_summary[full_summary["task"] != "ct2dwi"]  # the multi-b sections; CT -> DWI has its own
@@ -393,8 +396,7 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
                          + stopped_runs_note(training_logs)))
     if reader_scores_path and Path(reader_scores_path).exists():
         scores = pd.read_csv(reader_scores_path, sep="\t")
-        sections.append(("Reader study", scores.to_html(classes="table", border=0, index=False,
-                                                        float_format=lambda v: f"{v:.3g}")))
+        sections.append(("Reader study", _html_table(scores, index=False)))
     else:
         sections.append(("Reader study", "<p>The blinded reading set is in <code>results/reader_study/</code> "
                                          "(key kept apart in <code>results/reader_study_key.tsv</code>). Set "

@@ -1,5 +1,8 @@
 """Config and sample-sheet validation: defaults, and errors that name the file."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from helpers import REPO, write_sheet as _sheet
 
 
 def test_demo_config_validates_and_gets_defaults(tmp_path):
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     del config["device"]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -35,6 +38,47 @@ def test_heldout_b_in_targets_is_refused(tmp_path):
         load_config(path)
 
 
+
+
+def test_text_from_snakemake_config_is_read_as_the_schemas_type():
+    """`snakemake --config 'dc2anet={steps: 20000}'` hands nested values over as text."""
+    from snakemake.cli import parse_config
+
+    given = parse_config(["dc2anet={steps: 20000, lr: 5e-4, betas: [0.5, 0.999], weights: {voxel: 10}}",
+                          "training={grad_clip: null, lesion_oversample: 0.25}",
+                          "bvalues={targets: [400, 800], b0_max: 10}", "adc={bvalues: null}",
+                          "registration={dwi_motion: false}"])
+    assert given["dc2anet"]["steps"] == "20000"  # the text this reading is for
+    config = validate_config(given)
+    assert config["dc2anet"]["steps"] == 20000 and type(config["dc2anet"]["steps"]) is int
+    assert config["dc2anet"]["lr"] == 0.0005
+    assert config["dc2anet"]["betas"] == [0.5, 0.999] and config["dc2anet"]["weights"]["voxel"] == 10
+    assert config["training"]["grad_clip"] is None and config["training"]["lesion_oversample"] == 0.25
+    assert config["bvalues"]["targets"] == [400, 800] and config["adc"]["bvalues"] is None
+    assert config["registration"]["dwi_motion"] is False
+    assert validate_config({"bvalues": {}, "dc2anet": {"steps": "2e4"}})["dc2anet"]["steps"] == 20000
+    assert validate_config({"bvalues": {}, "device": "cpu"})["device"] == "cpu"  # a string stays a string
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"dc2anet": {"steps": "many"}}, "dc2anet.steps: 'many' is not of type 'integer'"),
+    ({"dc2anet": {"steps": "1.5"}}, "dc2anet.steps: '1.5' is not of type 'integer'"),
+    ({"dc2anet": {"lr": "nan"}}, "dc2anet.lr: 'nan' is not of type 'number'"),
+    ({"registration": {"dwi_motion": "maybe"}}, "registration.dwi_motion: 'maybe' is not of type 'boolean'"),
+])
+def test_text_that_is_not_the_schemas_type_fails_validation_naming_the_key(block, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({"bvalues": {}, **block})
+
+
+@pytest.mark.workflow
+def test_snakemake_config_override_of_a_nested_number_plans_the_training(tmp_path):
+    """The command line a user types from the repository root (--directory keeps .snakemake/ out of the repo)."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "config/demo.yaml",
+                           "--config", "dc2anet={steps: 20000}", "-n", "--directory", str(tmp_path),
+                           "results/models/dc2anet/abdomen/model.pt"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^train\s+1$", proc.stdout, re.MULTILINE), proc.stdout[-3000:]
 
 
 def test_sheet_with_missing_column_names_file_and_column(tmp_path):
@@ -80,7 +124,7 @@ def test_an_invalid_subject_is_refused_by_row_and_rule_without_showing_the_value
 
 
 def test_a_misspelt_key_in_any_block_names_the_nearest_valid_one(tmp_path):
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     config["dc2anet"]["n_residuals"] = 3
     config["dc2anet"]["weights"]["voxle"] = 10
     path = tmp_path / "c.yaml"
@@ -101,8 +145,7 @@ def test_schemas_ship_inside_the_package():
     assert dwisynth.config.CONFIG_SCHEMA.parent == Path(dwisynth.config.__file__).parent / "schemas"
 
 
-@pytest.mark.parametrize("path", ["config/config.yaml", "config/examples/multicenter_tcga.yaml",
-                                  "workflow_tests/config/config.yaml"])
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/demo.yaml", "workflow_tests/config/config.yaml"])
 def test_every_shipped_config_validates_under_the_strict_schema(path):
     from dwisynth.networks.base import BASELINES, build_network, config_block_name
 

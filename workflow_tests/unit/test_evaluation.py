@@ -131,6 +131,27 @@ def test_summary_groups_as_specified_and_compares_with_the_baseline():
     assert per_organ["organ"].tolist() == ["brain"] and np.isfinite(per_organ["icc"]).all()
 
 
+def test_report_tables_show_a_dash_where_a_method_has_no_value(tmp_path):
+    from dwisynth.report import MISSING, agreement_table, comparison_table, ct2dwi_section
+
+    metrics = _metrics_table()
+    metrics = metrics[~((metrics["method"] == "cdwi") & (metrics["b_value"] == 1000))]  # cDWI has no b 1000
+    adc = pd.DataFrame({"task": "multib", "method": "dc2anet", "cohort": "c", "organ": "brain",
+                        "subject": ["S0", "S1"], "adc_synthetic": [0.81, 0.92], "adc_acquired": [0.8, 0.9]})
+    summary = summarize(metrics, adc)
+    psnr = comparison_table(summary, "psnr")
+    assert MISSING in psnr and "NaN" not in psnr and "nan" not in psnr
+    agreement = agreement_table(summary)  # two subjects: no ICC label, no Wilcoxon p
+    assert MISSING in agreement and "NaN" not in agreement and "nan" not in agreement
+    ct = summary.assign(task="ct2dwi")
+    ct = pd.concat([ct, ct[ct["metric"] == "psnr"].assign(metric="lesion_psnr", method="cdwi")])
+    grid = tmp_path / "ablation.tsv"
+    pd.DataFrame({"cell": ["no_wavelet", "no_attention"], "psnr_vs_main": [-0.4, np.nan]}).to_csv(grid, sep="\t",
+                                                                                                 index=False)
+    section = ct2dwi_section(ct, [], {"ablation": str(grid)}, tmp_path / "figures")
+    assert section.count(MISSING) >= 2 and "NaN" not in section and "nan" not in section
+
+
 def test_tost_finds_equivalence_within_the_margin_and_not_beyond_it():
     from dwisynth.statistics import equivalence_tost
 

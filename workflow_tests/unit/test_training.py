@@ -413,8 +413,8 @@ def test_cli_synthesize_preprocesses_a_raw_nifti_and_writes_synthetic_images_and
             "--organ", "abdomen", "--subject", "new01", "--config", str(config), "-o", str(out)]
     assert main(["synthesize", *args]) == 0
     synthetic = nib.load(out / "sub-new01_desc-pix2pix_dwi.nii.gz")
-    assert synthetic.shape == (32, 32, 6, 5)
-    assert np.loadtxt(out / "sub-new01_desc-pix2pix_dwi.bval").tolist() == INPUT_B + TARGET_B
+    assert synthetic.shape == (32, 32, 6, 3)  # the requested b-values only (default: the model's targets)
+    assert np.loadtxt(out / "sub-new01_desc-pix2pix_dwi.bval").tolist() == TARGET_B
     assert (out / "sub-new01_desc-pix2pix_adc.nii.gz").exists() and (out / "sub-new01_desc-norm_dwi.nii.gz").exists()
     assert main(["synthesize", *args, "--b", "850"]) == 2  # an untrained b needs stage 2
 
