@@ -34,7 +34,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,bench]'
 	@touch $(BENCH_STAMP)
 
-# Every benchmark, on the finished demo run in results/, then one table (times per bench: README).
+# Every benchmark, on the finished demo run in results/, then one table (times per bench: docs/benchmarks.md).
 bench: $(BENCH_STAMP)
 	@test -d results/models || { echo "make bench measures a finished demo run: run make demo first" >&2; exit 1; }
 	$(BIN)/python bench/preprocess.py
@@ -75,7 +75,10 @@ slurm-profile:
 	    "snakemake --profile $(CURDIR)/profiles/slurm" >&2; exit 1; fi
 	mkdir -p "$(dir $(SLURM_PROFILE))"
 	ln -sfn "$(CURDIR)/profiles/slurm" "$(SLURM_PROFILE)"
-	@echo "snakemake --profile slurm now uses $(CURDIR)/profiles/slurm: set slurm_partition and slurm_account there"
+	@echo "snakemake --profile slurm now uses $(CURDIR)/profiles/slurm. It runs as is on a cluster with a" \
+	  "default partition and account; its EDIT lines set a partition, an account, the GPU partition or" \
+	  "gpu_model, and squeue for a cluster without accounting. Every job runs in $(CURDIR)/$(VENV):" \
+	  "it must be on storage the compute nodes see"
 
 # A reviewer's check: rerun the whole study from scratch (a clone of the committed code in a fresh folder; the
 # demo regenerates its data) and compare every table and model with results/ here. Bit-identical on the same

@@ -1,20 +1,28 @@
 """One table of every benchmark's headline numbers, from bench/results/*.tsv (`make bench` runs it last).
 
-Usage: .venv/bin/python bench/summary.py
-Writes bench/results/summary.tsv (with the date and machine) and prints it. A benchmark that has not run
-is listed as such, never filled in.
+Usage: .venv/bin/python bench/summary.py [--doc docs/benchmarks.md]
+Writes bench/results/summary.tsv (with the date, commit and machine), prints it, and replaces the section of
+docs/benchmarks.md between the markers `<!-- bench:begin -->` and `<!-- bench:end -->` with the same table
+as Markdown, headed by the date, the commit and the machine (`--doc ''` leaves the document alone). A
+benchmark that has not run is listed as such, never filled in.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import math
 import os
 import platform
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def read(name: str) -> pd.DataFrame | None:
@@ -109,23 +117,98 @@ def viewer(rows):
     return True
 
 
+def commit() -> str:
+    """Short commit of this checkout, '+local changes' when tracked files differ from it (provenance.git_state)."""
+    from dwisynth.provenance import git_state
+
+    state = git_state(REPO)
+    if state["dirty"] is None:
+        return state["commit"]
+    return state["commit"][:7] + (" +local changes" if state["dirty"] else "")
+
+
+def machine() -> str:
+    """CPU model, core count, GPU if torch sees one, Python."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    parts = [cpu or platform.processor() or platform.machine(), f"{os.cpu_count()} cores"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            parts.append(f"GPU {torch.cuda.get_device_name(0)}" + (f" x{count}" if count > 1 else ""))
+        else:
+            parts.append("no GPU")
+    except ImportError:
+        pass
+    parts.append(f"{platform.python_implementation()} {platform.python_version()}")
+    return ", ".join(parts)
+
+
+def markdown(table: pd.DataFrame, stamp: str, commit_label: str, machine_label: str, missing: list[str]) -> str:
+    """The summary as a dated Markdown table for docs/benchmarks.md."""
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, float):
+            return f"{round(value, 3):g}"
+        return str(value).replace("|", "\\|")
+
+    lines = [f"### `make bench` summary, {stamp}", "",
+             f"Commit {commit_label}; machine: {machine_label}. Written by `bench/summary.py`, not by hand.", ""]
+    if len(table):
+        lines += ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    else:
+        lines.append("No benchmark results found.")
+    if missing:
+        lines += ["", "Not run: " + ", ".join(f"`{name}`" for name in missing) + "."]
+    return "\n".join(lines)
+
+
+def write_doc(block: str, doc: Path = DOC) -> bool:
+    """Replace what lies between the bench markers of `doc` with `block`; False (and a note) without them."""
+    text = doc.read_text() if doc.is_file() else ""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        print(f"{doc}: no {BEGIN} ... {END} section; the summary is only in {RESULTS / 'summary.tsv'}",
+              file=sys.stderr)
+        return False
+    text = text[:start + len(BEGIN)] + "\n" + block.strip("\n") + "\n" + text[end:]
+    staged = doc.with_name(doc.name + ".tmp")
+    staged.write_text(text)
+    os.replace(staged, doc)
+    return True
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--doc", default=str(DOC), help="Markdown file with the bench markers ('' for none)")
+    args = parser.parse_args()
     rows: list[tuple] = []
     missing = [name for name, fill in (("bench/preprocess.py", preprocess), ("bench/conversion.py", conversion),
                                        ("bench/adc.py", adc), ("bench/synthesis.py", synthesis),
                                        ("bench/quality.py", quality), ("bench/ct2dwi_lesion.py", ct2dwi),
                                        ("bench/scale.py", scale), ("bench/viewer.py", viewer)) if not fill(rows)]
     table = pd.DataFrame(rows, columns=["benchmark", "measure", "value", "second_value"])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    machine_label, commit_label = machine(), commit()
     stamp = datetime.date.today().isoformat()
     RESULTS.mkdir(exist_ok=True)
-    table.assign(date=stamp, machine=machine).to_csv(RESULTS / "summary.tsv", sep="\t", index=False)
+    table.assign(date=stamp, commit=commit_label, machine=machine_label).to_csv(RESULTS / "summary.tsv", sep="\t",
+                                                                               index=False)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_colwidth", 110)
-    print(f"== dwisynth benchmarks, {stamp}, {machine} ==")
+    print(f"== dwisynth benchmarks, {stamp}, {commit_label}, {machine_label} ==")
     print(table.round(3).to_string(index=False))
     for name in missing:
         print(f"not run: {name} (no results in {RESULTS})")
+    if args.doc and write_doc(markdown(table, stamp, commit_label, machine_label, missing), Path(args.doc)):
+        print(f"summary written into {args.doc}")
 
 
 if __name__ == "__main__":

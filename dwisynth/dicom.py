@@ -1,7 +1,7 @@
 """Write and read DICOM series with each vendor's diffusion b-value convention.
 
 Vendors differ in where they store the b-value, and dcm2niix follows each one
-(REFERENCE.md section 5):
+(docs/design.md, Conversion):
 
 ========== ============================ ==========================================
 vendor     Manufacturer                 b-value tag

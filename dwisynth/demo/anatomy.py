@@ -2,7 +2,7 @@
 
 Each phantom maps world coordinates (LPS, mm) to tissue fractions, so the same
 subject can be sampled on the DWI grid and, misaligned, on the CT grid.
-Tissue parameters are literature values (REFERENCE.md section 3); ADC and D* in
+Tissue parameters are literature values (docs/design.md, Tissue parameters); ADC and D* in
 x10^-3 mm²/s, S0 relative to grey matter on a fat-suppressed b0, CT in HU.
 
 The literature ADC is an *apparent* ADC: what a mono-exponential fit over a clinical
