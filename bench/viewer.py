@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -24,12 +25,14 @@ from pathlib import Path
 import pandas as pd
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TOKEN = secrets.token_urlsafe(32)  # given to the viewer through DWISYNTH_VIEW_TOKEN; every request carries it
 
 
 def call(url: str, body: dict | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET"),
-                                timeout=600) as response:
+    headers = {"Authorization": f"token {TOKEN}", **({"Content-Type": "application/json"} if data else {})}
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                                       headers=headers), timeout=600) as response:
         payload = response.read()
         return json.loads(payload) if "json" in response.headers.get("content-type", "") else payload
 
@@ -47,10 +50,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", nargs="?", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--b", type=float, nargs="+", default=[125, 250, 333, 550, 725, 850, 990])
-    parser.add_argument("--config", type=Path, help="the run's config (default: RUN_DIR/config/config.yaml)")
+    parser.add_argument("--config", type=Path, help="the run's config (default: RUN_DIR/config/demo.yaml)")
     args = parser.parse_args()
     run = args.run.resolve()
-    config = (args.config or run / "config/config.yaml").resolve()
+    config = (args.config or run / "config/demo.yaml").resolve()
     if not (run / "results/models/minegan").is_dir():
         raise SystemExit(f"no MineGAN models under {run / 'results/models'}: run `make demo` first")
     with socket.socket() as probe:
@@ -61,7 +64,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dwisynth-bench-view-") as tmp, open(Path(tmp) / "view.log", "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "dwisynth.cli", "view", "--port", str(port),
                                    "--config", str(config)], cwd=run,
-                                  stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": tmp})
+                                  stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "TMPDIR": tmp, "DWISYNTH_VIEW_TOKEN": TOKEN})
         try:
             for _ in range(600):
                 try:

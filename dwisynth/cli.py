@@ -198,7 +198,11 @@ def _view(args) -> None:
     from dwisynth.viewer.server import serve
 
     roots = args.root or [Path.cwd()]
-    serve(args.models, args.results, load_config(args.config), [*roots, args.results], args.host, args.port,
+    # the settings the run in --results was made with, so a new study is preprocessed as its subjects were
+    config = args.config or next((p for p in (args.results / "provenance/config.yaml", STUDY_CONFIG) if p.is_file()),
+                                 STUDY_CONFIG)
+    print(f"[view] settings from {config}")
+    serve(args.models, args.results, load_config(config), [*roots, args.results], args.host, args.port,
           args.max_upload_mb, args.study)
 
 
@@ -308,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "or COHORT/SUBJECT of the results folder")
     p.add_argument("--models", type=Path, default=Path("results/models"), help="folder searched for model.pt files")
     p.add_argument("--results", type=Path, default=Path("results"), help="a workflow's results/ (its subjects)")
-    p.add_argument("--config", type=Path, default=Path("config/config.yaml"),
-                   help="the workflow config (preprocessing, ADC b-values, device)")
+    p.add_argument("--config", type=Path,
+                   help="preprocessing, ADC b-values and device settings; default: the config the run in --results "
+                        "used (results/provenance/config.yaml), else config/config.yaml")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--root", type=Path, action="append",

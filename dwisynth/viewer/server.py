@@ -3,12 +3,23 @@
 Opening a study and synthesizing are jobs: one worker runs them in order (a CPU has no room for two syntheses
 at once, and a second request must wait, not fail); the page polls a job for its stage. The server logs
 method, route and status only: request bodies hold paths, which can hold a patient's name.
+
+Access: 127.0.0.1 on a cluster login node is open to every user logged in there, so every request needs the
+token printed in the start-up URL (as Jupyter does), and names this server in its Host header (DNS rebinding).
+JSON endpoints take only application/json and uploads only application/octet-stream: a cross-site form can send
+neither without a CORS preflight, which this server never grants.
 """
 
 from __future__ import annotations
 
+import functools
+import hmac
+import ipaddress
 import itertools
+import os
+import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -16,10 +27,12 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -29,6 +42,10 @@ from dwisynth.viewer.studies import UPLOAD_SUFFIXES, ViewerError
 
 STATIC = Path(__file__).parent / "static"
 CURVE_POINTS = 21  # b-values the synthetic signal curve is drawn through
+TOKEN_ENV = "DWISYNTH_VIEW_TOKEN"  # fixes the token instead of a random one per start (not an option: `ps` shows those)
+MIN_TOKEN_CHARS = 16
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 
 
 @dataclass
@@ -199,6 +216,117 @@ class Viewer:
         return {**study.describe(), "models": fitting}
 
 
+def start_token() -> str:
+    """DWISYNTH_VIEW_TOKEN where set (for a URL that survives restarts), else a new random token per start."""
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        return secrets.token_urlsafe(32)
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ViewerError(f"{TOKEN_ENV} has {len(token)} characters: give at least {MIN_TOKEN_CHARS} (python -c "
+                          "'import secrets; print(secrets.token_urlsafe())'), or unset it for a random token")
+    return token
+
+
+def _hostname(host_header: str) -> str:
+    """The name in a Host header, without its port: "[::1]:8765" -> "::1", "localhost:8765" -> "localhost"."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0].lower()
+    return host_header.rsplit(":", 1)[0].lower()
+
+
+@functools.cache
+def _machine_names() -> frozenset:
+    """This machine's names, looked up once (getfqdn may ask DNS)."""
+    return frozenset({socket.gethostname().lower(), socket.getfqdn().lower()})
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use a viewer: requests that carry its token and are addressed to a name of the address it serves."""
+
+    token: str
+    host: str  # the address it listens on (--host)
+    port: int
+
+    @property
+    def cookie(self) -> str:
+        return f"dwisynth-view-{self.port}"  # browsers share cookies across ports: one name per viewer
+
+    def start_url(self) -> str:
+        shown = socket.getfqdn() if self.host in ANY_ADDRESS else self.host
+        shown = f"[{shown}]" if ":" in shown else shown
+        return f"http://{shown}:{self.port}/?token={quote(self.token, safe='')}"
+
+    def host_allowed(self, host_header: str) -> bool:
+        # The port is not compared: behind `ssh -L 9000:127.0.0.1:8765` the browser says localhost:9000. A DNS
+        # rebinding page cannot choose the name, and the name is what is checked.
+        name = _hostname(host_header)
+        if name in LOOPBACK_NAMES or name == self.host.lower():
+            return True
+        if self.host in ANY_ADDRESS:  # served to others: this machine's names, or an address (no DNS to rebind)
+            return name in _machine_names() or _is_ip_address(name)
+        return False
+
+    def token_presented(self, request: Request) -> bool:
+        """Whether the request carries the token: ?token=, `Authorization: token ...` or the page's cookie."""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        presented = [request.query_params.get("token"), value.strip() if scheme.lower() == "token" else None,
+                     request.cookies.get(self.cookie)]
+        return any(hmac.compare_digest(text.encode(), self.token.encode()) for text in presented if text)
+
+
+class AccessGuard:
+    """ASGI middleware: every request (the page, static files, API, uploads, downloads) passes `Access` before any
+    route sees it; the Host header first."""
+
+    def __init__(self, app, access: Access, log=print):
+        self.app, self.access, self.log = app, access, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # the viewer serves no websocket
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        request = Request(scope)
+        if not self.access.host_allowed(request.headers.get("host", "")):
+            response = self.refuse(request, "wrong Host", "this viewer answers only requests addressed to it")
+        elif not self.access.token_presented(request):
+            response = self.refuse(request, "no valid token", "this viewer needs its token")
+        elif request.url.path == "/" and "token" in request.query_params:
+            # the cookie lets the page's own requests (fetch, NiiVue, download links) through; the redirect takes
+            # the token out of the address bar and the history
+            response = RedirectResponse("/", 303)
+            response.set_cookie(self.access.cookie, self.access.token, httponly=True, samesite="strict")
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+    def refuse(self, request: Request, reason: str, message: str) -> Response:
+        self.log(f"[view] {request.method} {request.url.path} -> 403 ({reason})")
+        return PlainTextResponse(f"{message}: open the URL that `dwisynth view` printed at start-up "
+                                 "(http://...:PORT/?token=...)\n", 403)
+
+
+def _require_media_type(request: Request, expected: str) -> None:
+    """415 unless the body is declared as `expected`: a cross-site form sends text/plain, urlencoded or multipart
+    bodies without a CORS preflight, and those are never what an endpoint takes."""
+    declared = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if declared != expected:
+        raise ViewerError(f"{request.url.path} takes a body of Content-Type {expected}, not {declared or 'none'}",
+                          415)
+
+
 def _json_body(request_body: dict, *keys: str) -> list:
     missing = [k for k in keys if request_body.get(k) in (None, "")]
     if missing:
@@ -206,8 +334,9 @@ def _json_body(request_body: dict, *keys: str) -> list:
     return [request_body[k] for k in keys]
 
 
-def create_app(viewer: Viewer) -> Starlette:
+def create_app(viewer: Viewer, access: Access) -> Starlette:
     async def body(request: Request) -> dict:
+        _require_media_type(request, "application/json")
         try:
             data = await request.json()
         except ValueError as exc:
@@ -239,6 +368,7 @@ def create_app(viewer: Viewer) -> Starlette:
         return JSONResponse(job.describe(viewer.position(job.id)), 202)
 
     async def upload(request):
+        _require_media_type(request, "application/octet-stream")
         name = Path(request.query_params.get("name", "")).name
         if not name.endswith(UPLOAD_SUFFIXES):
             raise ViewerError(f"upload {name!r}: send a .zip (a DICOM series folder, or a NIfTI with its .bval) or "
@@ -360,7 +490,8 @@ def create_app(viewer: Viewer) -> Starlette:
         viewer.log(f"[view] {request.method} {request.url.path} -> 400 ({exc.__class__.__name__})")
         return JSONResponse({"error": str(exc)}, 400)
 
-    return Starlette(routes=routes, exception_handlers={ViewerError: refused, DwisynthError: dwisynth_error})
+    return Starlette(routes=routes, exception_handlers={ViewerError: refused, DwisynthError: dwisynth_error},
+                     middleware=[Middleware(AccessGuard, access=access, log=viewer.log)])
 
 
 def warm_up() -> dict:
@@ -378,6 +509,7 @@ def serve(models_dir: Path, results_dir: Path, config: dict, roots: list[Path], 
     """Run the viewer until Ctrl-C; its workspace (every converted or synthesized file) is removed at the end."""
     import uvicorn
 
+    access = Access(start_token(), host, port)
     own_workspace = workspace is None
     workspace = Path(workspace or tempfile.mkdtemp(prefix="dwisynth-view-"))
     viewer = Viewer(models_dir, results_dir, config, [r.resolve() for r in roots], workspace, max_upload_mb * 2**20)
@@ -391,9 +523,12 @@ def serve(models_dir: Path, results_dir: Path, config: dict, roots: list[Path], 
             viewer.startup_job = viewer.open_results(cohort, subject.removeprefix("sub-"))
         else:
             viewer.startup_job = viewer.open_path(viewer.allowed(open_study), None)
-    print(f"[view] open http://{host}:{port}/ in a browser (Ctrl-C stops the viewer)", flush=True)
+    if host in LOOPBACK_NAMES:
+        print(f"[view] from your own computer: run `ssh -N -L {port}:127.0.0.1:{port} {socket.gethostname()}` there, "
+              "then open the URL below in its browser")
+    print(f"[view] open {access.start_url()} in a browser (Ctrl-C stops the viewer)", flush=True)
     try:
-        uvicorn.run(create_app(viewer), host=host, port=port, access_log=False, log_level="warning")
+        uvicorn.run(create_app(viewer, access), host=host, port=port, access_log=False, log_level="warning")
     finally:
         viewer._worker.shutdown(wait=False, cancel_futures=True)
         if own_workspace:

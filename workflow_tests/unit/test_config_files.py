@@ -32,3 +32,12 @@ def test_the_study_template_has_every_block_and_no_demo():
 
 def test_the_demo_file_runs_the_demo():
     assert load_config(REPO / "config/demo.yaml")["demo"]["enabled"] is True
+
+
+def test_a_runs_resolved_config_loads_back_as_the_same_config(tmp_path):
+    """results/provenance/config.yaml is what `dwisynth view` reads by default: it must load as the run's config."""
+    from dwisynth.provenance import write_resolved_config
+
+    config = load_config(REPO / "config/demo.yaml")
+    write_resolved_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config

@@ -1,7 +1,13 @@
-"""The viewer's pieces without a server: uploads, the derived DICOM export, the voxel fit, model checks."""
+"""The viewer's pieces: uploads, the derived DICOM export, the voxel fit, model checks, and whom a started server
+answers (its token, its Host, the body types it takes)."""
 
 import hashlib
+import http.client
+import json
+import socket
 import subprocess
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -126,3 +132,131 @@ def test_the_model_list_follows_a_retrained_model_pt(tmp_path):
     torch.save({**record, "input_b": [0.0]}, path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert viewer.models()[0].input_b == (0.0,)
+
+
+TOKEN = "unit-test-token-0123456789"
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A viewer with no models or subjects, served on a free loopback port from a thread: (port, its workspace)."""
+    import uvicorn
+
+    from dwisynth.viewer.server import Access, Viewer, create_app
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    viewer = Viewer(models_dir=tmp_path / "models", results_dir=tmp_path / "results", config={}, roots=[tmp_path],
+                    workspace=workspace, max_upload_bytes=2**20, log=lambda message: None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(viewer, Access(TOKEN, "127.0.0.1", port)), host="127.0.0.1",
+                                           port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "the viewer did not start"
+        time.sleep(0.02)
+    yield port, workspace
+    server.should_exit = True
+    thread.join(10)
+    viewer._worker.shutdown(wait=True)
+
+
+def ask(port, method, path, body=None, token=None, host=None, content_type=None, cookie=None):
+    """(status, headers, body bytes) of one request; Host is 127.0.0.1:port unless given."""
+    headers = {"Host": f"127.0.0.1:{port}" if host is None else host}
+    if token:
+        headers["Authorization"] = f"token {token}"
+    if content_type:
+        headers["Content-Type"] = content_type
+    if cookie:
+        headers["Cookie"] = cookie
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+# with the token each answers as without any access control: the page, a static file, the API's reads, downloads
+ROUTES = {("GET", "/"): 200, ("GET", "/static/style.css"): 200, ("GET", "/api/state"): 200,
+          ("GET", "/api/jobs/j9"): 404, ("GET", "/api/studies/s9/volumes/synthetic.nii"): 404,
+          ("GET", "/api/studies/s9/export?synthesis=r1&format=dicom"): 404}
+
+
+def test_every_route_needs_the_start_up_token(served):
+    port, _ = served
+    for (method, path), status in ROUTES.items():
+        for token in (None, "wrong-token-0123456789"):
+            refused = ask(port, method, path, token=token)
+            assert refused[0] == 403 and b"printed at start-up" in refused[2], (path, token, refused)
+        assert ask(port, method, path, token=TOKEN)[0] == status, path
+    assert ask(port, "GET", "/api/state?token=wrong-token-0123456789")[0] == 403
+    assert ask(port, "GET", f"/api/state?token={TOKEN}")[0] == 200  # a script's call: no redirect, no cookie
+    for method, path, kind in (("POST", "/api/open", "application/json"),
+                               ("POST", "/api/upload?name=a.zip", "application/octet-stream")):
+        assert ask(port, method, path, b"{}", content_type=kind)[0] == 403, path
+
+
+def test_the_start_up_url_leaves_a_strict_httponly_cookie_for_the_page(served):
+    port, _ = served
+    status, headers, _ = ask(port, "GET", f"/?token={TOKEN}")
+    assert status == 303 and headers["location"] == "/"  # the token leaves the address bar
+    cookie = headers["set-cookie"]
+    name_value = cookie.split(";")[0]
+    assert name_value == f"dwisynth-view-{port}={TOKEN}"
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    assert ask(port, "GET", "/", cookie=name_value)[0] == 200
+    assert ask(port, "GET", "/api/state", cookie=name_value)[0] == 200
+    assert ask(port, "GET", "/api/state", cookie=f"dwisynth-view-{port}=wrong-token-0123456789")[0] == 403
+    assert ask(port, "GET", "/api/state", cookie=f"dwisynth-view-1={TOKEN}")[0] == 403  # another port's viewer
+
+
+def test_a_foreign_host_is_refused_even_with_the_token(served):
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 still says Host: evil.example."""
+    port, _ = served
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", ""):
+        status, _, body = ask(port, "GET", "/api/state", token=TOKEN, host=host)
+        assert status == 403 and b"addressed to it" in body, host
+    # the names of loopback, on any port: `ssh -L 9000:127.0.0.1:PORT` makes the browser say localhost:9000
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost:9000"):
+        assert ask(port, "GET", "/api/state", token=TOKEN, host=host)[0] == 200, host
+
+
+def test_bodies_must_declare_the_type_each_endpoint_takes(served):
+    """A cross-site form may post text/plain, urlencoded or multipart without a preflight: none is accepted."""
+    port, workspace = served
+    study = json.dumps({"source": "results", "cohort": "c", "subject": "x"}).encode()
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        status, _, body = ask(port, "POST", "/api/open", study, token=TOKEN, content_type=kind)
+        assert status == 415 and "application/json" in json.loads(body)["error"], kind
+        status, _, body = ask(port, "POST", "/api/upload?name=a.zip", b"PK", token=TOKEN, content_type=kind)
+        assert status == 415 and "application/octet-stream" in json.loads(body)["error"], kind
+    assert not any(workspace.iterdir())  # refused before anything was written
+    status, _, body = ask(port, "POST", "/api/open", study, token=TOKEN, content_type="application/json; charset=utf-8")
+    assert status == 202 and json.loads(body)["what"] == "open"  # queued (the subject is then not found)
+    status, _, body = ask(port, "POST", "/api/upload?name=a.zip", b"PK", token=TOKEN,
+                          content_type="application/octet-stream")
+    assert status == 400 and "not a readable zip" in json.loads(body)["error"]  # read, then refused for its content
+
+
+def test_the_token_is_random_per_start_unless_fixed_long_enough(monkeypatch):
+    from dwisynth.viewer.server import TOKEN_ENV, Access, start_token
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    first, second = start_token(), start_token()
+    assert first != second and len(first) >= 32
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert start_token() == TOKEN
+    monkeypatch.setenv(TOKEN_ENV, "short")
+    with pytest.raises(ViewerError, match="at least 16"):
+        start_token()
+    assert Access(TOKEN, "127.0.0.1", 8765).start_url() == f"http://127.0.0.1:8765/?token={TOKEN}"
+    everywhere = Access(TOKEN, "0.0.0.0", 8765)  # served to others: addresses and this machine's names only
+    assert everywhere.host_allowed("10.1.2.3:8765") and everywhere.host_allowed(f"{socket.gethostname()}:8765")
+    assert not everywhere.host_allowed("evil.example:8765")

@@ -4,6 +4,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--
 
 
 class Server:
-    """`dwisynth view` in a subprocess, on a free port, with its own TMPDIR (its workspace) and log file."""
+    """`dwisynth view` in a subprocess, on a free port, with its own TMPDIR (its workspace) and log file; requests
+    carry the token of the URL it printed at start-up, as a user's browser would."""
 
     def __init__(self, run: Path, config: Path, tmp: Path, *extra):
         with socket.socket() as probe:
@@ -49,12 +51,16 @@ class Server:
             cwd=run, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 120
         while time.time() < deadline:
-            try:
-                self.get("/api/state")
-                return
-            except (ConnectionError, urllib.error.URLError):
-                assert self.proc.poll() is None, self.log_path.read_text()
-                time.sleep(0.3)
+            printed = re.search(r"open (http://\S+/\?token=(\S+)) in a browser", self.log_path.read_text())
+            if printed:
+                self.start_url, self.token = printed.groups()
+                try:
+                    self.get("/api/state")
+                    return
+                except (ConnectionError, urllib.error.URLError):
+                    pass
+            assert self.proc.poll() is None, self.log_path.read_text()
+            time.sleep(0.3)
         raise AssertionError(f"the viewer did not answer within 120 s:\n{self.log_path.read_text()}")
 
     @property
@@ -64,7 +70,9 @@ class Server:
     def request(self, method, path, body=None, raw=None, headers=None):
         """(status, parsed JSON or bytes)"""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        headers = {"Authorization": f"token {self.token}",
+                   **({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=300) as response:
                 status, payload, kind = response.status, response.read(), response.headers.get("content-type", "")
@@ -107,7 +115,7 @@ def viewer_run(request):
     DWISYNTH_VIEWER_RUN (how the README's screenshot is made: see test_page_...)."""
     if os.environ.get("DWISYNTH_VIEWER_RUN"):
         run = Path(os.environ["DWISYNTH_VIEWER_RUN"]).resolve()
-        return run, run / "config/config.yaml"
+        return run, run / "config/demo.yaml"
     return request.getfixturevalue("demo_run"), TINY_CONFIG
 
 
@@ -172,8 +180,9 @@ def test_page_synthesizes_b850_shows_the_cli_values_and_exports_dicom(server, vi
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 950}, accept_downloads=True)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(server.url)
+        page.goto(server.start_url)  # the URL `dwisynth view` printed: the page keeps its token as a cookie
         page.wait_for_function("window.viewer && window.viewer.ready", timeout=60_000)
+        assert page.url == f"{server.url}/"  # not left in the address bar
         page.select_option("#subject", "/".join(subject[:2]))
         page.click("#open-results button")
         page.wait_for_function("viewer.study !== null && !viewer.busy", timeout=60_000)
@@ -311,6 +320,8 @@ def test_refusals_say_why_and_write_nothing(server, viewer_run, tmp_path):
     # a 2 GB upload is refused from its header, before a byte of it is read
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     conn.putrequest("POST", "/api/upload?name=study.zip")
+    conn.putheader("Authorization", f"token {server.token}")
+    conn.putheader("Content-Type", "application/octet-stream")
     conn.putheader("Content-Length", str(2 * 2**30))
     conn.endheaders()
     response = conn.getresponse()
@@ -361,7 +372,8 @@ def test_a_nifti_and_an_uploaded_zip_open_as_the_workflow_opens_them(server, vie
     with zipfile.ZipFile(archive, "w") as z:
         for path in sorted((run / "data/demo/dicom" / STROKE[0] / STROKE[1] / "CT").iterdir()):
             z.write(path, f"CT/{path.name}")
-    status, job = server.request("POST", "/api/upload?name=ct.zip", raw=archive.read_bytes())
+    status, job = server.request("POST", "/api/upload?name=ct.zip", raw=archive.read_bytes(),
+                                 headers={"Content-Type": "application/octet-stream"})
     assert status == 202, job
     job = server.wait(job)
     assert job["state"] == "done", job

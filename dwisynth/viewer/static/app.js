@@ -30,9 +30,15 @@ async function api(method, url, body) {
     options.body = JSON.stringify(body);
   }
   const response = await fetch(url, options);
-  const data = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
+  const data = await readAnswer(response);
   if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
   return data;
+}
+
+// The server's JSON, or its plain-text refusal (a missing token, e.g. after a restart) as the error to show.
+async function readAnswer(response) {
+  const text = await response.text();
+  try { return JSON.parse(text); } catch { return {error: text.trim() || `${response.status} ${response.statusText}`}; }
 }
 
 function showError(message) {
@@ -56,7 +62,8 @@ async function runJob(job) {
     if (job.state === "failed") { setStatus("failed", `${job.what} failed`); throw new Error(job.error); }
     await new Promise((resolve) => setTimeout(resolve, 150));
     const response = await fetch(`/api/jobs/${job.id}`);
-    job = await response.json();
+    job = await readAnswer(response);
+    if (!job.state) throw new Error(job.error);
   }
 }
 
@@ -294,8 +301,9 @@ async function start() {
     if (file.size > state.max_upload_mb * 2 ** 20) throw new Error(`${file.name}: ${(file.size / 2 ** 20).toFixed(0)} MiB, more than the ${state.max_upload_mb} MiB the viewer accepts`);
     setStatus("running", `uploading ${file.name}`);
     const response = await fetch(`/api/upload?name=${encodeURIComponent(file.name)}&organ=${$("organ").value}`,
-                                 {method: "POST", body: file});
-    const job = await response.json();
+                                 {method: "POST", body: file,
+                                  headers: {"Content-Type": "application/octet-stream"}});  // the only type it takes
+    const job = await readAnswer(response);
     if (!response.ok) throw new Error(job.error);
     await studyOpened(await runJob(job));
   });
