@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dwisynth.device import inference_device
 from dwisynth.diffusion import computed_dwi
 from dwisynth.errors import ConfigError, DwisynthError
 from dwisynth.networks.base import build_inference_network
@@ -24,15 +25,6 @@ from dwisynth.loader import inputs_to_network
 from dwisynth.networks.blocks import from_network, pad_to_multiple
 
 MODEL_FORMAT = "dwisynth-model/2"  # 2: the network is rebuilt from `method` and `kwargs`
-
-
-def resolve_device(setting: str = "auto") -> torch.device:
-    """config `device` -> torch device; asking for CUDA where there is none is a config error."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda, but torch sees no CUDA device; use device: auto or cpu")
-    if setting in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 class ModelFileError(DwisynthError):
@@ -101,7 +93,7 @@ def load_model(path: str | Path, device: str = "auto") -> SynthesisModel:
         raise ModelFileError(f"{path}: its weights do not fit this version's {record.get('method')} network "
                              f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}); "
                              "retrain it (delete the file and rerun the workflow)") from exc
-    target = resolve_device(device)
+    target = inference_device(device)
     return SynthesisModel(network.to(target).eval(), record, target)
 
 

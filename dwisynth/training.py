@@ -44,8 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dwisynth.device import training_device
 from dwisynth.errors import ConfigError, DwisynthError
-from dwisynth.inference import MODEL_FORMAT, resolve_device
+from dwisynth.inference import MODEL_FORMAT
 from dwisynth.loader import chunked_percentile, inputs_to_network
 from dwisynth.networks.base import code_digest, config_weight_files
 from dwisynth.networks.blocks import from_network, pad_to_multiple, to_network
@@ -200,7 +201,7 @@ class Trainer:
         self.lesion_slices = (np.zeros(0, int) if data.lesions is None
                               else np.flatnonzero(data.lesions.reshape(len(data.lesions), -1).any(1)))
         self.out_dir = Path(out_dir)
-        self.device = resolve_device(config.device)
+        self.device = training_device(config.device, job=f"training of {self.out_dir}")
         if config.threads:
             torch.set_num_threads(config.threads)
         if self.device.type == "cpu":

@@ -47,8 +47,6 @@ rule synthesize_ct2dwi:
         code=script_code("synthesize_ct2dwi.py"),  # a change to the code it runs reruns it
     wildcard_constraints:
         method=CT2DWI_NETWORKS,
-    resources:
-        gpu=config["training"]["gpus"],
     log:
         layout.log("synthesize_ct2dwi", "{experiment}", "{method}", "{cohort}", "{subject}"),
     script:

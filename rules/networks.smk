@@ -45,8 +45,6 @@ rule synthesize:
         code=script_code("synthesize.py"),  # a change to the code it runs reruns it
     wildcard_constraints:
         method=NETWORK_PATTERN,
-    resources:
-        gpu=config["training"]["gpus"],
     log:
         layout.log("synthesize", "{method}", "{cohort}", "{subject}"),
     benchmark:

@@ -79,12 +79,11 @@ def register_dwi(dwi_path, bval_path, out_dwi, out_bval, out_json, subject: str,
 
 
 def torch_device(setting: str = "auto"):
-    """config `device` -> what HD-BET takes: 'cpu' or a CUDA index."""
-    import torch
+    """config `device` -> what HD-BET takes: 'cpu' or a CUDA index. Masking asks Slurm for no GPU, so CUDA is
+    used when usable, never required (dwisynth.device)."""
+    from dwisynth.device import inference_device  # imports torch: only for a job that masks
 
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        return 0
-    return "cpu"
+    return 0 if inference_device(setting, job="HD-BET masking").type == "cuda" else "cpu"
 
 
 def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str, method: str,
