@@ -72,6 +72,7 @@ rule provenance:
 
 
 rule resolved_config:
+    localrule: True  # a file written in a moment: no Slurm job for it
     output:
         "results/provenance/config.yaml",
     params:
@@ -84,6 +85,7 @@ rule resolved_config:
 
 
 rule dataset_description:
+    localrule: True  # a file written in a moment: no Slurm job for it
     output:
         "results/dataset_description.json",
     params:
