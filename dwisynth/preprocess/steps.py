@@ -15,8 +15,8 @@ import numpy as np
 from dwisynth.diffusion import adc_fit_bvalues, fit_adc, noise_sigma_background, noise_sigma_repeats, trace_average
 from dwisynth.errors import DwisynthError
 from dwisynth.io import load_dwi_image, save_nifti, write_bval
-from dwisynth.preprocess.masking import (BRAIN_METHODS, body_mask, check_ct_hu, check_mask, hd_bet_v1_mask,
-                                        hd_bet_v2_mask)
+from dwisynth.preprocess.masking import (BRAIN_METHODS, body_mask, check_3d_extent, check_ct_hu, check_mask,
+                                        hd_bet_v1_mask, hd_bet_v2_mask)
 from dwisynth.preprocess.normalize import check_finite, normalize_dwi, snap_bvalues
 from dwisynth.preprocess.registration import apply_transforms, register, transform_matrix_lps
 
@@ -97,6 +97,8 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
         method = "threshold"  # HD-BET is a brain model
     if method not in BRAIN_METHODS:
         raise ValueError(f"masking.method must be one of {BRAIN_METHODS}, got {method!r}")
+    if method.startswith("hd-bet"):
+        check_3d_extent(high_b.shape, spacing, subject, method)
     if method == "hd-bet-v1":
         if threads:
             import torch
@@ -115,7 +117,7 @@ def make_mask(dwi_path, bval_path, out_mask, out_json, subject: str, organ: str,
                 p.unlink()
     else:
         mask, method = body_mask(b0, spacing=spacing)
-    mask = check_mask(mask, subject, method)
+    mask = check_mask(mask, subject, method, spacing=spacing)
     save_nifti(mask, img.affine, out_mask, dtype=np.uint8)
     _write_json({"organ": organ, "method": method, "image": f"b{bvals.max():g}" if method.startswith("hd-bet") else "b0",
                  **({"precision": precision} if method == "hd-bet-v1" else {}), "voxels": int(mask.sum()),

@@ -232,7 +232,8 @@ def test_hd_bet_in_bfloat16_runs_its_convolutions_in_bf16_and_hands_numpy_float3
     try:
         for precision in ("float32", "bfloat16"):
             conv_dtypes.clear()
-            mask = hd_bet_v1_mask(np.ones((16, 16, 16), np.float32), (1.5, 1.5, 1.5), precision=precision)
+            # 12 mm voxels: 16 of them span HD-BET's 192 mm field, so no padding makes the stub's block too small
+            mask = hd_bet_v1_mask(np.ones((16, 16, 16), np.float32), (12.0, 12.0, 12.0), precision=precision)
             assert mask.shape == (16, 16, 16) and mask.dtype == bool
             assert len(conv_dtypes) > 10 and set(conv_dtypes) == {getattr(torch, precision)}, precision
     finally:
