@@ -24,7 +24,8 @@ SUBJECT_HELP = ("study pseudonym used in the output names (letters and digits); 
 def _convert(args) -> None:
     from dwisynth.convert import convert_series
 
-    convert_series(args.dicom_dir, args.output, args.subject, args.modality, b0_max=args.b0_max)
+    convert_series(args.dicom_dir, args.output, args.subject, args.modality, b0_max=args.b0_max,
+                   bval=args.bval, bvec=args.bvec)
 
 
 def _demo_cohort(args) -> None:
@@ -207,12 +208,13 @@ def _view(args) -> None:
 
 
 def _scan(args) -> None:
-    from dwisynth.io import write_table
-    from dwisynth.scan import scan_dicom_tree
+    from dwisynth.scan import scan_tree, summary, write_drafted_sheet
 
-    sheet = scan_dicom_tree(args.dicom_root, cohort=args.cohort)
-    write_table(sheet, args.output)
-    print(f"[scan] {len(sheet)} series -> {args.output}; check the columns marked for review")
+    scan = scan_tree(args.dicom_root, cohort=args.cohort)
+    write_drafted_sheet(scan, args.dicom_root, args.output)
+    for line in summary(scan, args.dicom_root, args.output):  # counts only: folder names can name a patient
+        print(line, file=sys.stderr)
+    print(f"[scan] {len(scan.sheet)} series -> {args.output}; check the columns marked for review")
 
 
 def _compare_runs(args) -> int:
@@ -242,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", required=True, help="study pseudonym (letters and digits), used in file names")
     p.add_argument("--modality", choices=["DWI", "CT"], default="DWI")
     p.add_argument("--b0-max", type=float, default=10.0, help="largest b-value that counts as b0 (s/mm²)")
+    p.add_argument("--bval", type=Path, help="for a DWI series whose DICOM carries no b-value tag: its b-values "
+                   "(s/mm²), one per volume in acquisition order, FSL's .bval format")
+    p.add_argument("--bvec", type=Path, help="with --bval: the gradient directions, 3 rows (FSL's .bvec format); "
+                   "default zeros (trace-weighted images)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("demo-cohort", help="write the embedded demo cohort (vendor DICOM + truth)")

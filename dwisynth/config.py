@@ -25,7 +25,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
 SAMPLES_SCHEMA = SCHEMA_DIR / "samples.schema.yaml"
 REQUIRED_COLUMNS = ["cohort", "center", "subject", "organ", "modality", "dicom_dir"]
-OPTIONAL_COLUMNS = ["vendor", "split"]
+OPTIONAL_COLUMNS = ["vendor", "split", "bval", "bvec"]
 
 
 @functools.cache

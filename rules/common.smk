@@ -85,6 +85,13 @@ def dicom_dir(modality):
     return lookup
 
 
+def supplied_gradients(wildcards):
+    """The sheet's bval/bvec files of a DWI series whose DICOM carries no b-value tag (none when empty): inputs,
+    so a corrected file reconverts."""
+    row = series_row(wildcards, "DWI")
+    return {column: row[column] for column in ("bval", "bvec") if row[column]}
+
+
 def hdbet_v2_weights_file(wildcards):
     """The user's hd-bet 2.x weights as an input, so weights replaced at the same path reinstall and remask;
     a path that does not exist is left to the install script's clear error, not Snakemake's."""

@@ -1,5 +1,6 @@
 rule convert_dwi:
     input:
+        unpack(supplied_gradients),
         dicom=dicom_dir("DWI"),
     output:
         **layout.nifti("{cohort}", "{subject}", "DWI"),

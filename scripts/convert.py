@@ -16,4 +16,7 @@ convert_series(
     # the pseudonym, never the sheet's path: folder names can hold a patient's name and this reaches logs/
     source=f"{snakemake.wildcards.cohort}/sub-{snakemake.wildcards.subject} {snakemake.params.modality} "  # noqa: F821
            "(dicom_dir in the sample sheet)",
+    # the sheet's bval/bvec columns (convert_dwi only), for a series whose DICOM carries no b-value tag
+    bval=snakemake.input.get("bval"),  # noqa: F821
+    bvec=snakemake.input.get("bvec"),  # noqa: F821
 )

@@ -21,7 +21,7 @@ from dwisynth.config import adc_settings
 from dwisynth.demo.anatomy import (LESION_TISSUES, TISSUES, BrainPhantom, ct_hu, make_phantom, mixture_signal,
                                    tissue_maps)
 from dwisynth.diffusion import adc_fit_bvalues, fit_adc
-from dwisynth.dicom import PatientInfo, series_uids, write_ct_series, write_dwi_series
+from dwisynth.dicom import PatientInfo, series_uids, write_ct_series, write_dwi_series, write_enhanced_dwi_series
 from dwisynth.geometry import Grid
 from dwisynth.io import save_nifti, write_bval
 
@@ -41,6 +41,7 @@ class SubjectPlan:
     scale: float
     split: str = ""
     stroke: bool = False
+    dicom: str = "classic"  # classic single-frame files, or enhanced multi-frame (Siemens XA style)
     series: dict[str, str] = field(default_factory=dict)  # modality -> dicom_dir
     truth_dir: str = ""
 
@@ -61,7 +62,7 @@ def plan_demo_cohort(config: dict) -> list[SubjectPlan]:
         subject = f"{code}{'stroke' if stroke else organ}{index + 1:02d}"
         bvals = sorted({float(b) for b in center["bvalues"]} | set(extra_b))
         plan = SubjectPlan(cohort, center["name"], subject, organ, center["vendor"], bvals,
-                           float(center["snr"]), float(center["scale"]), split, stroke)
+                           float(center["snr"]), float(center["scale"]), split, stroke, center.get("dicom", "classic"))
         base = root / "dicom" / cohort / subject
         plan.series["DWI"] = str(base / "DWI")
         if stroke:
@@ -242,9 +243,14 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
     for modality, folder in plan.series.items():
         if Path(folder).exists():
             shutil.rmtree(folder)
-    write_dwi_series(plan.series["DWI"], sim.acquired, plan.bvals, sim.grid, plan.vendor, sim.patient,
-                     series_uids(seed_text, series_number), series_description="DWI trace",
-                     body_part=BODY_PART[plan.organ])
+    if plan.dicom == "enhanced":
+        write_enhanced_dwi_series(plan.series["DWI"], sim.acquired, plan.bvals, sim.grid, sim.patient,
+                                  series_uids(seed_text, series_number), series_description="DWI trace",
+                                  body_part=BODY_PART[plan.organ])
+    else:
+        write_dwi_series(plan.series["DWI"], sim.acquired, plan.bvals, sim.grid, plan.vendor, sim.patient,
+                         series_uids(seed_text, series_number), series_description="DWI trace",
+                         body_part=BODY_PART[plan.organ])
     if plan.stroke:
         write_ct_series(plan.series["CT"], sim.ct_hu, sim.grid, sim.patient, series_uids(seed_text, series_number + 1),
                         vendor=plan.vendor, series_description="Head CT")

@@ -6,9 +6,9 @@ import sys
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
+from dwisynth.config import read_sample_sheet
 from dwisynth.demo.cohort import generate_demo_cohort
 from dwisynth.dicom import series_uids, write_dwi_series
 from dwisynth.diffusion import ivim_signal
@@ -71,7 +71,7 @@ def test_scan_drafts_one_row_per_series_with_pseudonyms(tiny_config, tmp_path):
     sheet = generate_demo_cohort(tiny_config, progress=lambda *_: None)
     proc = dwisynth("scan", tiny_config["demo"]["outdir"], "--cohort", "study", "-o", tmp_path / "samples.tsv")
     assert proc.returncode == 0, proc.stderr
-    drafted = pd.read_csv(tmp_path / "samples.tsv", sep="\t", keep_default_na=False)
+    drafted = read_sample_sheet(tmp_path / "samples.tsv")  # the workflow's reader: it validates the draft
     assert len(drafted) == len(sheet)
     assert set(drafted["modality"]) == {"DWI"}
     assert sorted(drafted["vendor"]) == sorted(sheet["vendor"])
