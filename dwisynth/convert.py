@@ -232,6 +232,23 @@ def _check_supplied_bvals(folder: str, images, vendor: str, bvals: np.ndarray, n
     return {"vendor": vendor, "header_bvals": header_bvals, "bvals_from": "b-value file"}
 
 
+def _check_supplied_order(folder: str, img, bvals: np.ndarray, named: str) -> None:
+    """Signal falls with b: volumes given the lowest b-value must be brighter in the body than those given the
+    highest, or the file lists the b-values in another order than the series' volumes (dcm2niix's order)."""
+    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    if data.ndim != 4 or data.shape[3] != bvals.size:
+        return  # the count check after this one names the mismatch
+    mean = data.mean(axis=3)
+    body = mean > np.percentile(mean, 75)
+    signal = data[body].mean(axis=0)
+    low, high = signal[bvals == bvals.min()].mean(), signal[bvals == bvals.max()].mean()
+    if low <= high:
+        raise HeaderQCError(
+            f"{folder}: the volumes {named} gives b={bvals.min():g} are no brighter ({low:.4g}) than those it gives "
+            f"b={bvals.max():g} ({high:.4g}), though signal falls with b: the b-values are not in the series' "
+            "volume order: list them in the order of the volumes as dcm2niix stacks them (by acquisition)")
+
+
 def _check_slice_spacing(folder: str, headers) -> None:
     """Slices evenly spaced along the slice normal. dcm2niix fills a gap by interpolation (its _Eq image),
     which would hide a missing slice from every later step; mixed 5/10 mm head-CT reconstructions too."""
@@ -372,6 +389,8 @@ def convert_series(
             staged["bvec"] = tmp / f"{stem}.bvec"
             final["bval"], final["bvec"] = out / f"{stem}.bval", out / f"{stem}.bvec"
             if supplied_bvals is not None:  # in place of what dcm2niix wrote from no tags (nothing, or zeros)
+                _check_supplied_order(folder, img, supplied_bvals,
+                                      supplied_file_names(bval, bvec, source is not None)[0])
                 staged["bval"].write_text(" ".join(f"{b:g}" for b in supplied_bvals) + "\n")
                 staged["bvec"].write_text("".join(" ".join(f"{v:g}" for v in row) + "\n" for row in supplied_bvecs))
             record.update(_check_dwi_output(folder, img, staged["bval"], record["header_bvals"], b0_max))

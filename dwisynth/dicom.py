@@ -327,12 +327,14 @@ def _check_pixel_bytes(ds: Dataset, remaining: int) -> None:
     """Raise when the file's bytes after its header cannot hold the image its header describes.
     (Compressed transfer syntaxes are smaller by design and dcm2niix decodes them; a deflated file's
     position says nothing about its content.)"""
-    if remaining <= 0:
-        raise ValueError("no pixel data")
     syntax = element_value(ds.file_meta, "TransferSyntaxUID")  # cached: converting it was a tenth of a header read
     if syntax is None:
         raise ValueError("no transfer syntax in its file meta information")
-    if syntax.is_compressed or syntax.is_deflated:
+    if syntax.is_deflated:  # pydicom inflated the whole file to read its header: the position is its end
+        return
+    if remaining <= 0:
+        raise ValueError("no pixel data")
+    if syntax.is_compressed:
         return
     element_header = 8 if syntax.is_implicit_VR else 12  # tag, (VR, reserved,) length
     expected = int(element_value(ds, "Rows")) * int(element_value(ds, "Columns")) * int(

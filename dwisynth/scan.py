@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from dwisynth.dicom import frame_diffusion, read_header, vendor_from_manufacturer
 from dwisynth.errors import DwisynthError
-from dwisynth.identifiers import find_identifiers_in_text, series_identifiers
+from dwisynth.identifiers import PLACEHOLDER_WORDS, find_identifiers_in_text, series_identifiers
 from dwisynth.io import written_whole
 
 COLUMNS = ["cohort", "center", "subject", "organ", "modality", "dicom_dir", "vendor", "split", "review"]
@@ -267,13 +267,29 @@ def _rows(kept, skipped: list[Skipped], series_per_folder, cohort: str) -> list[
     other series of the same patient and a CT without DWI go to `skipped`, as the sheet allows one series
     per subject and modality and a CT is registered to its subject's DWI."""
     def patient(info):
-        return str(info.ds.get("PatientID", ""))
+        # the ID with name and birth date (one MRN at two sites are two patients); a blank or placeholder ID
+        # ("ANONYMOUS") says nothing, so each study is then its own subject
+        ds = info.ds
+        patient_id = str(ds.get("PatientID", "")).strip()
+        if not patient_id or patient_id.casefold() in PLACEHOLDER_WORDS:
+            return ("study", str(ds.get("StudyInstanceUID", "")) or str(sorted(info.folders)[0]))
+        return ("patient", patient_id, str(ds.get("PatientName", "")), str(ds.get("PatientBirthDate", "")))
 
-    def preference(kept_series):  # every DWI before any CT
+    def study(info):
+        return str(info.ds.get("StudyInstanceUID", ""))
+
+    def preference(kept_series):  # every DWI before any CT; a CT of the chosen DWI's study first
         info, modality = kept_series
-        return modality != "DWI", not _is_trace(info), -len(info.bvals)
+        if modality == "DWI":
+            return False, not _is_trace(info), -len(info.bvals)
+        dwi = chosen_dwi_study.get(patient(info))
+        return True, study(info) != dwi, 0
 
-    chosen: dict[tuple[str, str], _Series] = {}
+    chosen: dict[tuple, _Series] = {}
+    chosen_dwi_study = {}
+    dwis = [(info, modality) for info, modality in kept if modality == "DWI"]
+    for info, modality in sorted(dwis, key=preference):
+        chosen_dwi_study.setdefault(patient(info), study(info))
     for info, modality in sorted(kept, key=preference):
         key = (patient(info), modality)
         if modality == "CT" and (patient(info), "DWI") not in chosen:

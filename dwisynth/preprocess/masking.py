@@ -214,8 +214,9 @@ def hd_bet_v2_mask(nifti_path: str | Path, out_path: str | Path, device: str = "
 BRAIN_ML_PER_CM = (10.0, 250.0)
 BRAIN_ML = (300.0, 3000.0)
 # A body outline fills about half of a DWI's field of view (body_mask on the demo's breast, abdomen, neck and
-# pelvis: 0.35 to 0.51); one tenth is a threshold that caught one bright organ, not the body.
-BODY_MIN_FOV_FRACTION = 0.10
+# pelvis: 0.35 to 0.51); under one twentieth the threshold caught one bright organ (a bladder: 0.01-0.02), not
+# the body. Not a tenth: a preterm head in a 220 mm field, or a slab at the vertex, fills 0.08-0.09.
+BODY_MIN_FOV_FRACTION = 0.05
 
 
 def plausible_brain_ml(shape, spacing) -> tuple[float, float]:
@@ -228,7 +229,7 @@ def check_mask(mask: np.ndarray, subject: str, method: str, min_voxels: int = 50
     """The mask as bool, or a MaskError naming the subject, the volume found and the fix.
 
     Besides an empty mask, with the voxel spacing (mm) given: a brain mask (an HD-BET method's) outside the
-    volume a brain can fill of this field of view, or a body mask (a threshold's) covering under a tenth of it.
+    volume a brain can fill of this field of view, or a body mask (a threshold's) covering under a twentieth of it.
     """
     n = int(np.count_nonzero(mask))
     if n < min_voxels:

@@ -115,6 +115,9 @@ def test_a_body_mask_that_caught_one_bright_organ_stops_the_subject():
     body = np.zeros((72, 52, 12), bool)
     body[10:62, 8:44] = True  # half the field of view: a body
     assert check_mask(body, "P046", "threshold", spacing=(5.0, 5.0, 6.0)).sum() == body.sum()
+    small_head = np.zeros((72, 52, 12), bool)
+    small_head[26:46, 16:31] = True  # 8%: a preterm head in a wide field of view is still a body
+    assert check_mask(small_head, "P046", "threshold", spacing=(5.0, 5.0, 6.0)).sum() == small_head.sum()
 
 
 def test_a_two_slice_series_is_refused_by_hd_bet_with_the_fix_and_masked_by_the_threshold(tmp_path):

@@ -29,6 +29,14 @@ def volumes(grid):
         len(BVALS), *grid.shape).astype(np.uint16)
 
 
+@pytest.fixture
+def decaying(volumes):
+    """Like volumes, but each volume darker as b rises (as diffusion signal is): the order of user-given b-values
+    is checked against it."""
+    base = 1000 + 4 * volumes[0].astype(float)
+    return np.stack([np.round(base * np.exp(-0.0007 * b)) for b in BVALS]).astype(np.uint16)
+
+
 FLAVOURS = {
     # Siemens XA: the whole series in one file, each frame's b-value in its own functional groups
     "enhanced, one file": dict(enhanced=True),
@@ -203,9 +211,9 @@ def write_untagged_series(folder, volumes, grid, patient, uids):
     return files
 
 
-def test_a_series_without_b_value_tags_is_refused_unless_its_b_values_are_given(tmp_path, grid, volumes, patient,
+def test_a_series_without_b_value_tags_is_refused_unless_its_b_values_are_given(tmp_path, grid, decaying, patient,
                                                                                 uids):
-    write_untagged_series(tmp_path / "dcm", volumes, grid, patient, uids)
+    write_untagged_series(tmp_path / "dcm", decaying, grid, patient, uids)
     assert frame_diffusion(pydicom.dcmread(next((tmp_path / "dcm").iterdir()))) == [(None, None)]
     with pytest.raises(HeaderQCError, match="has no diffusion b-value .* give them in a .bval file"):
         convert_series(tmp_path / "dcm", tmp_path / "out", "T06", "DWI", log=lambda *_: None)
@@ -218,7 +226,7 @@ def test_a_series_without_b_value_tags_is_refused_unless_its_b_values_are_given(
     assert np.loadtxt(tmp_path / "out" / "sub-T06_dwi.bval").tolist() == BVALS
     assert np.loadtxt(tmp_path / "out" / "sub-T06_dwi.bvec").tolist() == [[0, 1, 0], [0, 0, 0.6], [0, 0, 0.8]]
     converted = nib.load(tmp_path / "out" / "sub-T06_dwi.nii.gz")
-    truth = nib.as_closest_canonical(nib.Nifti1Image(np.moveaxis(volumes, 0, -1), grid.affine_ras()))
+    truth = nib.as_closest_canonical(nib.Nifti1Image(np.moveaxis(decaying, 0, -1), grid.affine_ras()))
     assert np.array_equal(np.asarray(nib.as_closest_canonical(converted).dataobj), np.asarray(truth.dataobj))
 
 
@@ -228,10 +236,12 @@ def test_a_series_without_b_value_tags_is_refused_unless_its_b_values_are_given(
     ("0 500 1000\n", "1 0 0\n0 1 0\n", r"the bvec file of the sample sheet holds 2 rows of 3 values; give 3 rows"),
     ("0 five 1000\n", None, "cannot read the bval file of the sample sheet: not a table of numbers"),
     ("500 500 1000\n", None, r"no b0 volume \(lowest b-value 500 > b0_max 10\)"),
+    ("1000 500 0\n", None, r"the volumes the bval file of the sample sheet gives b=0 are no brighter .* than those "
+                           r"it gives b=1000 .*: the b-values are not in the series' volume order"),
 ])
-def test_given_b_values_that_do_not_fit_the_series_are_refused(tmp_path, grid, volumes, patient, uids, bval, bvec,
+def test_given_b_values_that_do_not_fit_the_series_are_refused(tmp_path, grid, decaying, patient, uids, bval, bvec,
                                                                message):
-    write_untagged_series(tmp_path / "dcm", volumes, grid, patient, uids)
+    write_untagged_series(tmp_path / "dcm", decaying, grid, patient, uids)
     (tmp_path / "b.bval").write_text(bval)
     if bvec:
         (tmp_path / "b.bvec").write_text(bvec)
@@ -250,11 +260,11 @@ def test_given_b_values_never_replace_the_series_own(tmp_path, grid, volumes, pa
                        bval=tmp_path / "b.bval")
 
 
-def test_cli_convert_takes_b_values_for_an_untagged_series(tmp_path, grid, volumes, patient, uids):
+def test_cli_convert_takes_b_values_for_an_untagged_series(tmp_path, grid, decaying, patient, uids):
     import json
     import sys
 
-    write_untagged_series(tmp_path / "dcm", volumes, grid, patient, uids)
+    write_untagged_series(tmp_path / "dcm", decaying, grid, patient, uids)
     (tmp_path / "dwi.bval").write_text("0\n500\n1000\n")  # a column is one row of b-values too
     command = [sys.executable, "-m", "dwisynth.cli", "convert", str(tmp_path / "dcm"), "-o", str(tmp_path / "out"),
                "--subject", "T09"]
@@ -267,7 +277,7 @@ def test_cli_convert_takes_b_values_for_an_untagged_series(tmp_path, grid, volum
 
 
 @pytest.mark.workflow
-def test_the_workflow_passes_the_sheets_bval_column_to_conversion(tmp_path, grid, volumes, patient, uids):
+def test_the_workflow_passes_the_sheets_bval_column_to_conversion(tmp_path, grid, decaying, patient, uids):
     import sys
 
     import pandas as pd
@@ -275,7 +285,7 @@ def test_the_workflow_passes_the_sheets_bval_column_to_conversion(tmp_path, grid
 
     from helpers import REPO
 
-    write_untagged_series(tmp_path / "dicom" / "S0001", volumes, grid, patient, uids)
+    write_untagged_series(tmp_path / "dicom" / "S0001", decaying, grid, patient, uids)
     (tmp_path / "S0001.bval").write_text("0 500 1000\n")
     pd.DataFrame([{"cohort": "c1", "center": "h1", "subject": "S0001", "organ": "brain", "modality": "DWI",
                    "dicom_dir": "dicom/S0001", "bval": "S0001.bval"}]).to_csv(tmp_path / "samples.tsv", sep="\t",

@@ -255,3 +255,41 @@ def test_a_dwi_series_holding_some_derived_maps_is_a_row_marked_for_review(tmp_p
 
     assert scan.sheet[["dicom_dir", "review"]].values.tolist() == [[str(tmp_path / "dwi"), "holds derived maps"]]
     assert scan.skipped == []
+
+
+@pytest.mark.parametrize("blank_id", ["", "ANONYMOUS"])
+def test_patients_with_a_blank_or_placeholder_id_are_told_apart_by_study(tmp_path, small_grid, small_dwi, patient,
+                                                                          blank_id):
+    # anonymised exports often blank the ID or write one placeholder for everyone: three patients, three rows
+    root = tmp_path / "export"
+    for n in range(3):
+        anonymous = dataclasses.replace(patient, patient_id=blank_id, name=f"Case{n}^Anon")
+        volumes, bvals = small_dwi
+        write_dwi_series(root / f"P{n}", volumes, bvals, small_grid, "siemens", anonymous,
+                         series_uids(f"case{n}", 1), body_part="HEAD")  # each its own study
+
+    scan = scan_tree(root, cohort="c1")
+
+    assert scan.sheet[["subject", "dicom_dir"]].values.tolist() == [
+        [f"S{n + 1:04d}", str(root / f"P{n}")] for n in range(3)]
+    assert scan.skipped == []
+
+
+def test_one_id_with_two_names_is_two_patients_and_a_ct_comes_from_the_dwis_study(tmp_path, small_grid, small_dwi,
+                                                                                 patient):
+    root = tmp_path / "export"
+    write_dwi(root / "a_dwi", small_grid, small_dwi, patient, 1)
+    other_site = dataclasses.replace(patient, name="Other^Person")  # the same MRN at another hospital
+    write_dwi(root / "b_dwi", small_grid, small_dwi, other_site, 2)
+    hu = np.zeros(small_grid.shape)
+    earlier_study = dict(series_uids("scan-earlier", 3))
+    write_ct_series(root / "c_ct_other_study", hu, small_grid, patient, earlier_study)
+    same_study = series_uids("scan", 4)  # write_dwi's seed: the study of a_dwi
+    write_ct_series(root / "d_ct_same_study", hu, small_grid, patient, same_study)
+
+    scan = scan_tree(root, cohort="c1")
+
+    assert scan.sheet[["subject", "modality", "dicom_dir"]].values.tolist() == [
+        ["S0001", "DWI", str(root / "a_dwi")], ["S0002", "DWI", str(root / "b_dwi")],
+        ["S0001", "CT", str(root / "d_ct_same_study")]]
+    assert [(s.dicom_dir, s.kind) for s in scan.skipped] == [(str(root / "c_ct_other_study"), "second CT")]
