@@ -119,3 +119,16 @@ def write_table(table, path: str | Path) -> None:
     path = Path(path)
     with written_whole(path, path.with_name(path.name + ".tmp")) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+
+def load_on_grid(path: str | Path, reference: str | Path | nib.spatialimages.SpatialImage, order: int = 1) -> np.ndarray:
+    """An image brought onto a reference image's voxel grid through both affines (nibabel's resample_from_to):
+    a copy stored in another voxel order (LPS, a transpose, a flip) lands on the same anatomy. order 0 for
+    masks and label maps, 1 for intensities; a 4D image keeps its volumes. Outside its field of view: 0."""
+    from nibabel.processing import resample_from_to
+
+    img = nib.load(path)
+    ref = nib.load(reference) if isinstance(reference, (str, Path)) else reference
+    shape = tuple(ref.shape[:3]) + tuple(img.shape[3:])
+    return np.asarray(resample_from_to(img, (shape, ref.affine), order=order, mode="constant", cval=0.0).dataobj,
+                      dtype=np.float64)

@@ -105,3 +105,32 @@ def volume_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, min_voxe
     for key in ("ssim", "psnr_legacy", "superpixel_r"):
         volume[key] = float(np.nanmean([row[key] for row in rows])) if rows else float("nan")
     return rows, volume
+
+
+def host_ring(lesion: np.ndarray, organ: np.ndarray, labels: np.ndarray | None = None, width: int = 2) -> np.ndarray:
+    """The tissue a lesion is read against: the in-plane ring `width` voxels wide around it, inside the organ
+    and outside every lesion voxel; with a label map, only the ring's commonest label (the host tissue: a
+    tumour at the liver's edge is read against liver, not the fat beside it). In-plane because DWI slices are
+    thick: a through-plane ring would reach into other anatomy. (X, Y, Z) bool in, bool out."""
+    from scipy import ndimage
+
+    lesion, organ = np.asarray(lesion, bool), np.asarray(organ, bool)
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    ring = ndimage.binary_dilation(lesion, in_plane, iterations=width) & organ & ~lesion
+    if labels is not None and ring.any():
+        values, counts = np.unique(np.asarray(labels)[ring], return_counts=True)
+        tissue = values != 0
+        if tissue.any():
+            ring &= np.asarray(labels) == values[tissue][np.argmax(counts[tissue])]
+    return ring
+
+
+def lesion_contrast(image: np.ndarray, lesion: np.ndarray, host: np.ndarray) -> float:
+    """C = lesion mean / host mean - 1 (0: the lesion cannot be told from its host; the sign says brighter
+    or darker). NaN when either region is empty or the host has no positive signal."""
+    lesion, host = np.asarray(lesion, bool), np.asarray(host, bool)
+    if not lesion.any() or not host.any():
+        return float("nan")
+    host_mean = float(np.mean(image[host]))
+    return float(np.mean(image[lesion]) / host_mean - 1.0) if host_mean > 0 else float("nan")
