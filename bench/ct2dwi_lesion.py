@@ -34,7 +34,7 @@ from dwisynth.dataset import task_members
 from dwisynth.provenance import run_config
 
 OUT = Path(__file__).resolve().parent / "results"
-COLUMNS = ["psnr", "ssim", "superpixel_r", "lesion_psnr", "lesion_contrast"]
+COLUMNS = ["psnr", "ssim", "superpixel_r", "lesion_psnr", "lesion_conspicuity_vs_acquired"]
 
 
 def folds(train: list[dict]) -> list[list[dict]]:

@@ -25,7 +25,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
 SAMPLES_SCHEMA = SCHEMA_DIR / "samples.schema.yaml"
 REQUIRED_COLUMNS = ["cohort", "center", "subject", "organ", "modality", "dicom_dir"]
-OPTIONAL_COLUMNS = ["vendor", "split", "bval", "bvec"]
+OPTIONAL_COLUMNS = ["vendor", "split", "bval", "bvec", "lesion_mask"]
 
 
 @functools.cache
@@ -232,6 +232,11 @@ def validate_sample_sheet(sheet: pd.DataFrame, source: str) -> pd.DataFrame:
             f"{source}: rows {rows} repeat the same cohort, subject and modality; each series needs its own "
             "subject/modality pair"
         )
+    ct_lesions = [i for i, r in sheet.iterrows() if r["modality"] == "CT" and r["lesion_mask"]]
+    if ct_lesions:
+        raise SampleSheetError(
+            f"{source}: row {ct_lesions[0] + 2} is a CT series with a lesion_mask; a lesion mask belongs on the "
+            "subject's DWI row (it is scored on the DWI grid)")
     # a CT is registered to its subject's DWI: a CT row whose DWI row is spelled otherwise has nothing to go to
     dwi = set(zip(sheet.loc[sheet["modality"] == "DWI", "cohort"], sheet.loc[sheet["modality"] == "DWI", "subject"]))
     lone = [i for i, r in sheet.iterrows() if r["modality"] == "CT" and (r["cohort"], r["subject"]) not in dwi]
@@ -263,17 +268,33 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
 
 
 def check_data_root(sheet: pd.DataFrame, data_root: str | Path | None, source: str) -> None:
-    """Every dicom_dir, with '..' and links resolved, lies inside data_root (default: the working
+    """Every dicom_dir and lesion_mask, with '..' and links resolved, lies inside data_root (default: the working
     directory). Rows are named by cohort and subject, never by path: a folder name can hold a patient's name."""
     root = Path(data_root or ".").resolve()
+    for column in ("dicom_dir", "lesion_mask"):
+        _check_inside(sheet, column, root, data_root, source)
+
+
+def _check_inside(sheet: pd.DataFrame, column: str, root: Path, data_root, source: str) -> None:
     outside = [f"row {i + 2} ({row['cohort']}/{row['subject']} {row['modality']})" for i, row in sheet.iterrows()
-               if not Path(row["dicom_dir"]).resolve().is_relative_to(root)]
+               if row.get(column) and not Path(row[column]).resolve().is_relative_to(root)]
     if outside:
         raise SampleSheetError(
-            f"{source}: dicom_dir of {', '.join(outside[:5])}{' and more' if len(outside) > 5 else ''} leads outside "
+            f"{source}: {column} of {', '.join(outside[:5])}{' and more' if len(outside) > 5 else ''} leads outside "
             f"the data root {'(data_root in the config)' if data_root else '(the working directory)'}; move the "
             "series under it or set data_root to the folder that holds the study's DICOM"
         )
+
+
+def lesion_mask_file(path: str, cohort: str, subject: str, source: str) -> str | None:
+    """A DWI row's `lesion_mask` (None when empty), refused with the subject and path when there is no such file."""
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise SampleSheetError(f"{source}: the lesion_mask of sub-{subject} ({cohort}), {path}, is not a file; "
+                               "give the path of a NIfTI lesion mask (nonzero = lesion) relative to the working "
+                               "directory, as dicom_dir, or leave the column empty")
+    return path
 
 
 def adc_settings(config: dict) -> dict:

@@ -17,8 +17,10 @@ Experiments (`experiment_cells`), each a set of (experiment, method) cells with 
 Every cell trains for the same `ct2dwi.steps` with the same lr, batch, crop and schedule.
 
 Scores (`score_subject`): the standard metrics of `dwisynth.metrics` inside the DWI brain mask, plus
-lesion metrics on the same brain-mask scale (not re-scaled inside the lesion) and the lesion
-contrast ratio (lesion / rest of brain, synthetic over acquired: 1 is a faithful lesion).
+lesion metrics on the same brain-mask scale (not re-scaled inside the lesion), the lesion contrast
+C = lesion mean / host mean - 1 (`metrics.lesion_contrast`, host from `metrics.host_ring`) of the synthesis,
+and its conspicuity against the acquisition (C / C_acquired: 1 is a faithful lesion). On the demo,
+`score_against_truth` scores every main method and the acquisition against the noise-free truth.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import numpy as np
 
 from dwisynth.errors import ConfigError, DwisynthError
 from dwisynth.evaluate import LESION_METRICS
+
+# the experiment tables' lesion columns: evaluate's, and the conspicuity against the acquisition
+LESION_COLUMNS = list(dict.fromkeys([*LESION_METRICS, "lesion_conspicuity_vs_acquired"]))
 
 ABLATIONS = {"nomask": "mask_fusion", "nodwt": "dwt", "noadaptive": "adaptive_fusion"}
 GRIDS = ("ablation", "sensitivity", "crosscenter")
@@ -299,31 +304,33 @@ def noise_free_ct2dwi(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_b
 
 
 # --- scoring ----------------------------------------------------------------------------------
-def lesion_metrics(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> dict[str, float]:
+def lesion_metrics(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray, lesion: np.ndarray,
+                   labels: np.ndarray | None = None) -> dict[str, float]:
     """Metrics inside the lesion on the brain mask's scale (both divided by the reference's robust maximum
-    in the brain, as the whole-brain metrics), and the lesion contrast ratio (lesion mean / mean of the
-    rest of the brain, synthetic over acquired)."""
-    from dwisynth.metrics import robust_max, ssim_in_mask
+    in the brain, as the whole-brain metrics); the lesion contrast of pred (C = lesion mean / host mean - 1,
+    host: `metrics.host_ring` in the brain, of the commonest `labels` tissue when a label map is given) and
+    its conspicuity against the reference (C_pred / C_ref: 1 is a faithful lesion, 0 an erased one)."""
+    from dwisynth.metrics import host_ring, lesion_contrast, robust_max, ssim_in_mask
 
     lesion = lesion & brain
     if lesion.sum() == 0:
-        return dict.fromkeys(LESION_METRICS, float("nan"))
+        return dict.fromkeys(LESION_COLUMNS, float("nan"))
     scale = robust_max(ref, brain)
     p, r = pred / scale, ref / scale
     mse = float(np.mean((p[lesion] - r[lesion]) ** 2))
     slices = np.flatnonzero(lesion.reshape(-1, lesion.shape[-1]).any(0))
     ssim = np.average([ssim_in_mask(p[..., z], r[..., z], lesion[..., z]) for z in slices],
                       weights=[lesion[..., z].sum() for z in slices])  # the mean over every lesion voxel
-    rest = brain & ~lesion
-
-    def contrast(x):
-        return float(x[lesion].mean() / x[rest].mean()) if x[rest].mean() > 0 else float("nan")
-
-    ref_contrast = contrast(r)
+    host = host_ring(lesion, brain, labels)
+    contrast, ref_contrast = lesion_contrast(p, lesion, host), lesion_contrast(r, lesion, host)
     return {"lesion_psnr": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
             "lesion_ssim": float(ssim), "lesion_mse": mse,
             "lesion_mae": float(np.mean(np.abs(p[lesion] - r[lesion]))),
-            "lesion_contrast": contrast(p) / ref_contrast if ref_contrast and np.isfinite(ref_contrast) else float("nan")}
+            "lesion_contrast": contrast, "lesion_conspicuity_vs_acquired": _ratio(contrast, ref_contrast)}
+
+
+def _ratio(value: float, reference: float) -> float:
+    return value / reference if np.isfinite(reference) and reference != 0 else float("nan")
 
 
 def volume_at(dwi_path, bval_path, b: float, what: str) -> np.ndarray:
@@ -338,14 +345,14 @@ def volume_at(dwi_path, bval_path, b: float, what: str) -> np.ndarray:
 
 
 def score_subject(p: np.ndarray, r: np.ndarray, mask: np.ndarray, lesion: np.ndarray | None,
-                  target_b: float) -> list[dict]:
+                  target_b: float, labels: np.ndarray | None = None) -> list[dict]:
     """Per-slice rows and the volume row (with the lesion metrics) of one synthetic volume p against the
-    acquired r at target_b, inside the mask."""
+    acquired r at target_b, inside the mask; labels: a tissue label map on the grid (the lesion's host), or None."""
     from dwisynth.metrics import volume_metrics
 
     slices, volume = volume_metrics(p, r, mask)
-    volume = {**volume, **(lesion_metrics(p, r, mask, lesion) if lesion is not None
-                           else dict.fromkeys(LESION_METRICS, float("nan")))}
+    volume = {**volume, **(lesion_metrics(p, r, mask, lesion, labels) if lesion is not None
+                           else dict.fromkeys(LESION_COLUMNS, float("nan")))}
     label = {"b_value": float(target_b), "seen": "trained"}
     return [{**label, **row} for row in slices] + [{**label, "slice": "volume", **volume}]
 
@@ -373,8 +380,9 @@ def score_experiment(records: list[dict], cells: list[Cell], blocks: dict, targe
     """Scores of one experiment's methods on every CT -> DWI test subject.
 
     records: per test subject cohort, center, subject, `acquired` (normalized dwi, bval), `mask` (DWI brain
-    mask), `lesion` (mask path or None) and `synth` {method: (dwi, bval)}; cells: the experiment's cells;
-    blocks: {method: its network block}. Returns a data frame of slice and volume rows."""
+    mask), `lesion` (mask path or None), `dseg` (a tissue label map, e.g. the demo's, or None: the lesion's
+    host) and `synth` {method: (dwi, bval)}; cells: the experiment's cells; blocks: {method: its network
+    block}. Returns a data frame of slice and volume rows."""
     import pandas as pd
 
     from dwisynth.evaluate import METRICS, TABLE_KEYS
@@ -383,6 +391,7 @@ def score_experiment(records: list[dict], cells: list[Cell], blocks: dict, targe
     rows = []
     for i, s in enumerate(records, 1):
         lesion = load_lesion_mask(s["lesion"], s["acquired"][0], s["subject"]) if s.get("lesion") else None
+        labels = subject_labels(s)
         acquired, mask = volume_at(*s["acquired"], target_b, "acquired"), load_mask(s["mask"])
         ids = {"task": "ct2dwi", "cohort": s["cohort"], "center": s["center"], "organ": "brain",
                "subject": s["subject"]}
@@ -390,13 +399,63 @@ def score_experiment(records: list[dict], cells: list[Cell], blocks: dict, targe
             if cell.method not in s["synth"]:
                 continue
             synthetic = volume_at(*s["synth"][cell.method], target_b, "synthetic")
-            scores = score_subject(synthetic, acquired, mask, lesion, target_b)
+            scores = score_subject(synthetic, acquired, mask, lesion, target_b, labels)
             rows += [{**ids, "method": cell.method, **cell.describe(blocks.get(cell.method, {})), **row}
                      for row in scores]
         progress(f"[ct2dwi] {i}/{len(records)} sub-{s['subject']} scored")
     columns = TABLE_KEYS + ["experiment", "grid", "train_centers", "wavelet", "heads", "modules_off", "slice",
-                            "b_value", "seen"] + METRICS + LESION_METRICS
+                            "b_value", "seen"] + METRICS + LESION_COLUMNS
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def subject_labels(record: dict) -> np.ndarray | None:
+    """The record's tissue label map (`dseg`, e.g. the demo's, stored in LPS) on its normalized DWI grid, or None."""
+    from dwisynth.io import load_on_grid
+
+    if not record.get("dseg"):
+        return None
+    return np.rint(load_on_grid(record["dseg"], record["acquired"][0], order=0)).astype(int)
+
+
+# --- scores against the demo's truth ------------------------------------------------------------------
+TRUTH = "noisefree"  # the main experiment's method that is the demo's noise-free truth at target_b
+
+
+def score_against_truth(records: list[dict], target_b: float, label_names=None, progress=print):
+    """The demo's CT -> DWI scores against the truth: (truth_metrics, lesion_contrast) data frames, scored as
+    the multi-b ones are (`evaluate.truth_metric_rows`, `evaluate.lesion_contrast_rows`: PSNR, SSIM, MAE in the
+    brain mask on the truth's scale and the residual's spectral peak; the infarct's contrast against its host
+    ring, C_truth, C_acquired and the conspicuity C / C_truth), with task ct2dwi and organ brain.
+
+    records: as `score_experiment`'s, whose synth holds the noise-free truth (`TRUTH`), with `label_names` (the
+    dseg's TSV; default: label_names); every other method and the acquisition are scored against the truth.
+    Records without the truth score nothing (real data)."""
+    import pandas as pd
+
+    from dwisynth.evaluate import (LESION_CONTRAST_COLUMNS, TRUTH_METRICS_COLUMNS, lesion_contrast_rows,
+                                   subject_lesions, truth_metric_rows)
+    from dwisynth.io import load_mask
+
+    metric_rows, lesion_rows = [], []
+    b = [float(target_b)]
+    for s in records:
+        if TRUTH not in s["synth"]:
+            continue
+        volume = lambda files, what: (volume_at(*files, target_b, what)[..., None], b)  # noqa: E731
+        truth = volume(s["synth"][TRUTH], "noise-free truth")
+        images = {"acquired": volume(s["acquired"], "acquired")}
+        images |= {m: volume(files, "synthetic") for m, files in s["synth"].items() if m != TRUTH}
+        mask = load_mask(s["mask"])
+        lesions = subject_lesions({"lesion": s.get("lesion"), "dseg": s.get("dseg"),
+                                   "label_names": s.get("label_names", label_names)}, s["acquired"][0], mask)
+        ids = {"task": "ct2dwi", "cohort": s["cohort"], "center": s["center"], "organ": "brain",
+               "subject": s["subject"]}
+        metric_rows += [{**ids, **row} for row in truth_metric_rows(images, truth, mask, b)]
+        lesion_rows += [{**ids, **row} for row in lesion_contrast_rows({**images, "truth": truth}, lesions, b,
+                                                                        organ=mask)]
+        progress(f"[ct2dwi] sub-{s['subject']} scored against the truth")
+    return (pd.DataFrame(metric_rows).reindex(columns=TRUTH_METRICS_COLUMNS),
+            pd.DataFrame(lesion_rows).reindex(columns=LESION_CONTRAST_COLUMNS))
 
 
 def compute_record(cell: Cell, model_path, benchmark_path) -> dict:
@@ -422,7 +481,8 @@ def grid_summary(experiments, grid: str):
     import pandas as pd
 
     volumes = experiments[experiments["slice"].astype(str) == "volume"]
-    scores = ["psnr", "ssim", "mse", "superpixel_r", "lesion_psnr", "lesion_contrast"]
+    scores = ["psnr", "ssim", "mse", "superpixel_r", "lesion_psnr", "lesion_contrast",
+              "lesion_conspicuity_vs_acquired"]
     reference = volumes[(volumes["experiment"] == "main") & (volumes["method"] == PROPOSED)]
     if grid == "crosscenter":
         rows = []

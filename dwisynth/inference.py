@@ -113,7 +113,11 @@ def synthesize_slices(model: SynthesisModel, inputs: np.ndarray, b=None, batch_s
                               model.record.get("input_scaling"), imax)
         x, (h, w) = pad_to_multiple(x, multiple, -1.0)
         x = x.to(model.device)
-        if model.b_conditioned:
+        if model.b_conditioned and hasattr(model.network, "stack"):  # stage 1 once per batch, not once per b
+            stack = model.network.stack(x)
+            y = torch.cat([model.network.generate(stack, torch.full((len(x),), value, device=model.device))
+                           for value in wanted], 1)
+        elif model.b_conditioned:
             y = torch.cat([model.network(x, torch.full((len(x),), value, device=model.device)) for value in wanted], 1)
         else:
             y = model.network(x)[:, [model.target_b.index(value) for value in wanted]]

@@ -15,6 +15,12 @@ SPLIT = f"{RESULTS}/datasets/split.tsv"
 METRICS = f"{RESULTS}/tables/synthesis_metrics.tsv"
 ADC_AGREEMENT = f"{RESULTS}/tables/adc_agreement.tsv"
 SUMMARY = f"{RESULTS}/tables/summary.tsv"
+LESION_ADC = f"{RESULTS}/tables/lesion_adc.tsv"  # mean ADC per lesion label: synthetic, acquired, truth
+LESION_CONTRAST = f"{RESULTS}/tables/lesion_contrast.tsv"  # lesion vs host contrast per label and b
+TRUTH_METRICS = f"{RESULTS}/tables/truth_metrics.tsv"  # PSNR/SSIM/MAE/spectral peak against the noise-free truth
+MONOTONICITY = f"{RESULTS}/tables/monotonicity.tsv"  # signal rising with b, for networks that synthesize any b
+CT2DWI_TRUTH_METRICS = f"{RESULTS}/tables/ct2dwi/truth_metrics.tsv"  # the same for CT -> DWI (the demo)
+CT2DWI_LESION_CONTRAST = f"{RESULTS}/tables/ct2dwi/lesion_contrast.tsv"
 REPORT = f"{RESULTS}/report.html"
 MODALITY_SUFFIX = {"DWI": "dwi", "CT": "ct"}
 
@@ -66,6 +72,11 @@ def synth_files(stem: str | Path) -> dict[str, str]:
 
 def synth(method: str, cohort: str, subject: str) -> dict[str, str]:
     return synth_files(synth_stem(method, cohort, subject))
+
+
+def monotonicity(method: str, cohort: str, subject: str) -> str:
+    """One subject's monotonicity row for a network that synthesizes any b (gathered into MONOTONICITY)."""
+    return f"{synth_stem(method, cohort, subject)}_monotonicity.tsv"
 
 
 def synth_folder_files(folder: str | Path, method: str, subject: str) -> dict[str, str]:

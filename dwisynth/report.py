@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dwisynth import layout
 from dwisynth.networks.base import method_labels
 
 # The acquisition first, then the registry's networks and the baselines, in registration order.
@@ -301,7 +302,8 @@ def ct2dwi_figure(ct: np.ndarray, images: dict[str, np.ndarray], lesion: np.ndar
 
 
 def _ct2dwi_summary_table(summary: pd.DataFrame) -> str:
-    metrics = ["psnr", "ssim", "superpixel_r", "lesion_psnr", "lesion_ssim", "lesion_contrast"]
+    metrics = ["psnr", "ssim", "superpixel_r", "lesion_psnr", "lesion_ssim", "lesion_contrast",
+               "lesion_conspicuity_vs_acquired"]
     t = summary[(summary["analysis"] == "image metrics") & (summary["grouping"] == "method x b")
                 & (summary["task"] == "ct2dwi") & summary["metric"].isin(metrics)].copy()
     if t.empty:
@@ -322,7 +324,9 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
 
     parts = ["<p>DWI at b = 1000 synthesized from the CT on the DWI grid and a brain mask computed from that CT. "
              "Scores inside the HD-BET DWI brain mask; lesion scores on the same scale inside the lesion; lesion "
-             "contrast = (lesion / rest of brain) synthetic over acquired (1 is faithful). Every method trained "
+             "contrast C = lesion mean / host mean - 1 (host: the in-plane ring around the lesion in its "
+             "commonest tissue), and its conspicuity against the acquisition, C / C_acquired (1 is faithful). "
+             "Every method trained "
              "for the same steps with the same lr, batch and crop; the paired comparison is with pix2pix "
              "(summary.tsv). Mean (95% CI) over test subjects:</p>", _ct2dwi_summary_table(summary)]
     for r in records:
@@ -352,11 +356,13 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
 
 
 def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, records: list[dict], targets,
-                 training_logs: dict, provenance_path, reader_scores_path=None, ct2dwi: dict | None = None) -> None:
+                 training_logs: dict, provenance_path, reader_scores_path=None, ct2dwi: dict | None = None,
+                 truth: dict | None = None) -> None:
     """Assemble the report from the tables, the example subjects, the training logs and the provenance.
 
     ct2dwi: {"records": the main experiment's test subjects (as `score_ct2dwi` gets them, plus `ct`),
-    "tables": {name: path}, "hu_window"} for the CT -> DWI section."""
+    "tables": {name: path}, "hu_window", "target_b"} for the CT -> DWI section. truth: {"tables": {name of
+    TRUTH_TABLES: path}} for "Against the truth" (absent tables: a run without truth)."""
     figures_dir = Path(figures_dir)
     full_summary = pd.read_csv(summary_path, sep="\t")
     summary = full_summary[full_summary["task"] != "ct2dwi"]  # the multi-b sections; CT -> DWI has its own
@@ -391,6 +397,15 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
         sections.append(("CT -> DWI (acute ischemic stroke)",
                          ct2dwi_section(full_summary, ct2dwi["records"], ct2dwi["tables"], figures_dir,
                                         ct2dwi.get("hu_window", (0.0, 80.0)))))
+    truth = truth or {}
+    truth_tables = read_truth_tables(truth.get("tables"))
+    lesion_figures = {}
+    if any(_has_rows(t) for t in truth_tables.values()):
+        lesion_figures["multib"] = multib_lesion_figures(records, targets, figures_dir)
+        if ct2dwi and ct2dwi["records"] and _has_rows(truth_tables["ct2dwi_truth_metrics"]):
+            lesion_figures["ct2dwi"] = ct2dwi_lesion_figure(ct2dwi["records"], ct2dwi.get("target_b", 1000.0),
+                                                            figures_dir)
+    sections.append(("Against the truth", truth_section(truth_tables, lesion_figures)))
     if training_logs:
         sections.append(("Training curves", _embed(training_curves_figure(training_logs), "training", figures_dir)
                          + stopped_runs_note(training_logs)))
@@ -407,3 +422,296 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
     tmp = out_html.with_name(out_html.name + ".tmp")
     tmp.write_text(render(sections, "dwisynth results"))
     tmp.replace(out_html)
+
+
+# --- against the truth (the demo's simulated cohort) ------------------------------------------------
+# The truth-referenced tables the report reads (the CT -> DWI ones are still to become layout constants).
+TRUTH_TABLES = {
+    "truth_metrics": layout.TRUTH_METRICS,
+    "lesion_adc": layout.LESION_ADC,
+    "lesion_contrast": layout.LESION_CONTRAST,
+    "monotonicity": layout.MONOTONICITY,
+    "ct2dwi_truth_metrics": layout.CT2DWI_TRUTH_METRICS,
+    "ct2dwi_lesion_contrast": layout.CT2DWI_LESION_CONTRAST,
+}
+TRUTH_MIN_B = 400.0  # the truth tables show b >= this (below it every method nearly copies its inputs)
+CROP_HALF = 12  # lesion panels: a 24-pixel crop around the lesion's centroid
+CROP_ZOOM = 4  # nearest-neighbour upsampling of the crops
+
+
+def read_truth_tables(paths: dict | None) -> dict[str, pd.DataFrame | None]:
+    """{name: table} of TRUTH_TABLES' names; None where the file is not given or absent (a run without truth)."""
+    tables = {}
+    for name in TRUTH_TABLES:
+        path = (paths or {}).get(name)
+        try:
+            tables[name] = pd.read_csv(path, sep="\t") if path and Path(path).is_file() else None
+        except pd.errors.EmptyDataError:
+            tables[name] = None
+    return tables
+
+
+def _has_rows(table: pd.DataFrame | None) -> bool:
+    return table is not None and len(table) > 0
+
+
+def _label(method: str) -> str:
+    return METHOD_LABEL.get(method, method)  # "truth" and unknown names as they are
+
+
+def _method_rows(methods) -> list[str]:
+    """Reference rows first (truth, the acquisition), then the methods in the report's order."""
+    methods = list(dict.fromkeys(methods))
+    head = [m for m in ("truth", "acquired") if m in methods]
+    return head + _ordered([m for m in methods if m not in head])
+
+
+def _wide(table: pd.DataFrame, index: bool = True) -> str:
+    """A table with many columns, scrolling sideways instead of widening the page."""
+    return f"<div style='overflow-x:auto'>{_html_table(table, index)}</div>"
+
+
+def _f(value: float, digits: int) -> str:
+    """value to `digits` decimals (no "-0.00": a value that rounds to zero has no sign); NaN as MISSING."""
+    if not np.isfinite(value):
+        return MISSING
+    text = f"{value:.{digits}f}"
+    return text.lstrip("-") if float(text) == 0 else text
+
+
+def truth_metrics_tables(metrics: pd.DataFrame) -> str:
+    """Per organ: PSNR / SSIM against the truth, mean over test subjects, per b >= TRUTH_MIN_B; the acquisition
+    is the reference row (how far the measured image is from the truth)."""
+    t = metrics[metrics["b_value"] >= TRUTH_MIN_B]
+    if t.empty:
+        return f"<p>No scores against the truth at b ≥ {TRUTH_MIN_B:g}.</p>"
+    blocks = []
+    for organ, rows in t.groupby("organ"):
+        means = rows.groupby(["method", "b_value"])[["psnr", "ssim"]].mean().reset_index()
+        means["value"] = [f"{_f(p, 1)} / {_f(s, 3)}" for p, s in zip(means["psnr"], means["ssim"])]
+        wide = means.pivot(index="method", columns="b_value", values="value")
+        wide = wide.loc[_method_rows(wide.index)]
+        wide.index = [_label(m) for m in wide.index]
+        wide.columns = [f"b = {b:g}" for b in wide.columns]
+        n = rows["subject"].nunique()
+        blocks.append(f"<h4>{html.escape(organ)} ({n} test subject{'s' * (n != 1)})</h4>" + _wide(wide))
+    return ("<p class='caption'>PSNR (dB) / SSIM against the noise-free truth inside the organ mask (both images "
+            "divided by the truth's 99.5th percentile in the mask), mean over test subjects.</p>" + "".join(blocks))
+
+
+def lesion_adc_table(adc: pd.DataFrame) -> str:
+    """Per lesion: its mean ADC acquired, true, and from each method with the relative difference to the truth."""
+    if adc.empty:
+        return "<p>No lesion ADC.</p>"
+    keys = ["organ", "lesion_name", "subject"]
+    base = adc.groupby(keys)[["voxels", "adc_acquired", "adc_truth"]].first()
+    out = pd.DataFrame({"voxels": base["voxels"].astype(int), "acquired": base["adc_acquired"].map(lambda v: _f(v, 3)),
+                        "truth": base["adc_truth"].map(lambda v: _f(v, 3))})
+    for method in _ordered(adc["method"].unique()):
+        rows = adc[adc["method"] == method].set_index(keys)
+        cells = [f"{_f(a, 3)} ({round(100 * d):+d}%)" if np.isfinite(d) else _f(a, 3)
+                 for a, d in zip(rows["adc_synthetic"], rows["relative_difference_vs_truth"])]
+        out[_label(method)] = pd.Series(cells, index=rows.index).reindex(out.index).fillna(MISSING)
+    out.index.names = ["organ", "lesion", "subject"]
+    return ("<p class='caption'>Mean ADC in the lesion (x10⁻³ mm²/s); in brackets each method's difference to the "
+            "truth, relative to the truth.</p>" + _wide(out.reset_index(), index=False))
+
+
+def lesion_contrast_tables(contrast: pd.DataFrame) -> str:
+    """Per organ: per lesion label and b, each source's contrast C and its conspicuity C / C_truth, mean over
+    the test subjects' lesions."""
+    t = contrast[contrast["b_value"] >= TRUTH_MIN_B]
+    if t.empty:
+        return f"<p>No lesion contrast at b ≥ {TRUTH_MIN_B:g}.</p>"
+    blocks = []
+    for organ, rows in t.groupby("organ"):
+        means = rows.groupby(["method", "lesion_name", "b_value"])[["contrast", "conspicuity"]].mean().reset_index()
+        means["value"] = [f"{_f(c, 2)} ({_f(k, 2)})" for c, k in zip(means["contrast"], means["conspicuity"])]
+        wide = means.pivot_table(index="method", columns=["lesion_name", "b_value"], values="value", aggfunc="first")
+        wide = wide.loc[_method_rows(wide.index)]
+        wide.index = [_label(m) for m in wide.index]
+        wide.columns = [f"{name}, b = {b:g}" for name, b in wide.columns]
+        blocks.append(f"<h4>{html.escape(organ)}</h4>" + _wide(wide))
+    return ("<p class='caption'>Lesion contrast C = lesion mean / host mean - 1 (host: the in-plane ring around "
+            "the lesion in its commonest tissue); in brackets the conspicuity C / C_truth (1: as conspicuous as in "
+            "the truth, 0: invisible). Mean over the test subjects' lesions.</p>" + "".join(blocks))
+
+
+def monotonicity_table(monotonicity: pd.DataFrame) -> str:
+    """Per organ and method: the share of tissue voxels whose synthetic signal rises with b, and where."""
+    if monotonicity.empty:
+        return "<p>No monotonicity scores.</p>"
+    rows = []
+    for (organ, method), t in monotonicity.groupby(["organ", "method"]):
+        worst = t["worst_interval"].dropna()
+        rows.append({"organ": organ, "method": _label(method), "order": _ordered(METHOD_ORDER + [method]).index(method),
+                     "subjects": t["subject"].nunique(),
+                     "violating voxels (%)": f"{_f(100 * t['violating_fraction'].mean(), 1)}",
+                     "worst subject (%)": f"{_f(100 * t['violating_fraction'].max(), 1)}",
+                     "commonest worst interval": str(worst.mode().iloc[0]) if len(worst) else MISSING,
+                     "its share (%)": _f(100 * t["worst_interval_share"].mean(), 0)})
+    out = pd.DataFrame(rows).sort_values(["organ", "order"]).drop(columns="order")
+    return ("<p class='caption'>Diffusion signal only falls with b: the share of tissue voxels whose synthetic "
+            "signal rises between consecutive b-values (mean over test subjects, and the worst subject), the "
+            "interval where most rises happen and its share of them.</p>" + _html_table(out, index=False))
+
+
+def ct2dwi_truth_table(metrics: pd.DataFrame | None, contrast: pd.DataFrame | None) -> str:
+    """CT -> DWI against the truth: PSNR, SSIM, MAE in the brain and the infarct's contrast and conspicuity,
+    mean over test subjects, the acquisition as the reference row."""
+    parts = []
+    if _has_rows(metrics):
+        out = metrics.groupby("method")[["psnr", "ssim", "mae"]].mean()
+        if _has_rows(contrast):
+            out = out.join(contrast.groupby("method")[["contrast", "conspicuity"]].mean(), how="outer")
+        out = out.loc[_method_rows(out.index)]
+        table = pd.DataFrame({"PSNR (dB)": out["psnr"].map(lambda v: _f(v, 1)),
+                              "SSIM": out["ssim"].map(lambda v: _f(v, 3)), "MAE": out["mae"].map(lambda v: _f(v, 3))})
+        if "contrast" in out:
+            table["infarct C"] = out["contrast"].map(lambda v: _f(v, 2))
+            table["conspicuity C / C_truth"] = out["conspicuity"].map(lambda v: _f(v, 2))
+        table.index = [_label(m) for m in table.index]
+        n = metrics["subject"].nunique()
+        parts.append(f"<p class='caption'>DWI b = {metrics['b_value'].iloc[0]:g} against the noise-free truth in "
+                     f"the brain mask (truth's 99.5th percentile as scale), infarct contrast C against its host ring, "
+                     f"mean over {n} test subject{'s' * (n != 1)}.</p>" + _html_table(table))
+    if not parts:
+        return "<p>No CT -&gt; DWI scores against the truth (no simulated stroke subject in this run).</p>"
+    return "".join(parts)
+
+
+def lesion_crop(lesion: np.ndarray, half: int = CROP_HALF) -> tuple[int, tuple[slice, slice]]:
+    """(the slice where the lesion is largest, the in-plane window of 2*half pixels centred on its centroid
+    there, shifted to stay inside the image). lesion: (X, Y, Z) bool with at least one voxel."""
+    z = int(np.argmax(lesion.reshape(-1, lesion.shape[-1]).sum(0)))
+    centre = np.argwhere(lesion[..., z]).mean(0)
+    window = []
+    for c, size in zip(centre, lesion.shape[:2]):
+        start = int(np.clip(round(c) - half, 0, max(size - 2 * half, 0)))
+        window.append(slice(start, min(start + 2 * half, size)))
+    return z, tuple(window)
+
+
+def _zoom(image: np.ndarray, factor: int = CROP_ZOOM) -> np.ndarray:
+    return np.kron(image, np.ones((factor, factor)))
+
+
+def lesion_panel_figure(crops: dict[str, np.ndarray], outline: np.ndarray, window: float, title: str,
+                        zoom: int = CROP_ZOOM):
+    """One row of zoomed crops (nearest upsampling x zoom), one grey window [0, window], the lesion outlined."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(crops), figsize=(1.9 * len(crops), 2.35), squeeze=False)
+    edge = np.rot90(_zoom(outline.astype(float), zoom))
+    for ax, (name, crop) in zip(axes[0], crops.items()):
+        ax.imshow(np.rot90(_zoom(crop, zoom)), cmap="gray", vmin=0, vmax=window, interpolation="nearest")
+        if outline.any():
+            ax.contour(edge, levels=[0.5], colors="#ff3b30", linewidths=0.9)
+        ax.set_title(_label(name), fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _lesion_panel(images: dict[str, np.ndarray], lesion: np.ndarray, focus: np.ndarray, title: str):
+    """The panel of (X, Y, Z) volumes {"acquired", "truth", method...} around `focus` (the lesion shown)."""
+    z, (sx, sy) = lesion_crop(focus)
+    crops = {name: np.nan_to_num(image[sx, sy, z]) for name, image in images.items()}
+    truth = crops["truth"]
+    window = float(np.percentile(truth, 99.5)) if truth.size else 1.0
+    return lesion_panel_figure(crops, lesion[sx, sy, z], window or 1.0, f"{title}, slice {z}")
+
+
+def _largest_label(lesion: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """The lesion voxels of its commonest label (one lesion of several, e.g. the neck's tumour and node)."""
+    if labels is None:
+        return lesion
+    values, counts = np.unique(labels[lesion], return_counts=True)
+    keep = values != 0
+    return lesion & (labels == values[keep][np.argmax(counts[keep])]) if keep.any() else lesion
+
+
+def multib_lesion_figures(records: list[dict], targets, figures_dir: Path) -> list[str]:
+    """Per organ, the test subject with the largest lesion: acquisition, truth (the noise-free synthesis) and
+    each method at b 1000 (or the highest scored b), cropped around the lesion. records: `evaluation_records`'
+    (`lesion`, `dseg`: the truth's lesion mask and labels, stored in LPS; synth["noisefree"]: the truth)."""
+    from dwisynth.io import load_dwi, load_on_grid
+
+    candidates = {}
+    for r in records:
+        if "noisefree" not in r["synth"] or not r.get("lesion") or not Path(r["lesion"]).is_file():
+            continue
+        lesion = load_on_grid(r["lesion"], r["acquired"][0], order=0) > 0
+        if lesion.any() and lesion.sum() > candidates.get(r["organ"], (0,))[0]:
+            candidates[r["organ"]] = (int(lesion.sum()), r, lesion)
+    blocks = []
+    for organ, (_, r, lesion) in sorted(candidates.items()):
+        labels = (np.rint(load_on_grid(r["dseg"], r["acquired"][0], order=0)).astype(int)
+                  if r.get("dseg") and Path(r["dseg"]).is_file() else None)
+        acquired, acquired_b = load_dwi(*r["acquired"])
+        truth, truth_b = load_dwi(*r["synth"]["noisefree"][:2])
+        common = sorted({float(b) for b in acquired_b} & {float(b) for b in truth_b} & {float(b) for b in targets})
+        if not common:
+            continue
+        b = 1000.0 if 1000.0 in common else common[-1]
+        images = {"acquired": acquired[..., [float(v) for v in acquired_b].index(b)],
+                  "truth": truth[..., [float(v) for v in truth_b].index(b)]}
+        for method in _ordered([m for m in r["synth"] if m != "noisefree"]):
+            pred, pred_b = load_dwi(*r["synth"][method][:2])
+            pb = [float(v) for v in pred_b]
+            images[method] = pred[..., pb.index(b)] if b in pb else np.full(lesion.shape, np.nan)
+        fig = _lesion_panel(images, lesion, _largest_label(lesion, labels),
+                            f"{organ}: sub-{r['subject']}, b = {b:g}")
+        blocks.append(f"<h4>{html.escape(organ)}</h4>" + _embed(fig, f"lesion_{organ}", figures_dir))
+    return blocks
+
+
+def ct2dwi_lesion_figure(records: list[dict], target_b: float, figures_dir: Path) -> str:
+    """The CT -> DWI test subject with the largest infarct: acquisition, truth and each method, cropped."""
+    from dwisynth.ct2dwi import TRUTH, load_lesion_mask, volume_at
+
+    best = None
+    for r in records:
+        if TRUTH not in r["synth"] or not r.get("lesion") or not Path(r["lesion"]).is_file():
+            continue
+        lesion = load_lesion_mask(r["lesion"], r["acquired"][0], r["subject"])
+        if lesion.any() and (best is None or lesion.sum() > best[1].sum()):
+            best = (r, lesion)
+    if best is None:
+        return ""
+    r, lesion = best
+    images = {"acquired": volume_at(*r["acquired"], target_b, "acquired"),
+              "truth": volume_at(*r["synth"][TRUTH], target_b, "noise-free truth")}
+    images |= {m: volume_at(*r["synth"][m], target_b, "synthetic") for m in _ordered(r["synth"]) if m != TRUTH}
+    fig = _lesion_panel(images, lesion, lesion, f"CT -> DWI: sub-{r['subject']} ({r['center']}), b = {target_b:g}")
+    return _embed(fig, "lesion_ct2dwi", figures_dir)
+
+
+def truth_section(tables: dict[str, pd.DataFrame | None], figures: dict[str, list[str] | str] | None = None) -> str:
+    """'Against the truth': the demo's simulated cohort scored against its noise-free truth; a run without
+    truth (real data) gets a section that says so."""
+    figures = figures or {}
+    intro = ("<p>The demo cohort is simulated: its noise-free images, true ADC and lesion masks are known, so the "
+             "scores below set every method (and the acquisition, noise included) against the truth instead of "
+             "against a noisy acquisition. Truth-referenced scores exist only for the simulated demo subjects; real "
+             "data have no truth.</p>")
+    if not any(_has_rows(t) for t in tables.values()):
+        return intro + "<p>No truth-referenced scores in this run (no simulated subject).</p>"
+    parts = [intro]
+    if _has_rows(tables.get("truth_metrics")):
+        parts.append("<h3>Image quality against the truth</h3>" + truth_metrics_tables(tables["truth_metrics"]))
+    if _has_rows(tables.get("lesion_adc")):
+        parts.append("<h3>Lesion ADC</h3>" + lesion_adc_table(tables["lesion_adc"]))
+    if _has_rows(tables.get("lesion_contrast")):
+        parts.append("<h3>Lesion contrast and conspicuity</h3>" + lesion_contrast_tables(tables["lesion_contrast"]))
+    if figures.get("multib"):
+        parts.append("<h3>Lesions up close</h3><p class='caption'>24-pixel crops around the lesion (x4, nearest "
+                     "neighbour) on the slice where it is largest, outlined in red; one grey window per row (the "
+                     "truth's 99.5th percentile in the crop).</p>" + "".join(figures["multib"]))
+    if _has_rows(tables.get("monotonicity")):
+        parts.append("<h3>Signal monotonicity in b</h3>" + monotonicity_table(tables["monotonicity"]))
+    if _has_rows(tables.get("ct2dwi_truth_metrics")) or _has_rows(tables.get("ct2dwi_lesion_contrast")):
+        parts.append("<h3>CT -&gt; DWI against the truth</h3>"
+                     + ct2dwi_truth_table(tables.get("ct2dwi_truth_metrics"), tables.get("ct2dwi_lesion_contrast"))
+                     + (figures.get("ct2dwi") or ""))
+    return "".join(parts)

@@ -7,6 +7,7 @@ from dwisynth.config import (
     adc_settings,
     bvalue_grid,
     check_data_root,
+    lesion_mask_file,
     read_sample_sheet,
     validate_config,
     validate_sample_sheet,
@@ -23,6 +24,7 @@ from dwisynth.ct2dwi import (
 )
 from dwisynth.dataset import check_ct2dwi_subjects, subject_table, task_members
 from dwisynth.demo.cohort import plan_demo_cohort, sample_sheet
+from dwisynth.evaluate import MONOTONICITY_RISE, any_b_methods
 from dwisynth.networks.base import code_digest, config_block_name, network_class, networks, weight_files
 from dwisynth.provenance import environment_digest, git_state, package_versions, source_digest
 
@@ -147,6 +149,14 @@ def training_shards(wildcards):
     return [layout.shard(s["cohort"], s["subject"]) for s in task_members(_split(), task, "train", wildcards.organ)]
 
 
+def multib_lesion_mask(s: dict) -> str | None:
+    """A multi-b subject's lesion mask (any grid): the demo's truth, or the sample sheet's lesion_mask column."""
+    if config["demo"]["enabled"]:
+        return f"{layout.demo_truth_stem(config['demo']['outdir'], s['cohort'], s['subject'])}_desc-lesion_mask.nii.gz"
+    return lesion_mask_file(SAMPLES.loc[(s["cohort"], s["subject"], "DWI")]["lesion_mask"], s["cohort"],
+                            s["subject"], config["samples"])
+
+
 def upstream_models(wildcards):
     """{role: model.pt} of the models of this organ the network is built from (MineGAN: its stage 1)."""
     return {role: layout.model(method, wildcards.organ)
@@ -202,7 +212,9 @@ def synthesis_inputs(wildcards):
 
 # --- evaluation and report ---------------------------------------------------------------
 def evaluation_records(wildcards=None):
-    """One record per multi-b test subject: the acquired images and every method's synthesis."""
+    """One record per multi-b test subject: the acquired images, every method's synthesis and what lesion and
+    truth scoring read (`dwisynth.evaluate.evaluate_tables`): the demo's truth (noise-free reference, lesion mask,
+    tissue labels, ADC), or the sheet's lesion_mask of a study's subject."""
     organs = trainable_organs()
     records = []
     for s in multib_test_subjects():
@@ -214,9 +226,15 @@ def evaluation_records(wildcards=None):
                 synth[method] = (files["dwi"], files["bval"], files["adc"])
         record = {**{k: s[k] for k in ("cohort", "center", "organ", "subject")},
                   "acquired": (pre["dwi"], pre["bval"]), "mask": pre["mask"], "adc": pre["adc"], "synth": synth}
+        lesion = multib_lesion_mask(s)
+        if lesion:
+            record["lesion"] = lesion
         if config["demo"]["enabled"]:
             stem = layout.demo_truth_stem(config["demo"]["outdir"], s["cohort"], s["subject"])
-            record["truth_adc"] = f"{stem}_desc-truth_adc.nii.gz"
+            record |= {"truth_adc": f"{stem}_desc-truth_adc.nii.gz", "dseg": f"{stem}_dseg.nii.gz",
+                       "label_names": f"{config['demo']['outdir']}/truth/dseg.tsv"}
+            if "noisefree" in synth:
+                record["truth_dwi"] = synth["noisefree"][:2]
         records.append(record)
     return records
 
@@ -227,7 +245,34 @@ def evaluation_inputs(wildcards):
     files["acquired"] = [f for r in records for f in (*r["acquired"], r["mask"], r["adc"])]
     if config["demo"]["enabled"]:
         files["truth"] = rules.demo_cohort.output.truth
+    else:
+        files["lesions"] = [r["lesion"] for r in records if r.get("lesion")]
     return files
+
+
+# monotonicity of the networks that synthesize any b (MineGAN), on a grid of evaluation.monotonicity_b_step
+MONOTONICITY_STEP = config["evaluation"]["monotonicity_b_step"]
+ANY_B_METHODS = any_b_methods(TRAINED_METHODS)
+
+
+def monotonicity_targets(wildcards=None):
+    """Every test subject's monotonicity row of every network that synthesizes any b."""
+    organs = trainable_organs()
+    return [layout.monotonicity(method, s["cohort"], s["subject"])
+            for s in multib_test_subjects() for method in ANY_B_METHODS if scored(method, s, organs)]
+
+
+def monotonicity_inputs(wildcards):
+    row = series_row(wildcards, "DWI")
+    pre = layout.preproc(wildcards.cohort, wildcards.subject)
+    return {"model": layout.model(wildcards.method, row["organ"]), "dwi": pre["dwi"], "bval": pre["bval"],
+            "mask": pre["mask"]}
+
+
+def monotonicity_ids(wildcards):
+    row = series_row(wildcards, "DWI")
+    return {"task": "multib", "method": wildcards.method, "cohort": wildcards.cohort, "center": row["center"],
+            "organ": row["organ"], "subject": wildcards.subject}
 
 
 def report_inputs(wildcards):
@@ -238,7 +283,21 @@ def report_inputs(wildcards):
     if config["reader_study"]["ratings"]:
         files["reader_scores"] = rules.reader_scores.output[0]
     files["ct2dwi"] = ct2dwi_report_inputs()
+    files |= truth_report_inputs()
     return files
+
+
+def truth_report_inputs():
+    """The truth-referenced tables the report shows, each only where this workflow writes it (its rules'
+    outputs): the multi-b lesion and monotonicity tables, the truth metrics where there is a truth (the demo),
+    the CT -> DWI truth tables on the demo (dwisynth.report.TRUTH_TABLES)."""
+    from dwisynth.report import TRUTH_TABLES
+
+    written = {str(f) for job_rule in workflow.rules for f in job_rule.output}
+    wanted = {k: v for k, v in TRUTH_TABLES.items() if v in written}
+    if not config["demo"]["enabled"]:
+        wanted.pop("truth_metrics", None)
+    return wanted | ct2dwi_truth_tables()
 
 
 # --- CT -> DWI (stroke): experiment cells, their inputs, scores and report (rules/jmmda.smk) ---------
@@ -298,6 +357,8 @@ def ct2dwi_methods(experiment):
 
 
 def ct2dwi_score_records(experiment):
+    """An experiment's test subjects as `ct2dwi.score_experiment` reads them; on the demo with the truth's label
+    map and its names (`dseg`, `label_names`: the lesion's host tissue and names)."""
     records = []
     for s in ct2dwi_test_subjects():
         pre = layout.preproc(s["cohort"], s["subject"])
@@ -305,13 +366,24 @@ def ct2dwi_score_records(experiment):
         for method in ct2dwi_methods(experiment):
             files = layout.ct2dwi_synth(experiment, method, s["cohort"], s["subject"])
             synth[method] = (files["dwi"], files["bval"])
+        truth = {}
+        if config["demo"]["enabled"]:
+            stem = layout.demo_truth_stem(config["demo"]["outdir"], s["cohort"], s["subject"])
+            truth = {"dseg": f"{stem}_dseg.nii.gz", "label_names": f"{config['demo']['outdir']}/truth/dseg.tsv"}
         records.append({**{k: s[k] for k in ("cohort", "center", "subject")}, "acquired": (pre["dwi"], pre["bval"]),
-                        "mask": pre["mask"], "lesion": lesion_mask_path(config, LESION_TABLE, s["cohort"], s["subject"]), "synth": synth})
+                        "mask": pre["mask"], "synth": synth, **truth,
+                        "lesion": lesion_mask_path(config, LESION_TABLE, s["cohort"], s["subject"])})
     return records
 
 
 def ct2dwi_score_inputs(wildcards):
-    records = ct2dwi_score_records(wildcards.experiment)
+    return ct2dwi_score_files(wildcards.experiment)
+
+
+def ct2dwi_score_files(experiment):
+    """What scoring an experiment reads: every record's images and masks, and the lesion masks (the demo's
+    truth folder, which holds them and the label maps, on the demo)."""
+    records = ct2dwi_score_records(experiment)
     files = [f for r in records for f in (*r["acquired"], r["mask"], *[p for pair in r["synth"].values() for p in pair])]
     lesions = [r["lesion"] for r in records if r["lesion"]]
     if config["demo"]["enabled"]:
@@ -329,7 +401,7 @@ def ct2dwi_report(wildcards=None):
         return {"records": [], "tables": {}}
     records = [{**r, "ct": layout.preproc(r["cohort"], r["subject"])["ct"]} for r in ct2dwi_score_records("main")]
     tables = {g: layout.ct2dwi_grid(g) for g in CT2DWI["grids"]} | {"compute": layout.CT2DWI_COMPUTE}
-    return {"records": records, "tables": tables, "hu_window": CT2DWI["hu_window"]}
+    return {"records": records, "tables": tables, "hu_window": CT2DWI["hu_window"], "target_b": CT2DWI["target_b"][0]}
 
 
 def ct2dwi_report_inputs():
@@ -342,7 +414,18 @@ def ct2dwi_report_inputs():
 
 
 def ct2dwi_targets():
-    """What `rule all` asks of the CT -> DWI task (nothing without stroke subjects)."""
+    """What `rule all` asks of the CT -> DWI task (nothing without stroke subjects; the truth tables on the demo)."""
     if not CT2DWI_CENTERS:
         return []
-    return [layout.CT2DWI_EXPERIMENTS, layout.CT2DWI_COMPUTE, *[layout.ct2dwi_grid(g) for g in CT2DWI["grids"]]]
+    return [layout.CT2DWI_EXPERIMENTS, layout.CT2DWI_COMPUTE, *[layout.ct2dwi_grid(g) for g in CT2DWI["grids"]],
+            *ct2dwi_truth_tables().values()]
+
+
+def ct2dwi_truth_tables():
+    """{name: path} of the CT -> DWI scores against the demo's truth (none without the demo or stroke subjects)."""
+    from dwisynth.report import TRUTH_TABLES
+
+    if not (CT2DWI_CENTERS and config["demo"]["enabled"]):
+        return {}
+    return {"ct2dwi_truth_metrics": TRUTH_TABLES["ct2dwi_truth_metrics"],
+            "ct2dwi_lesion_contrast": TRUTH_TABLES["ct2dwi_lesion_contrast"]}

@@ -80,6 +80,8 @@ rule score_ct2dwi:
         unpack(ct2dwi_score_inputs),
     output:
         layout.ct2dwi_scores("{experiment}"),
+    wildcard_constraints:
+        experiment="|".join(dict.fromkeys(c.experiment for c in CT2DWI_CELLS)),  # not the truth tables beside them
     params:
         records=lambda wc: ct2dwi_score_records(wc.experiment),
         cells=lambda wc: [cell_params(c) for c in ct2dwi_cells(wc.experiment)],
@@ -91,6 +93,24 @@ rule score_ct2dwi:
         layout.log("score_ct2dwi", "{experiment}"),
     script:
         "../scripts/score_ct2dwi.py"
+
+
+# On the demo: main's methods and the acquisition against the noise-free truth (the multi-b truth tables' columns).
+if ct2dwi_truth_tables():
+
+    rule score_ct2dwi_truth:
+        input:
+            unpack(lambda wc: ct2dwi_score_files("main")),
+        output:
+            **ct2dwi_truth_tables(),
+        params:
+            records=lambda wc: ct2dwi_score_records("main"),
+            target_b=CT2DWI["target_b"][0],
+            code=script_code("score_ct2dwi_truth.py"),  # a change to the code it runs reruns it
+        log:
+            layout.log("score_ct2dwi_truth"),
+        script:
+            "../scripts/score_ct2dwi_truth.py"
 
 
 rule ct2dwi_experiment_table:

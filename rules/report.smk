@@ -5,6 +5,7 @@ rule summarize:
     input:
         metrics=rules.evaluate_synthesis.output.metrics,
         adc=rules.evaluate_synthesis.output.adc,
+        lesion_adc=rules.evaluate_synthesis.output.lesion_adc,
     output:
         layout.SUMMARY,
     params:

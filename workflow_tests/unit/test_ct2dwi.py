@@ -145,10 +145,12 @@ def test_lesion_metrics_reward_a_faithful_lesion_and_see_an_erased_one():
     _, dwi, brain, lesion = head(2)
     acquired = dwi[..., 1]
     perfect = lesion_metrics(acquired, acquired, brain, lesion)
-    assert perfect["lesion_contrast"] == pytest.approx(1.0) and perfect["lesion_psnr"] == float("inf")
+    assert perfect["lesion_conspicuity_vs_acquired"] == pytest.approx(1.0) and perfect["lesion_psnr"] == float("inf")
+    # C = lesion / host - 1: the lesion (~1.1) against its ring (parenchyma ~0.45, some CSF ~0.05): > 1.1 / 0.45 - 1
+    assert perfect["lesion_contrast"] > 1.1 / 0.45 - 1
     erased = np.where(lesion, 0.45, acquired)
     scores = lesion_metrics(erased, acquired, brain, lesion)
-    assert scores["lesion_contrast"] < 0.6 and scores["lesion_psnr"] < 20 and scores["lesion_ssim"] < 0.9
+    assert scores["lesion_conspicuity_vs_acquired"] < 0.2 and scores["lesion_psnr"] < 20 and scores["lesion_ssim"] < 0.9
     # the lesion is scored on the brain's scale: halving the lesion error quarters its MSE
     half = lesion_metrics((erased + acquired) / 2, acquired, brain, lesion)
     assert half["lesion_mse"] == pytest.approx(scores["lesion_mse"] / 4, rel=1e-6)
@@ -277,3 +279,32 @@ def test_lesion_oversampling_puts_the_lesion_in_the_crops_and_leaves_other_runs_
     plain, off = batches(0.0, False), batches(0.5, False)
     for a, b in zip(plain, off):
         assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+
+
+def test_against_the_truth_the_truth_has_conspicuity_1_and_a_lesion_painted_to_its_host_about_0(tmp_path):
+    from dwisynth.ct2dwi import score_against_truth
+
+    a = write_stroke_subject(tmp_path, "SA01", 4)
+    _, dwi, brain, lesion = head(4)
+    truth = dwi[..., 1]
+    labels = np.where(brain, 3, 0) + np.where(lesion, 3, 0)  # wm 3, the infarct 6
+    save_nifti(labels.astype(np.int16), AFFINE, tmp_path / "dseg.nii.gz", np.int16)
+    (tmp_path / "dseg.tsv").write_text("index\tname\n3\twm\n6\tacute_infarct\n")
+    synth = {}
+    for method, image in (("noisefree", truth), ("copy", truth), ("erased", np.where(lesion, 0.45 + 0.01, truth))):
+        synth[method] = (str(tmp_path / f"{method}.nii.gz"), str(tmp_path / f"{method}.bval"))
+        save_nifti(image[..., None], AFFINE, synth[method][0])
+        write_bval([1000], synth[method][1])
+    record = {"cohort": "stroke", "center": "strokeA", "subject": "SA01", "acquired": (a["dwi"], a["bval"]),
+              "mask": a["mask"], "lesion": a["lesion"], "dseg": str(tmp_path / "dseg.nii.gz"), "synth": synth}
+    metrics, lesions = score_against_truth([record], 1000.0, tmp_path / "dseg.tsv", progress=lambda _: None)
+    by = lesions.set_index("method")
+    assert set(by.index) == {"truth", "acquired", "copy", "erased"} and (lesions["task"] == "ct2dwi").all()
+    assert by.loc["truth", "conspicuity"] == pytest.approx(1.0) and by.loc["copy", "conspicuity"] == pytest.approx(1.0)
+    assert abs(by.loc["erased", "conspicuity"]) < 0.1 and by.loc["erased", "relative_error_vs_truth"] < -0.9
+    assert by.loc["erased", "lesion_name"] == "acute_infarct" and by.loc["erased", "host_name"] == "wm"
+    assert by.loc["erased", "voxels"] == int((lesion & brain).sum())
+    scores = metrics.set_index("method")
+    assert set(scores.index) == {"acquired", "copy", "erased"}  # the truth is not scored against itself
+    assert scores.loc["copy", "psnr"] == float("inf") and scores.loc["copy", "mae"] == 0
+    assert scores.loc["erased", "psnr"] < 40 and scores.loc["erased", "ssim"] < 1

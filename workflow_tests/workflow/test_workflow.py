@@ -271,6 +271,45 @@ def test_summary_table_has_every_grouping_and_the_adc_agreement(demo_run):
     assert agreement["mean_difference"].notna().all()
 
 
+def test_lesion_and_truth_tables_score_every_lesion_against_the_noise_free_truth(demo_run):
+    tables = demo_run / "results/tables"
+    lesion_adc = pd.read_csv(tables / "lesion_adc.tsv", sep="\t")
+    assert list(lesion_adc.columns) == ["task", "method", "cohort", "center", "organ", "subject", "lesion_label",
+                                        "lesion_name", "voxels", "adc_synthetic", "adc_acquired", "adc_truth",
+                                        "difference", "relative_difference", "relative_difference_vs_truth"]
+    assert {"cdwi", "noisefree"} <= set(lesion_adc["method"]) and (lesion_adc["voxels"] > 0).all()
+    assert set(lesion_adc["lesion_name"]) <= {"brain_tumour", "acute_infarct", "liver_metastasis"}
+    assert (lesion_adc[["adc_synthetic", "adc_acquired", "adc_truth"]] > 0).all().all()
+    # the noise-free reference's ADC is the truth's, up to the fit: a few percent
+    assert lesion_adc.loc[lesion_adc["method"] == "noisefree", "relative_difference_vs_truth"].abs().max() < 0.1
+
+    contrast = pd.read_csv(tables / "lesion_contrast.tsv", sep="\t")
+    assert list(contrast.columns[6:]) == ["lesion_label", "lesion_name", "host_label", "host_name", "voxels",
+                                          "b_value", "seen", "contrast", "contrast_truth", "contrast_acquired",
+                                          "relative_error_vs_truth", "conspicuity"]
+    assert {"acquired", "truth", "cdwi"} <= set(contrast["method"]) and "noisefree" not in set(contrast["method"])
+    truth = contrast[contrast["method"] == "truth"]
+    assert np.allclose(truth["conspicuity"], 1.0) and np.allclose(truth["relative_error_vs_truth"], 0.0)
+    assert (truth["contrast"] > 0).all()  # the demo's lesions are brighter than their host at every b
+    acquired = contrast[contrast["method"] == "acquired"]
+    assert 0.6 < acquired["conspicuity"].median() < 1.4  # noise, not a lost lesion (the demo: 0.97-1.01)
+    assert set(contrast["b_value"]) <= {400.0, 600.0, 800.0, 1000.0, 75.0, 850.0}
+
+    metrics = pd.read_csv(tables / "truth_metrics.tsv", sep="\t")
+    assert list(metrics.columns) == ["task", "method", "cohort", "center", "organ", "subject", "b_value", "seen",
+                                     "psnr", "ssim", "mae", "spectral_peak"]
+    assert {"acquired", "cdwi"} <= set(metrics["method"]) and "noisefree" not in set(metrics["method"])
+    assert metrics["psnr"].between(5, 80).all() and metrics["ssim"].between(-1, 1).all() and (metrics["mae"] > 0).all()
+    assert (metrics["spectral_peak"].dropna() > 1).all() and metrics["spectral_peak"].notna().any()
+
+    monotonicity = pd.read_csv(tables / "monotonicity.tsv", sep="\t")
+    assert list(monotonicity.columns[6:]) == ["b_step", "b_max", "tissue_voxels", "violating_fraction",
+                                              "worst_interval", "worst_interval_share"]
+    assert set(monotonicity["method"]) == set(STAGE2)
+    assert (monotonicity["b_step"] == 25).all() and (monotonicity["b_max"] == 1000).all()
+    assert (monotonicity["tissue_voxels"] > 0).all() and monotonicity["violating_fraction"].between(0, 1).all()
+
+
 def test_reading_set_key_is_kept_apart_from_the_blinded_images(demo_run):
     reading = demo_run / "results/reader_study"
     key = pd.read_csv(demo_run / "results/reader_study_key.tsv", sep="\t")
