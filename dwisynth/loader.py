@@ -155,7 +155,7 @@ class SliceDataset(torch.utils.data.Dataset):
     can train). Item shapes: (n_in, H, W), (n_target, H, W), (n_target,), (H, W).
     """
 
-    def __init__(self, shards, input_b, target_b, heldout_b=(), zero_shot=True):
+    def __init__(self, shards, input_b, target_b, heldout_b=(), zero_shot=True, lesion_masks: dict | None = None):
         super().__init__()
         self.input_b = [float(b) for b in input_b]
         self.target_b = [float(b) for b in target_b]
@@ -166,7 +166,9 @@ class SliceDataset(torch.utils.data.Dataset):
         self.slice_index: list[int] = []  # each slice's index in its subject's shard
         self.pinned: set[tuple[str, str]] = set()  # subjects that must train (never held out for validation)
         self.input_scaling: list[dict] | None = None  # None: every input is diffusion signal
-        self.lesions: np.ndarray | None = None  # (N, H, W) bool lesion masks (CT -> DWI training only)
+        # (N, H, W) bool lesion masks, for lesion oversampling: lesion_masks {(cohort, subject): (Z, H, W) bool
+        # volume, indexed by the shard's slice_index}; a subject without one trains with no lesion slices
+        self.lesions: np.ndarray | None = None
         # first pass, masks and metadata only: which shards train and how many slices, before any image is read
         plan = []
         for path in shards:
@@ -196,11 +198,16 @@ class SliceDataset(torch.utils.data.Dataset):
         self.targets = disk_array((total, len(self.target_b), *size), np.float32)
         self.masks = disk_array((total, *size), bool)
         self.present = np.zeros((total, len(self.target_b)), bool)
+        self.lesions = disk_array((total, *size), bool) if lesion_masks is not None else None
         row = 0
         for path, grid, flags, n, _ in plan:
             with np.load(path) as shard:
                 images, mask = shard["images"], shard["mask"]
+                index = shard["slice_index"] if "slice_index" in shard.files else np.arange(n)
+                key = tuple(self.subjects[row])
             rows = slice(row, row + n)
+            if lesion_masks is not None and key in lesion_masks:
+                self.lesions[rows] = np.asarray(lesion_masks[key], bool)[index]
             self.inputs[rows] = images[:, [grid.index(b) for b in self.input_b]]
             for j, b in enumerate(self.target_b):
                 if flags[j]:
@@ -309,6 +316,8 @@ class SliceDataset(torch.utils.data.Dataset):
         part.targets = stack_rows([part.targets] + [extra_targets] * repeat)
         part.present = np.concatenate([part.present] + [extra_present] * repeat)
         part.masks = stack_rows([part.masks] + [source.masks[index]] * repeat)
+        if self.lesions is not None:  # the few-shot rows are drawn for their b, not for a lesion
+            part.lesions = stack_rows([self.lesions] + [np.zeros((len(index), *self.lesions.shape[1:]), bool)] * repeat)
         part.subjects = part.subjects + [source.subjects[i] for i in index] * repeat
         part.slice_index = part.slice_index + [source.slice_index[i] for i in index] * repeat
         part.pinned |= {tuple(source.subjects[i]) for i in index}  # their images must reach the batches

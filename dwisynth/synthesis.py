@@ -18,11 +18,14 @@ from dwisynth.preprocess.steps import adc as write_adc
 
 
 def train_model(method: str, organ: str, shards, out_dir, block: dict, training: dict, bvalues: dict, seed: int,
-                device: str = "auto", progress: bool = True, upstream: dict | None = None) -> Path:
+                device: str = "auto", progress: bool = True, upstream: dict | None = None,
+                lesion_masks: dict | None = None) -> Path:
     """Train one network for one organ on the given (train-split) shards; returns model.pt's path.
 
     block: the network's config block; training: the `training` block; bvalues: the `bvalues` block;
-    upstream: {role: model.pt path} of the models this network is built from (`Network.upstream`).
+    upstream: {role: model.pt path} of the models this network is built from (`Network.upstream`);
+    lesion_masks: {(cohort, subject): (X, Y, Z) bool on the DWI grid} of training subjects, for
+    `training.lesion_oversample` (every network alike).
     """
     from dwisynth.inference import load_model
     from dwisynth.loader import SliceDataset
@@ -36,7 +39,9 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
         raise ConfigError(f"{method} is built from the {organ} models {', '.join(cls.upstream[r] for r in missing)}; "
                           "train those first (the workflow does it)")
     records = {role: load_model(path, "cpu").record for role, path in (upstream or {}).items()}
-    data = SliceDataset(shards, inputs, targets, bvalues.get("heldout", ()), zero_shot=True)
+    by_slice = None if lesion_masks is None else {tuple(k): np.moveaxis(np.asarray(v, bool), -1, 0)
+                                                  for k, v in lesion_masks.items()}
+    data = SliceDataset(shards, inputs, targets, bvalues.get("heldout", ()), zero_shot=True, lesion_masks=by_slice)
     if data.skipped:
         print(f"[train] skipped (no input b-values {inputs}): {', '.join(Path(s).name for s in data.skipped)}")
     subjects = data.subject_keys()
@@ -59,6 +64,15 @@ def train_model(method: str, organ: str, shards, out_dir, block: dict, training:
     return Trainer(model, data, config, out_dir, meta).fit()
 
 
+def training_lesion_masks(spec: dict) -> dict[tuple[str, str], np.ndarray]:
+    """{"cohort/subject": {"mask": path, "reference": normalized DWI}} -> {(cohort, subject): (X, Y, Z) bool}: each
+    mask brought onto its subject's DWI grid through the affines (a mask saved by another tool, in another voxel
+    order or on another grid, lands on the same anatomy)."""
+    from dwisynth.io import load_on_grid
+
+    return {tuple(key.split("/", 1)): load_on_grid(v["mask"], v["reference"], order=0) > 0.5 for key, v in spec.items()}
+
+
 def trainer_config(training: dict, model, intensity_max, seed: int, device: str = "auto", progress: bool = True):
     """The one trainer's settings from the `training` block and a network (its lr, betas and schedule)."""
     from dwisynth.training import TrainerConfig
@@ -70,7 +84,8 @@ def trainer_config(training: dict, model, intensity_max, seed: int, device: str 
                          intensity_max=intensity_max, seed=seed, device=device, threads=training.get("threads"),
                          progress=progress, validation_subjects=training.get("validation_subjects", 1),
                          validate_every=training.get("validate_every", 50),
-                         warmup_steps=training.get("warmup_steps", 0),
+                         warmup_steps=(c.warmup_steps if c.warmup_steps is not None
+                                       else training.get("warmup_steps", 0)),
                          grad_clip=c.grad_clip if c.grad_clip is not None else training.get("grad_clip"),
                          collapse_db=training.get("collapse_db", 6.0),
                          lesion_oversample=training.get("lesion_oversample", 0.0))

@@ -157,6 +157,22 @@ def multib_lesion_mask(s: dict) -> str | None:
                             s["subject"], config["samples"])
 
 
+def training_lesion_masks(wildcards):
+    """{"cohort/subject": {"mask", "reference"}} of the multi-b training subjects that have a lesion mask, for
+    training.lesion_oversample (every multi-b network alike); none when it is 0. Subjects without a mask train
+    on their slices as drawn."""
+    if not config["training"]["lesion_oversample"]:
+        return {}
+    task = networks()[wildcards.method].task
+    masks = {}
+    for s in task_members(_split(), task, "train", wildcards.organ):
+        path = multib_lesion_mask(s)
+        if path:
+            masks[f"{s['cohort']}/{s['subject']}"] = {"mask": path,
+                                                      "reference": layout.preproc(s["cohort"], s["subject"])["dwi"]}
+    return masks
+
+
 def upstream_models(wildcards):
     """{role: model.pt} of the models of this organ the network is built from (MineGAN: its stage 1)."""
     return {role: layout.model(method, wildcards.organ)

@@ -8,12 +8,14 @@ rule train:
         shards=training_shards,
         upstream=lambda wc: list(upstream_models(wc).values()),
         weights=lambda wc: list(weight_files(wc.method, config[config_block_name(wc.method)]).values()),
+        lesions=lambda wc: [f for v in training_lesion_masks(wc).values() for f in v.values()],
     output:
         model=layout.model("{method}", "{organ}"),
         log=layout.training_log("{method}", "{organ}"),
     params:
         block=lambda wc: config[config_block_name(wc.method)],
         upstream=upstream_models,
+        lesion_masks=training_lesion_masks,
         training=config["training"],
         bvalues=config["bvalues"],
         seed=config["seed"],

@@ -62,6 +62,9 @@ class NetworkConfig:
     grad_clip: float | None = field(default=None, metadata={
         "exclusiveMinimum": 0, "description": "max global gradient norm per step for this network; "
                                               "null: training.grad_clip"})
+    warmup_steps: int | None = field(default=None, metadata={
+        "minimum": 0, "description": "lr rises linearly from 0 over these first steps for this network; "
+                                     "null: training.warmup_steps"})
 
 
 class Network(nn.Module, ABC):

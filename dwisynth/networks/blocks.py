@@ -91,30 +91,67 @@ def upsample_layer(in_channels: int, out_channels: int, mode: str = "resize") ->
     raise ValueError(f"upsampling must be one of {UPSAMPLING}, not {mode!r}")
 
 
+LOG_RATIO_GAIN = 5.0  # ln(S_b / S_first) of tissue between b 0 and 100 is -0.05 to -0.3: brought near unit size
+LOG_RATIO_LIMIT = 3.0  # background (t = -1 in both) and noise: bounded, never log(0)
+
+
+def signal_log_ratios(x: torch.Tensor) -> torch.Tensor:
+    """ln(S_c / S_0) of every channel c > 0 against the first, from network-scale images (t = 2 sqrt(S / imax) - 1,
+    so S ∝ (t + 1)²), scaled and clipped: (N, C, H, W) -> (N, C - 1, H, W). A ReLU network computes a ratio of
+    its inputs only approximately; the decay between the input b-values is what tells a restricted-diffusion
+    lesion (bright at b 0, still bright at b 100) from fluid (bright at b 0, falling fast)."""
+    log_u = torch.log(torch.clamp(x.float() + 1.0, min=1e-3))
+    ratios = 2.0 * (log_u[:, 1:] - log_u[:, :1]) * LOG_RATIO_GAIN
+    return torch.clamp(ratios, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT).to(x.dtype)
+
+
 class ResnetGenerator(nn.Module):
     """Image-to-image ResNet generator (Johnson et al.; the DC²Anet generator).
 
     7x7 conv ngf -> two stride-2 convs (2ngf, 4ngf) -> n_blocks residual blocks ->
     two x2 upsamplings (`upsample_layer`) -> 7x7 conv -> tanh. (N, in_channels, H, W) ->
     (N, out_channels, H, W); H and W must be multiples of 4.
+
+    skips: add the encoder's full- and half-resolution features to the decoder's (LinkNet-style additive
+    skips, no extra weights). Without them every detail must pass the quarter-resolution bottleneck: on the
+    demo a small liver metastasis and the brain's cortex were the last things learned.
     """
 
     def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 6,
-                 norm: str = "instance", upsample: str = "resize"):
+                 norm: str = "instance", upsample: str = "resize", skips: bool = False, log_ratios: bool = False):
         super().__init__()
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm_layer(norm, ngf), nn.ReLU(True)]
+        self.log_ratios = log_ratios and in_channels > 1
+        first = in_channels + (in_channels - 1 if self.log_ratios else 0)
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(first, ngf, 7), norm_layer(norm, ngf), nn.ReLU(True)]
+        self._taps = [len(layers) - 1]  # full-resolution encoder features
         for mult in (1, 2):
             layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
                        norm_layer(norm, ngf * mult * 2), nn.ReLU(True)]
+            if mult == 1:
+                self._taps.append(len(layers) - 1)  # half resolution
         layers += [ResidualBlock(ngf * 4, norm) for _ in range(n_blocks)]
+        self._joins = []
         for mult in (4, 2):
             layers += [upsample_layer(ngf * mult, ngf * mult // 2, upsample), norm_layer(norm, ngf * mult // 2),
                        nn.ReLU(True)]
+            self._joins.insert(0, len(layers) - 1)  # where the decoder is back at half, then full resolution
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
+        self.model = nn.Sequential(*layers)  # one Sequential: the same weights' names with or without skips
+        self.skips = skips
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if self.log_ratios:
+            x = torch.cat([x, signal_log_ratios(x)], 1)
+        if not self.skips:
+            return self.model(x)
+        features = {}
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in self._taps:
+                features[self._joins[self._taps.index(i)]] = x
+            elif i in features:
+                x = x + features.pop(i)
+        return x
 
 
 def patch_discriminator(in_channels: int, out_channels: int, ndf: int = 64, n_layers: int = 3) -> nn.Module:

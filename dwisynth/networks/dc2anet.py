@@ -55,6 +55,13 @@ class DC2AnetConfig(NetworkConfig):
         "description": "generator normalization; instance (the published design) discards the absolute S/S0 level"})
     upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
         "description": "generator upsampling: resize (nearest + 3x3 conv, no checkerboard) or transposed (published)"})
+    skips: bool = field(default=False, metadata={"description": (
+        "generator: add the encoder's full- and half-resolution features to the decoder's (no extra weights); "
+        "false is the published ResNet generator, whose quarter-resolution bottleneck learns small lesions "
+        "and the cortex last")})
+    log_ratios: bool = field(default=False, metadata={"description": (
+        "generator G also sees ln(S_b / S_b0) of its inputs (`blocks.signal_log_ratios`): the decay between the "
+        "input b-values, which tells restricted diffusion (a tumour) from fluid; false is the published input")})
     gradient_form: Literal["signed", "magnitude"] = field(default="signed", metadata={"description": (
         "gradient difference term: signed |grad G(x) - grad y| (no reward for copying noise) or magnitude "
         "| |grad G(x)| - |grad y| | (published; on low-SNR targets it paints row and column stripes)")})
@@ -100,8 +107,8 @@ class DC2Anet(Network):
     def __init__(self, config: DC2AnetConfig, n_inputs: int, n_targets: int):
         super().__init__(config, n_inputs, n_targets)
         c = config
-        self.G = ResnetGenerator(n_inputs, n_targets, c.ngf, c.n_residual, c.norm, c.upsample)
-        self.F = ResnetGenerator(n_targets, n_inputs, c.ngf, c.n_residual, c.norm, c.upsample)
+        self.G = ResnetGenerator(n_inputs, n_targets, c.ngf, c.n_residual, c.norm, c.upsample, c.skips, c.log_ratios)
+        self.F = ResnetGenerator(n_targets, n_inputs, c.ngf, c.n_residual, c.norm, c.upsample, c.skips)
         self.D_high = HybridDiscriminator(n_inputs, n_targets, c.ndf)
         self.D_low = patch_discriminator(n_inputs, 1, c.ndf)
         self.pools = {name: ImagePool(c.pool_size) for name in ("unsupervised", "supervised", "low")}
@@ -120,7 +127,8 @@ class DC2Anet(Network):
     def inference_spec(self) -> dict:
         c = self.config
         return {"kwargs": {"in_channels": self.n_inputs, "out_channels": self.n_targets, "ngf": c.ngf,
-                           "n_blocks": c.n_residual, "norm": c.norm, "upsample": c.upsample}, "pad_multiple": 4}
+                           "n_blocks": c.n_residual, "norm": c.norm, "upsample": c.upsample,
+                           "skips": c.skips, "log_ratios": c.log_ratios}, "pad_multiple": 4}
 
     @classmethod
     def build_inference_network(cls, **kwargs) -> nn.Module:

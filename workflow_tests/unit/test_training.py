@@ -703,3 +703,91 @@ def test_a_phase_after_an_overfit_warm_up_starts_from_its_best_validated_step_al
         torch.testing.assert_close(started["main"][name], weight)
     assert f"main starts from step {best['step']}" in capsys.readouterr().err
     assert record["selected_step"] > 30 and log[35] > log[30] + 1
+
+
+def _copy_error(skips: bool, steps: int = 80) -> float:
+    """L1 error of a tiny ResnetGenerator taught to copy pixel-sized detail, on a fresh pattern."""
+    from dwisynth.networks.blocks import ResnetGenerator
+
+    torch.manual_seed(0)
+    net = ResnetGenerator(1, 1, 8, 1, "none", "resize", skips)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    draws = torch.Generator().manual_seed(1)
+
+    def pattern():
+        return (torch.rand(8, 1, 32, 32, generator=draws) > 0.5).float() * 1.2 - 0.6
+
+    for _ in range(steps):
+        x = pattern()
+        loss = (net(x) - x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = pattern()
+    with torch.no_grad():
+        return float((net(x) - x).abs().mean())
+
+
+def test_generator_skips_carry_pixel_detail_the_bottleneck_loses_with_the_same_weights():
+    from dwisynth.networks.blocks import ResnetGenerator
+
+    plain, skipped = (ResnetGenerator(2, 3, 8, 2, "none", "resize", s) for s in (False, True))
+    assert plain.state_dict().keys() == skipped.state_dict().keys()  # no extra weights, same names
+    skipped.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 2, 32, 36)
+    assert not torch.allclose(plain(x), skipped(x))  # the skips change what the same weights compute
+    without, with_skips = _copy_error(False), _copy_error(True)
+    assert with_skips < 0.4 * without, (with_skips, without)  # measured 0.10 against 0.51
+
+
+def test_dc2anet_with_skips_exports_an_inference_network_that_computes_its_generator(cohort):
+    model = build_network("dc2anet", {**TINY["dc2anet"], "skips": True}, len(INPUT_B), len(TARGET_B), seed=7)
+    spec = model.inference_spec()
+    assert spec["kwargs"]["skips"] is True
+    exported = type(model).build_inference_network(**spec["kwargs"])
+    exported.load_state_dict(model.G.state_dict())
+    x = torch.randn(1, len(INPUT_B), 32, 32)
+    assert torch.equal(exported(x), model.G(x))
+
+
+def test_multib_lesion_masks_reach_the_batches_and_survive_few_shot_rows(cohort):
+    """training.lesion_oversample for multi-b networks: lesion slices are drawn and cropped around the lesion."""
+    lesion = np.zeros((6, 32, 32), bool)  # (Z, H, W) in the shard's slice order
+    lesion[2, 14:17, 14:17] = True
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B, lesion_masks={("c", "P0"): lesion})
+    assert data.lesions.shape == data.masks.shape
+    assert int(data.lesions.reshape(len(data), -1).any(1).sum()) == 1  # P0's slice 2 alone; others have none
+    model = build_network("pix2pix", TINY["pix2pix"], len(INPUT_B), len(TARGET_B), seed=7)
+    config = TrainerConfig(steps=2, batch_size=4, crop=16, seed=7, device="cpu", progress=False,
+                           validation_subjects=0, lesion_oversample=1.0)
+    trainer = Trainer(model, data, config, cohort["root"] / "lesion_run", {"method": "pix2pix"})
+    batch = trainer.batch(0, torch.Generator().manual_seed(0))
+    assert batch.lesion is not None and bool(batch.lesion.flatten(1).any(1).all())  # every item holds the lesion
+    extra = data.with_extra(data, {TARGET_B[0]: np.array([0, 1])}, share=0.2)
+    assert len(extra.lesions) == len(extra) and not extra.lesions[len(data):].any()
+
+
+def test_a_network_block_sets_its_own_lr_warmup(cohort):
+    from dwisynth.synthesis import trainer_config
+
+    model = build_network("dc2anet", {**TINY["dc2anet"], "warmup_steps": 30}, len(INPUT_B), len(TARGET_B), seed=7)
+    assert trainer_config({"batch_size": 2, "crop": 16, "checkpoint_every": 5, "log_every": 1, "warmup_steps": 5},
+                          model, None, 7, "cpu").warmup_steps == 30
+    other = build_network("pix2pix", TINY["pix2pix"], len(INPUT_B), len(TARGET_B), seed=7)
+    assert trainer_config({"batch_size": 2, "crop": 16, "checkpoint_every": 5, "log_every": 1, "warmup_steps": 5},
+                          other, None, 7, "cpu").warmup_steps == 5
+
+
+def test_log_ratio_inputs_give_the_decay_between_input_b_values_on_the_network_scale():
+    from dwisynth.networks.blocks import LOG_RATIO_GAIN, LOG_RATIO_LIMIT, ResnetGenerator, signal_log_ratios, to_network
+
+    imax = 3.0
+    s0 = torch.tensor([1.3, 2.0, 0.8, 0.0])  # tumour, fluid, white matter, background
+    s100 = s0 * torch.tensor([0.89, 0.73, 0.915, 1.0])
+    x = to_network(torch.stack([s0, s100])[None, :, :, None], imax)  # (1, 2, 4, 1)
+    ratios = signal_log_ratios(x)[0, 0, :, 0]
+    expected = torch.clamp(LOG_RATIO_GAIN * torch.log(torch.tensor([0.89, 0.73, 0.915, 1.0])), -LOG_RATIO_LIMIT, 3)
+    assert torch.allclose(ratios[:3], expected[:3], atol=1e-4)  # fluid falls fastest: the tumour is not fluid
+    assert float(ratios[3]) == 0.0 and float(ratios.abs().max()) <= LOG_RATIO_LIMIT  # background: bounded, no NaN
+    net = ResnetGenerator(2, 4, 8, 1, "none", "resize", skips=True, log_ratios=True)
+    assert net.model[1].in_channels == 3 and net(torch.rand(1, 2, 32, 32) * 2 - 1).shape == (1, 4, 32, 32)
