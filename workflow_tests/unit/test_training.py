@@ -521,7 +521,7 @@ def test_a_network_registered_outside_dwisynth_trains_and_synthesizes(cohort, tm
     assert config_schema()["properties"]["tinyconv"]["properties"]["width"]["default"] == 8
     config = validate_config({"bvalues": {}, "tinyconv": {"steps": 30}})
     assert config["tinyconv"] == {"steps": 30, "width": 8, "lr": 2e-4, "betas": [0.5, 0.999], "decay_start": None,
-                                  "grad_clip": None}
+                                  "grad_clip": None, "warmup_steps": None}
     assert "tinyconv" in config["methods"]
     with pytest.raises(ConfigError, match="did you mean 'width'"):
         validate_config({"bvalues": {}, "tinyconv": {"widht": 4}})
