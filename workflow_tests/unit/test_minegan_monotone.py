@@ -1,0 +1,62 @@
+"""Issue 38: MineGAN's any-b output must not rise with b. `generate` blanks a stack channel only at exactly its
+b-value, so its output jumps at the stack's b-values; `BValueSynthesizer.synthesize` (inference) is monotone
+by construction and keeps the trained outputs where they already fall."""
+
+import numpy as np
+import pytest
+import torch
+
+from dwisynth.networks.minegan import BValueSynthesizer
+
+STACK_B = [0.0, 100.0, 400.0, 600.0, 800.0, 1000.0]
+# S/S0 of one voxel at STACK_B: a steep perfusion drop before 100 is what the old rule mis-read at 100
+SIGNAL = [1.0, 0.95, 0.5, 0.4, 0.3, 0.25]
+
+
+def _fresh():
+    torch.manual_seed(0)
+    stage1 = {"method": "dc2anet", "kwargs": {"in_channels": 2, "out_channels": 4, "ngf": 4, "n_blocks": 1,
+                                               "norm": "none", "upsample": "resize"}}
+    # a fresh generator's last layer is zero: its output is the log-linear reading of the stack
+    return BValueSynthesizer(stage1, STACK_B, ngf=4, n_residual=1, norm="none", upsample="resize",
+                             n_frequencies=2, embed_width=8, z_dim=2, miner_width=8, mined=True,
+                             correction="node", n_acquired=2, activation="leaky").eval()
+
+
+def _stack():
+    t = 2 * torch.sqrt(torch.tensor(SIGNAL)) - 1  # network scale with imax = 1
+    return t[None, :, None, None].expand(1, -1, 16, 16).contiguous()
+
+
+def _s(t):  # network scale (..., H, W) -> S/S0 of one voxel
+    return float(((t.reshape(-1, *t.shape[-2:])[0, 0, 0] + 1) / 2) ** 2)
+
+
+@torch.no_grad()
+def test_old_rule_rises_at_a_stack_b_value_and_synthesize_does_not():
+    net, stack = _fresh(), _stack()
+    old = {b: _s(net.generate(stack, torch.tensor([b]))) for b in (100.0, 125.0)}
+    # b 100 blanked: read between 0 and 400, 0.5 ** 0.25; b 125: between the acquired 100 and 400
+    assert old[100.0] == pytest.approx(0.5 ** 0.25, abs=1e-4)
+    assert old[125.0] == pytest.approx(0.95 * (0.5 / 0.95) ** (25 / 300), abs=1e-4)
+    assert old[125.0] - old[100.0] > 0.05  # the seam of issue 38: a 6% of S0 rise over 25 s/mm²
+
+    grid = np.arange(0.0, 1000.0 + 1e-6, 5.0)  # finer than the 25 s/mm² lattice: monotone between its points
+    new = net.synthesize(stack, grid.tolist(), 1000.0)
+    curve = ((new[0, :, 0, 0] + 1) / 2) ** 2
+    assert torch.all(curve[1:] <= curve[:-1] + 1e-6)
+    assert _s(new[0, grid.tolist().index(125.0)]) <= _s(new[0, grid.tolist().index(100.0)])
+    # where the old outputs already fall, the trained b-values keep them
+    for b in (600.0, 800.0, 1000.0):
+        assert _s(new[0, grid.tolist().index(b)]) == pytest.approx(_s(net.generate(stack, torch.tensor([b]))),
+                                                                   abs=1e-5)
+
+
+@torch.no_grad()
+def test_synthesize_gives_a_b_the_same_image_whatever_else_is_requested():
+    net, stack = _fresh(), _stack()
+    alone = net.synthesize(stack, [850.0], 1000.0)
+    among = net.synthesize(stack, [75.0, 850.0, 1000.0], 1000.0)
+    torch.testing.assert_close(alone[:, 0], among[:, 1])
+    with pytest.raises(ValueError, match="envelope"):
+        net.synthesize(stack, [850.0], 1000.0, envelope="median")
