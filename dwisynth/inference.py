@@ -113,12 +113,8 @@ def synthesize_slices(model: SynthesisModel, inputs: np.ndarray, b=None, batch_s
                               model.record.get("input_scaling"), imax)
         x, (h, w) = pad_to_multiple(x, multiple, -1.0)
         x = x.to(model.device)
-        if model.b_conditioned and hasattr(model.network, "synthesize"):  # MineGAN: monotone in b (issue 38)
-            y = model.network.synthesize(model.network.stack(x), wanted, model.record["b_range"][1])  # stage 1 once a batch
-        elif model.b_conditioned and hasattr(model.network, "stack"):
-            stack = model.network.stack(x)
-            y = torch.cat([model.network.generate(stack, torch.full((len(x),), value, device=model.device))
-                           for value in wanted], 1)
+        if model.b_conditioned and hasattr(model.network, "synthesize"):  # MineGAN: monotone in b, stage 1 once
+            y = model.network.synthesize(model.network.stack(x), wanted, model.record["b_range"][1])
         elif model.b_conditioned:
             y = torch.cat([model.network(x, torch.full((len(x),), value, device=model.device)) for value in wanted], 1)
         else:
