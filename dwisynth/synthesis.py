@@ -88,7 +88,8 @@ def trainer_config(training: dict, model, intensity_max, seed: int, device: str 
                                        else training.get("warmup_steps", 0)),
                          grad_clip=c.grad_clip if c.grad_clip is not None else training.get("grad_clip"),
                          collapse_db=training.get("collapse_db", 6.0),
-                         lesion_oversample=training.get("lesion_oversample", 0.0))
+                         lesion_oversample=training.get("lesion_oversample", 0.0),
+                         lesion_weight=training.get("lesion_weight", 0.0))
 
 
 def _write_synthetic(reference_img, inputs: np.ndarray, input_b, synthetic: np.ndarray, target_b,

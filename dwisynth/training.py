@@ -104,6 +104,7 @@ class TrainerConfig:
     collapse_db: float = 6.0  # validation PSNR this far below its best, twice in a row, stops the run
     loss_limit: float = 1e4  # a loss above this (or NaN/inf) is a blow-up
     lesion_oversample: float = 0.0  # share of batch items drawn from lesion slices, cropped around the lesion
+    lesion_weight: float = 0.0  # x L1 inside the lesion mask, added by every network to its loss (Network.add_lesion_l1)
 
 
 class TrainingDiverged(DwisynthError):
@@ -185,6 +186,7 @@ class Trainer:
             raise ConfigError(f"no training slices for {meta.get('method')} {meta.get('organ', '')}: check the "
                               "split (train subjects) and that their shards hold the input b-values")
         self.model, self.config = model, config
+        model.lesion_weight = config.lesion_weight
         self.data_digest = data.digest()  # every slice, the held-out validation subjects included
         self.validation_keys = validation_subjects(data.subject_keys(), config.validation_subjects, config.seed,
                                                    keep=data.pinned)

@@ -159,9 +159,9 @@ def multib_lesion_mask(s: dict) -> str | None:
 
 def training_lesion_masks(wildcards):
     """{"cohort/subject": {"mask", "reference"}} of the multi-b training subjects that have a lesion mask, for
-    training.lesion_oversample (every multi-b network alike); none when it is 0. Subjects without a mask train
-    on their slices as drawn."""
-    if not config["training"]["lesion_oversample"]:
+    training.lesion_oversample and training.lesion_weight (every multi-b network alike); none when both are 0.
+    Subjects without a mask train on their slices as drawn."""
+    if not (config["training"]["lesion_oversample"] or config["training"].get("lesion_weight")):
         return {}
     task = networks()[wildcards.method].task
     masks = {}

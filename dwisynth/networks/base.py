@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from dwisynth.errors import ConfigError
+from dwisynth.networks.losses import lesion_l1
 
 TASKS = ("multib", "ct2dwi")
 # Image sources scored beside the networks; they are rules of their own, not trained.
@@ -101,6 +102,8 @@ class Network(nn.Module, ABC):
     def __init__(self, config: NetworkConfig, n_inputs: int, n_targets: int):
         super().__init__()
         self.config, self.n_inputs, self.n_targets = config, n_inputs, n_targets
+        # training.lesion_weight, set by the trainer: a training setting, the same for every network compared
+        self.lesion_weight = 0.0
 
     # --- hooks the training job calls before the trainer -------------------------------------
     @classmethod
@@ -142,6 +145,16 @@ class Network(nn.Module, ABC):
         """Label-free validation at b-values without images: {b: (rows (M,), reference (M, 1, H, W))}, from the
         validation targets on the network scale (N, T, H, W) and their `present` mask; none by default."""
         return {}
+
+    def add_lesion_l1(self, losses: dict, total: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
+                      present: torch.Tensor | None, lesion: torch.Tensor | None) -> torch.Tensor:
+        """total + training.lesion_weight x L1 inside the lesion mask (acquired channels), logged as lesion_l1;
+        total unchanged when the weight is 0 or the batch carries no lesion mask. Every network calls it on its
+        paired prediction, so the lesion supervision of a comparison is one setting for all of its networks."""
+        if not self.lesion_weight or lesion is None:
+            return total
+        losses["lesion_l1"] = lesion_l1(pred, target, present, lesion)
+        return total + self.lesion_weight * losses["lesion_l1"]
 
     @abstractmethod
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -183,6 +183,7 @@ class DC2Anet(Network):
             losses = self._paired_terms(fake_y, y, present)
             total = w.voxel * losses["voxel_l1"] + w.gradient * losses["gradient"] + w.ssim * losses["ssim"]
             total = self._add_perceptual(losses, total, fake_y, y, present)
+            total = self.add_lesion_l1(losses, total, fake_y, y, present, batch.lesion)
             opt_g.zero_grad(set_to_none=True)
             total.backward()
             opt_g.step()
@@ -212,6 +213,7 @@ class DC2Anet(Network):
                  + w.cycle * (losses["cycle_low"] + losses["cycle_high"]) + w.voxel * losses["voxel_l1"]
                  + w.gradient * losses["gradient"] + w.ssim * losses["ssim"])
         total = self._add_perceptual(losses, total, fake_y, y, present)
+        total = self.add_lesion_l1(losses, total, fake_y, y, present, batch.lesion)
         opt_g.zero_grad(set_to_none=True)
         total.backward()
         opt_g.step()

@@ -41,7 +41,7 @@ from torch import nn
 from dwisynth.errors import ConfigError
 from dwisynth.networks.base import Network, NetworkConfig
 from dwisynth.networks.blocks import DWT2d, IDWT2d, patch_discriminator, upsample_layer
-from dwisynth.networks.losses import lsgan, masked_l1, ssim_loss
+from dwisynth.networks.losses import lesion_l1, lsgan, masked_l1, ssim_loss
 
 
 def _weight(default: float, description: str) -> float:
@@ -292,12 +292,6 @@ class JMMDAGenerator(nn.Module):
         for level, skip, edges in zip(self.decoder, reversed(skips), reversed(details)):
             features = level(features, skip, edges)
         return self.head(features)
-
-
-def lesion_l1(pred: torch.Tensor, target: torch.Tensor, present: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
-    """Mean |pred - target| over lesion voxels (lesion (N, H, W) bool) of acquired channels; 0 without any."""
-    weights = lesion[:, None].to(pred.dtype) * present[:, :, None, None].to(pred.dtype)
-    return ((pred - target).abs() * weights).sum() / weights.sum().clamp(min=1)
 
 
 class JMMDAGAN(Network):

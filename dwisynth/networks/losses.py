@@ -30,6 +30,14 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, present: torch.Tensor | 
     return (per_channel * weights).sum() / weights.sum().clamp(min=1)
 
 
+def lesion_l1(pred: torch.Tensor, target: torch.Tensor, present: torch.Tensor | None,
+              lesion: torch.Tensor) -> torch.Tensor:
+    """Mean |pred - target| over lesion voxels (lesion (N, H, W) bool) of acquired channels; 0 without any.
+    A mean over lesion voxels, not over the image: a lesion of a few voxels weighs as much as the whole crop."""
+    weights = lesion[:, None].to(pred.dtype) * _channel_weights(present, pred)[:, :, None, None]
+    return ((pred - target).abs() * weights).sum() / weights.sum().clamp(min=1)
+
+
 def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 

@@ -509,6 +509,8 @@ class MineGAN(Network):
         losses = {"adv": lsgan(self.D(fake, b, x), True), "voxel_l1": masked_l1(fake, real),
                   "ssim": ssim_loss(fake, real, ones)}
         total = w.adversarial * losses["adv"] + w.voxel * losses["voxel_l1"] + w.ssim * losses["ssim"]
+        total = self.add_lesion_l1(losses, total, fake, real, None,
+                                   batch.lesion[sample] if batch.lesion is not None else None)
         if mining and w.unseen > 0:
             lo, hi = self.config.b_range
             b_any = lo + (hi - lo) * torch.rand(len(x), generator=generator).to(device)

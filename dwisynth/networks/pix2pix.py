@@ -87,6 +87,8 @@ class Pix2Pix(UNetNetwork):
         adv = lsgan(self._judge(x, single_fake, sample, b_index), True)
         l1 = masked_l1(fake, y, present)
         total = adv + self.config.l1_weight * l1
+        losses = {"adv": adv, "voxel_l1": l1}
+        total = self.add_lesion_l1(losses, total, fake, y, present, batch.lesion)
         optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         optimizers["generator"].step()
@@ -98,7 +100,7 @@ class Pix2Pix(UNetNetwork):
         optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         optimizers["discriminator"].step()
-        return {"adv": float(adv.detach()), "voxel_l1": float(l1.detach()), "g_total": float(total.detach()),
+        return {**{k: float(v.detach()) for k, v in losses.items()}, "g_total": float(total.detach()),
                 "d_loss": float(d_loss.detach())}
 
 
@@ -127,8 +129,10 @@ class UNetL1(UNetNetwork):
 
 
     def training_step(self, batch, optimizers, generator: torch.Generator, step: int) -> dict[str, float]:
-        l1 = masked_l1(self.G(batch.inputs), batch.targets, batch.present)
+        fake = self.G(batch.inputs)
+        losses = {"voxel_l1": masked_l1(fake, batch.targets, batch.present)}
+        total = self.add_lesion_l1(losses, losses["voxel_l1"], fake, batch.targets, batch.present, batch.lesion)
         optimizers["generator"].zero_grad(set_to_none=True)
-        l1.backward()
+        total.backward()
         optimizers["generator"].step()
-        return {"voxel_l1": float(l1.detach())}
+        return {k: float(v.detach()) for k, v in losses.items()}

@@ -452,3 +452,24 @@ def prepared_minegan(models):
     model = build_network("minegan", MINEGAN, 2, 7, 5)
     model.prepare({"stage1": load_model(models["stage1"], "cpu").record}, BVALUES, 5)
     return model
+
+
+def test_training_lesion_weight_adds_the_lesion_term_at_the_b_each_item_is_trained_on(models, tmp_path):
+    """MineGAN trains one b per item; the lesion term follows the items it keeps (batch.lesion[sample])."""
+    from dwisynth.training import Batch, TrainerConfig
+
+    data = SliceDataset([str(s) for s in models["shards"]], BVALUES["inputs"],
+                        [0.0, 100.0, 400.0, 800.0, 1000.0, 75.0, 850.0], HELDOUT_B)
+    inputs, targets, present, mask = (torch.stack(x) for x in zip(*(data[i] for i in range(4))))
+    batch = Batch(inputs / 1.5 - 1, targets / 1.5 - 1, present, mask,
+                  lesion=torch.zeros(4, *inputs.shape[2:], dtype=torch.bool))
+    batch.lesion[:, 8:12, 8:12] = True
+    totals = {}
+    for weight in (0.0, 20.0):
+        model = prepared_minegan(models)
+        config = TrainerConfig(steps=model.training_steps(), batch_size=4, crop=24, seed=5, device="cpu",
+                               progress=False, validation_subjects=0, lesion_weight=weight)
+        trainer = Trainer(model, data, config, tmp_path / str(weight), {"method": "minegan"})
+        totals[weight] = model.training_step(batch, trainer.optimizers, torch.Generator().manual_seed(3), 0)
+    assert "lesion_l1" not in totals[0.0] and totals[20.0]["lesion_l1"] > 0
+    assert totals[20.0]["g_total"] == pytest.approx(totals[0.0]["g_total"] + 20.0 * totals[20.0]["lesion_l1"], rel=1e-5)

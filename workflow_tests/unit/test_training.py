@@ -791,3 +791,38 @@ def test_log_ratio_inputs_give_the_decay_between_input_b_values_on_the_network_s
     assert float(ratios[3]) == 0.0 and float(ratios.abs().max()) <= LOG_RATIO_LIMIT  # background: bounded, no NaN
     net = ResnetGenerator(2, 4, 8, 1, "none", "resize", skips=True, log_ratios=True)
     assert net.model[1].in_channels == 3 and net(torch.rand(1, 2, 32, 32) * 2 - 1).shape == (1, 4, 32, 32)
+
+
+def test_lesion_l1_is_the_mean_error_over_lesion_voxels_of_acquired_channels():
+    from dwisynth.networks.losses import lesion_l1
+
+    target = torch.zeros(2, 2, 8, 8)
+    pred = torch.full_like(target, 100.0)  # far off outside the lesion: not counted
+    lesion = torch.zeros(2, 8, 8, dtype=torch.bool)
+    lesion[0, 2:4, 2:4] = True  # 4 voxels in item 0, none in item 1
+    pred[0, 0][lesion[0]] = 1.0  # acquired channel: error 1
+    pred[0, 1][lesion[0]] = 5.0  # channel 1 not acquired in item 0: not counted
+    present = torch.tensor([[True, False], [True, True]])
+    assert float(lesion_l1(pred, target, present, lesion)) == pytest.approx(1.0)
+    assert float(lesion_l1(pred, target, present, torch.zeros_like(lesion))) == 0.0
+
+
+@pytest.mark.parametrize("method", ["dc2anet", "pix2pix"])
+def test_training_lesion_weight_adds_one_lesion_term_to_every_multib_network(cohort, method):
+    """training.lesion_weight is a trainer setting each network adds alike: total = total without it + w x lesion L1
+    (same initial weights), and nothing without a lesion mask in the batch."""
+    batch = fixed_batch(cohort)
+    batch.lesion = torch.zeros(len(batch.inputs), *batch.inputs.shape[2:], dtype=torch.bool)
+    batch.lesion[:, 10:14, 12:15] = True
+    runs = {}
+    for weight in (0.0, 50.0):
+        trainer = tiny_trainer(cohort, method, cohort["root"] / f"lesion_weight_{method}_{weight}",
+                               validation_subjects=0, lesion_weight=weight)
+        assert trainer.model.lesion_weight == weight
+        runs[weight] = trainer.model.training_step(batch, trainer.optimizers, torch.Generator().manual_seed(0), 0)
+    assert "lesion_l1" not in runs[0.0] and runs[50.0]["lesion_l1"] > 0
+    assert runs[50.0]["g_total"] == pytest.approx(runs[0.0]["g_total"] + 50.0 * runs[50.0]["lesion_l1"], rel=1e-5)
+    batch.lesion = None
+    trainer = tiny_trainer(cohort, method, cohort["root"] / f"lesion_weight_{method}_none", validation_subjects=0,
+                           lesion_weight=50.0)
+    assert "lesion_l1" not in trainer.model.training_step(batch, trainer.optimizers, torch.Generator(), 0)
