@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dwisynth.networks.base import Network, NetworkConfig
-from dwisynth.networks.blocks import NORMS, patch_discriminator, per_b_logits, one_b_per_sample
+from dwisynth.networks.blocks import NORMS, UPSAMPLING, patch_discriminator, per_b_logits, one_b_per_sample
 from dwisynth.networks.losses import lsgan, masked_l1
 
 
@@ -29,18 +29,37 @@ class Pix2PixConfig(NetworkConfig):
     l1_weight: float = field(default=100.0, metadata={"minimum": 0, "description": "weight of the voxel L1 beside the LSGAN"})
     norm: Literal["none", "instance"] = field(default="none", metadata={
         "description": "generator normalization; instance discards the absolute S/S0 level"})
+    upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
+        "description": "decoder upsampling: resize (nearest resize + conv, as DC²Anet and MineGAN) or transposed "
+                       "(the published pix2pix, MONAI's UNet), whose uneven kernel overlap paints a checkerboard"})
 
 
 def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: int = 4,
-                   norm: str = "instance") -> nn.Module:
+                   norm: str = "instance", upsample: str = "transposed") -> nn.Module:
+    """MONAI's UNet, tanh output. upsample defaults to transposed: model files written before the option have
+    no `upsample` in their spec and were built that way."""
+    from monai.networks.blocks import Convolution
     from monai.networks.nets import UNet
 
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
+    if upsample not in UPSAMPLING:
+        raise ValueError(f"upsample must be one of {UPSAMPLING}, not {upsample!r}")
+
+    class ResizeConvUNet(UNet):
+        """Each transposed-conv up layer replaced by a nearest resize and a stride-1 conv (Odena et al. 2016)."""
+
+        def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
+            conv = Convolution(self.dimensions, in_channels, out_channels, strides=1, kernel_size=self.up_kernel_size,
+                               act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias,
+                               conv_only=is_top and self.num_res_units == 0, adn_ordering=self.adn_ordering)
+            return nn.Sequential(nn.Upsample(scale_factor=strides, mode="nearest"), conv)
 
     channels = tuple(ngf * 2**i for i in range(levels))
-    return nn.Sequential(UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=channels,
-                              strides=(2,) * (levels - 1), norm="INSTANCE" if norm == "instance" else None, act=("LEAKYRELU", {"negative_slope": 0.2})),
+    network = ResizeConvUNet if upsample == "resize" else UNet
+    return nn.Sequential(network(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=channels,
+                                 strides=(2,) * (levels - 1), norm="INSTANCE" if norm == "instance" else None,
+                                 act=("LEAKYRELU", {"negative_slope": 0.2})),
                          nn.Tanh())
 
 
@@ -53,7 +72,8 @@ class UNetNetwork(Network):
     def inference_spec(self) -> dict:
         c = self.config
         return {"kwargs": {"in_channels": self.n_inputs, "out_channels": self.n_targets, "ngf": c.ngf,
-                           "levels": c.levels, "norm": c.norm}, "pad_multiple": 2 ** (c.levels - 1)}
+                           "levels": c.levels, "norm": c.norm, "upsample": c.upsample},
+                "pad_multiple": 2 ** (c.levels - 1)}
 
     @classmethod
     def build_inference_network(cls, **kwargs) -> nn.Module:
@@ -69,7 +89,7 @@ class Pix2Pix(UNetNetwork):
 
     def __init__(self, config: Pix2PixConfig, n_inputs: int, n_targets: int):
         super().__init__(config, n_inputs, n_targets)
-        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm)
+        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm, config.upsample)
         self.D = patch_discriminator(n_inputs + 1, n_targets, config.ndf)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -110,6 +130,8 @@ class UNetConfig(NetworkConfig):
     levels: int = field(default=8, metadata={"minimum": 2, "maximum": 8, "description": "U-Net resolution levels"})
     norm: Literal["none", "instance"] = field(default="none", metadata={
         "description": "normalization; instance discards the absolute S/S0 level"})
+    upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
+        "description": "decoder upsampling: resize (nearest resize + conv) or transposed (MONAI's UNet; checkerboard)"})
 
 
 class UNetL1(UNetNetwork):
@@ -122,7 +144,7 @@ class UNetL1(UNetNetwork):
 
     def __init__(self, config: UNetConfig, n_inputs: int, n_targets: int):
         super().__init__(config, n_inputs, n_targets)
-        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm)
+        self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm, config.upsample)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.G.parameters())}

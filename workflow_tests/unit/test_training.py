@@ -621,14 +621,18 @@ def test_warm_up_ramps_the_lr_and_clipping_bounds_the_gradient_norm(cohort, tmp_
     assert lrs == pytest.approx([2e-4 * k / 4 for k in (1, 2, 3, 4)] + [2e-4])
 
 
+@pytest.mark.parametrize("kind", ["resnet", "unet"])
 @pytest.mark.parametrize("upsample, checkerboard", [("resize", False), ("transposed", True)])
-def test_resize_convolution_leaves_no_checkerboard_on_a_flat_image(upsample, checkerboard):
+def test_resize_convolution_leaves_no_checkerboard_on_a_flat_image(kind, upsample, checkerboard):
+    """DC²Anet's ResNet generator and the U-Net of pix2pix and the L1 U-Net alike."""
     from dwisynth.networks.blocks import ResnetGenerator
+    from dwisynth.networks.pix2pix import unet_generator
 
     torch.manual_seed(0)
-    generator = ResnetGenerator(2, 1, ngf=8, n_blocks=1, norm="none", upsample=upsample).eval()
+    generator = (ResnetGenerator(2, 1, ngf=8, n_blocks=1, norm="none", upsample=upsample) if kind == "resnet"
+                 else unet_generator(2, 1, ngf=8, levels=3, norm="none", upsample=upsample)).eval()
     with torch.no_grad():
-        out = generator(torch.full((1, 2, 48, 48), 0.3))[0, 0, 12:36, 12:36]  # away from the padded border
+        out = generator(torch.full((1, 2, 64, 64), 0.3))[0, 0, 20:44, 20:44]  # away from the padded border
     parity = [out[i::2, j::2].mean() for i in (0, 1) for j in (0, 1)]  # the four pixel phases
     spread = float(max(parity) - min(parity))
     assert (spread > 1e-3) is checkerboard, spread
