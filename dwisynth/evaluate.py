@@ -57,7 +57,8 @@ TABLE_KEYS = ["task", "method", "cohort", "center", "organ", "subject"]
 METRICS = ["mse", "mae", "psnr", "ssim", "psnr_legacy", "superpixel_r"]
 
 
-def _score_subject(s: dict, methods, targets, heldout, adc_min_snr: float = 0.0) -> dict[str, list[dict]]:
+def _score_subject(s: dict, methods, targets, heldout, adc_min_snr: float = 0.0,
+                   inputs=()) -> dict[str, list[dict]]:
     """The rows of every table (`TABLES`) of every method for one test subject (`evaluate_tables`)."""
     from dwisynth.io import load_dwi, load_map, load_mask, load_on_grid
 
@@ -79,6 +80,7 @@ def _score_subject(s: dict, methods, targets, heldout, adc_min_snr: float = 0.0)
                             f"adc.roi_min_snr")
     score_b = list(targets) + list(heldout)
     lesions = subject_lesions(s, grid, mask)
+    input_sd = lesion_input_adc_sd(acquired, acquired_b, inputs, lesions, mask)
     truth = load_dwi(*s["truth_dwi"]) if s.get("truth_dwi") else None
     images = {"acquired": (acquired, acquired_b)}
     for method in methods:
@@ -94,7 +96,7 @@ def _score_subject(s: dict, methods, targets, heldout, adc_min_snr: float = 0.0)
         # the whole organ mask too, so a reader sees what the ROI left out
         agreement["difference_whole_mask"] = float(synthetic_adc[mask].mean() - acquired_adc[mask].mean())
         tables["adc"].append({**ids, "method": method, "roi": roi_name, **agreement})
-        tables["lesion_adc"] += [{**ids, "method": method, **row}
+        tables["lesion_adc"] += [{**ids, "method": method, **row, "adc_input_sd": input_sd.get(row["lesion_label"])}
                                  for row in lesion_adc_rows(synthetic_adc, acquired_adc, lesions, truth_adc)]
     if truth is not None:
         images["truth"] = truth
@@ -107,14 +109,14 @@ def _score_subject(s: dict, methods, targets, heldout, adc_min_snr: float = 0.0)
 
 
 def evaluate_multib(subjects: list[dict], methods, targets, heldout, progress=print, workers: int = 1,
-                    adc_min_snr: float = 0.0):
+                    adc_min_snr: float = 0.0, inputs=()):
     """`evaluate_tables`' synthesis metrics and ADC agreement (the two tables every study has)."""
-    tables = evaluate_tables(subjects, methods, targets, heldout, progress, workers, adc_min_snr)
+    tables = evaluate_tables(subjects, methods, targets, heldout, progress, workers, adc_min_snr, inputs)
     return tables["metrics"], tables["adc"]
 
 
 def evaluate_tables(subjects: list[dict], methods, targets, heldout, progress=print, workers: int = 1,
-                    adc_min_snr: float = 0.0) -> dict:
+                    adc_min_snr: float = 0.0, inputs=()) -> dict:
     """Score every method's synthetic images and ADC for every test subject of the multi-b task.
 
     subjects: dicts with cohort, center, organ, subject, `acquired` (normalized dwi, bval),
@@ -125,6 +127,7 @@ def evaluate_tables(subjects: list[dict], methods, targets, heldout, progress=pr
     workers: subjects scored at once, in processes (the rows come back in subject order: the same tables).
     adc_min_snr: ADC agreement counts the mask's voxels whose acquired b0 SNR reaches it (`tissue_mask`;
     config `adc.roi_min_snr`); 0: the whole mask.
+    inputs: the input b-values (`bvalues.inputs`), for each lesion's `adc_input_sd` (`lesion_input_adc_sd`).
     Returns {table: data frame} for every name in `TABLES` (metrics: synthesis_metrics, adc: adc_agreement,
     lesion_adc, lesion_contrast, truth_metrics).
     """
@@ -141,9 +144,9 @@ def evaluate_tables(subjects: list[dict], methods, targets, heldout, progress=pr
             pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
                 min(workers, n), mp_context=multiprocessing.get_context("fork")))
             scored = pool.map(_score_subject, subjects,
-                              *([x] * n for x in (methods, targets, heldout, adc_min_snr)))
+                              *([x] * n for x in (methods, targets, heldout, adc_min_snr, inputs)))
         else:
-            scored = (_score_subject(s, methods, targets, heldout, adc_min_snr) for s in subjects)
+            scored = (_score_subject(s, methods, targets, heldout, adc_min_snr, inputs) for s in subjects)
         for i, (s, tables) in enumerate(zip(subjects, scored), 1):
             for name in TABLES:
                 rows[name] += tables[name]
@@ -157,7 +160,8 @@ def evaluate_tables(subjects: list[dict], methods, targets, heldout, progress=pr
 # --- lesions and the truth (the demo knows it; a study gives lesion masks) ------------------------------------
 TRUTH_METHOD = "noisefree"  # the method whose images are the truth where it exists (the demo's)
 LESION_ADC_COLUMNS = TABLE_KEYS + ["lesion_label", "lesion_name", "voxels", "adc_synthetic", "adc_acquired",
-                                   "adc_truth", "difference", "relative_difference", "relative_difference_vs_truth"]
+                                   "adc_truth", "difference", "relative_difference", "relative_difference_vs_truth",
+                                   "adc_input_sd"]
 LESION_CONTRAST_COLUMNS = TABLE_KEYS + ["lesion_label", "lesion_name", "host_label", "host_name", "voxels", "b_value",
                                         "seen", "contrast", "contrast_truth", "contrast_acquired",
                                         "relative_error_vs_truth", "conspicuity"]
@@ -221,6 +225,34 @@ def lesion_adc_rows(synthetic_adc: np.ndarray, acquired_adc: np.ndarray, lesions
                      "relative_difference": _relative(synthetic, acquired),
                      "relative_difference_vs_truth": _relative(synthetic, truth)})
     return rows
+
+
+def lesion_input_adc_sd(acquired: np.ndarray, acquired_b, inputs, lesions: dict, mask: np.ndarray) -> dict:
+    """{lesion label: SD (x10^-3 mm²/s)} of the lesion's mean ADC read from the input b-values alone.
+
+    The slope ln(S_lo / S_hi) / (b_hi - b_lo) between the lowest and highest input b, averaged over the lesion's n
+    voxels, with the acquisition's noise (`noise_sigma_background` of the lowest b) propagated as independent
+    per voxel: sigma sqrt(1 / S_lo² + 1 / S_hi²) / (sqrt(n) (b_hi - b_lo)), S the lesion's mean signals. This is
+    what the inputs say about the lesion's diffusion; a network can read the lesion's ADC more precisely only
+    from priors (shape, S0), not from its signal decay. Empty without two input b-values in the acquisition or
+    a background to measure the noise in."""
+    from dwisynth.diffusion import noise_sigma_background
+
+    b = np.asarray(acquired_b, float)
+    present = [x for x in inputs if np.any(np.isclose(b, float(x)))]
+    if len(present) < 2 or not lesions["lesions"]:
+        return {}
+    lo, hi = (int(np.flatnonzero(np.isclose(b, float(x)))[0]) for x in (min(present), max(present)))
+    sigma = noise_sigma_background(acquired[..., lo], mask)
+    if not sigma > 0:
+        return {}
+    span = (b[hi] - b[lo]) / 1000.0  # ADC in x10^-3 mm²/s
+    sd = {}
+    for label, region in lesions["lesions"].items():
+        s_lo, s_hi = float(acquired[..., lo][region].mean()), float(acquired[..., hi][region].mean())
+        if s_lo > 0 and s_hi > 0:
+            sd[label] = sigma * np.sqrt(1 / s_lo**2 + 1 / s_hi**2) / (np.sqrt(region.sum()) * span)
+    return sd
 
 
 def _volume_at(images: dict, name: str, b: float):

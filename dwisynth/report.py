@@ -504,9 +504,12 @@ def lesion_adc_table(adc: pd.DataFrame) -> str:
     if adc.empty:
         return "<p>No lesion ADC.</p>"
     keys = ["organ", "lesion_name", "subject"]
-    base = adc.groupby(keys)[["voxels", "adc_acquired", "adc_truth"]].first()
+    adc = adc.reindex(columns=list(adc.columns) + ["adc_input_sd"] * ("adc_input_sd" not in adc))
+    base = adc.groupby(keys)[["voxels", "adc_acquired", "adc_truth", "adc_input_sd"]].first()
     out = pd.DataFrame({"voxels": base["voxels"].astype(int), "acquired": base["adc_acquired"].map(lambda v: _f(v, 3)),
-                        "truth": base["adc_truth"].map(lambda v: _f(v, 3))})
+                        "truth": base["adc_truth"].map(lambda v: _f(v, 3)),
+                        "inputs' SD": [f"{_f(100 * sd / a, 0)}%" if np.isfinite(sd) and a else MISSING
+                                       for sd, a in zip(base["adc_input_sd"].astype(float), base["adc_acquired"])]})
     for method in _ordered(adc["method"].unique()):
         rows = adc[adc["method"] == method].set_index(keys)
         cells = [f"{_f(a, 3)} ({round(100 * d):+d}%)" if np.isfinite(d) else _f(a, 3)
@@ -514,7 +517,10 @@ def lesion_adc_table(adc: pd.DataFrame) -> str:
         out[_label(method)] = pd.Series(cells, index=rows.index).reindex(out.index).fillna(MISSING)
     out.index.names = ["organ", "lesion", "subject"]
     return ("<p class='caption'>Mean ADC in the lesion (x10⁻³ mm²/s); in brackets each method's difference to the "
-            "truth, relative to the truth.</p>" + _wide(out.reset_index(), index=False))
+            "truth, relative to the truth. Inputs' SD: how precisely the input b-values alone fix the lesion's ADC "
+            "(the acquisition's noise over the lesion's voxels, relative to the acquired ADC); a lesion whose "
+            "inputs' SD exceeds the agreement asked for cannot be synthesized to it from its signal decay, only "
+            "from the network's priors.</p>" + _wide(out.reset_index(), index=False))
 
 
 def lesion_contrast_tables(contrast: pd.DataFrame) -> str:

@@ -15,6 +15,7 @@ rule evaluate_synthesis:
     params:
         records=evaluation_records,
         methods=score_methods(),
+        inputs=config["bvalues"]["inputs"],
         targets=config["bvalues"]["targets"],
         heldout=config["bvalues"]["heldout"],
         adc_min_snr=config["adc"]["roi_min_snr"],

@@ -279,3 +279,30 @@ def test_adc_agreement_counts_tissue_not_the_noise_of_fat_suppressed_fat(tmp_pat
     save_nifti(only_fat.astype(np.uint8), np.eye(4), tmp_path / "mask.nii.gz", np.uint8)
     with pytest.raises(DwisynthError, match=r"sub-S1 .*acq_dwi.nii.gz.*no voxel.*adc.roi_min_snr"):
         evaluate_multib([subject], ["noisefree"], [400, 1000], [], progress=lambda _: None, adc_min_snr=10)
+
+
+def test_lesion_input_adc_sd_is_the_spread_of_the_lesion_adc_the_inputs_give_over_noise_draws():
+    """The SD the inputs leave on a lesion's ADC (sigma propagated over its n voxels) matches the spread of the
+    lesion's b 0 - 100 slope over repeated Rician noise draws, and shrinks as 1 / sqrt(n)."""
+    from dwisynth.evaluate import lesion_input_adc_sd
+
+    rng = np.random.default_rng(4)
+    shape, sigma, adc = (40, 40, 3), 0.04, 1.0  # x10^-3 mm²/s; S0 1 (SNR 25)
+    mask = np.zeros(shape, bool)
+    mask[10:30, 10:30] = True
+    small, large = np.zeros(shape, bool), np.zeros(shape, bool)
+    small[14:16, 14:16, 1] = True  # 4 voxels
+    large[20:28, 20:28, :] = True  # 192 voxels
+    lesions = {"lesions": {1: small, 2: large}}
+    clean = np.stack([np.where(mask, 1.0, 0.0), np.where(mask, np.exp(-0.1 * adc), 0.0)], -1)
+    slopes, predicted = {1: [], 2: []}, []
+    for _ in range(300):
+        noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
+        predicted.append(lesion_input_adc_sd(noisy, [0, 100], [0, 100], lesions, mask))
+        for label, region in lesions["lesions"].items():
+            slopes[label].append(np.log(noisy[..., 0][region].mean() / noisy[..., 1][region].mean()) / 0.1)
+    for label in (1, 2):
+        assert np.mean([p[label] for p in predicted]) == pytest.approx(np.std(slopes[label]), rel=0.15)
+        assert np.mean(slopes[label]) == pytest.approx(adc, abs=3 * np.std(slopes[label]))
+    assert predicted[0][1] / predicted[0][2] == pytest.approx(np.sqrt(192 / 4), rel=0.05)
+    assert lesion_input_adc_sd(clean, [0, 100], [0], lesions, mask) == {}  # one input b: no slope

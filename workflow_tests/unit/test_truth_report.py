@@ -19,7 +19,7 @@ def truth_tables():
     adc = pd.DataFrame([{**IDS, "method": "dc2anet", "organ": "brain", "subject": "B1", "lesion_label": 5,
                          "lesion_name": "brain_tumour", "voxels": 58, "adc_synthetic": 0.8412, "adc_acquired": 0.7901,
                          "adc_truth": 0.8, "difference": 0.0511, "relative_difference": 0.0647,
-                         "relative_difference_vs_truth": 0.0515}])
+                         "relative_difference_vs_truth": 0.0515, "adc_input_sd": 0.0632}])
     contrast = pd.DataFrame([
         {**IDS, "method": m, "organ": "brain", "subject": "B1", "lesion_label": 5, "lesion_name": "brain_tumour",
          "host_label": 3, "host_name": "wm", "voxels": 58, "b_value": 1000.0, "contrast": c, "contrast_truth": 0.5,
@@ -48,6 +48,7 @@ def test_the_truth_section_shows_each_table_with_its_rounding():
     assert "21.0 / 0.731" in html and "30.3 / 0.912" in html and "b = 1000" in html and "b = 100<" not in html
     assert html.index("acquired") < html.index("DC²Anet")
     assert "0.841 (+5%)" in html and "0.790" in html and "0.800" in html  # ADC: method (vs truth), acquired, truth
+    assert "inputs' SD" in html and ">8%<" in html  # 0.0632 / 0.7901: what the b 0 / 100 inputs fix
     assert "0.12 (0.25)" in html and "0.50 (1.00)" in html and "brain_tumour, b = 1000" in html  # C (C / C_truth)
     assert "2.3" in html and "400-600" in html  # violating voxels (%), the worst interval
     assert "-0.00" not in truth_section({"lesion_contrast": truth_tables()["lesion_contrast"].assign(contrast=-1e-4)})
