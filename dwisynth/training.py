@@ -147,11 +147,13 @@ def validation_subjects(subjects: list[tuple[str, str]], n: int, seed: int, keep
     return sorted(candidates[i] for i in rng.choice(len(candidates), size=n, replace=False))
 
 
-def masked_psnr(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR (dB) inside the mask on metrics.py's scale: both divided by the reference's robust maximum."""
+def masked_psnr(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray,
+                scale_mask: np.ndarray | None = None) -> float:
+    """PSNR (dB) inside the mask on metrics.py's scale: both divided by the reference's robust maximum in
+    scale_mask (default: the mask; a lesion is scored on its organ's scale)."""
     from dwisynth.metrics import robust_max
 
-    scale = robust_max(reference, mask)
+    scale = robust_max(reference, mask if scale_mask is None else scale_mask)
     mse = float(np.mean(((prediction[mask] - reference[mask]) / scale) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
@@ -416,6 +418,8 @@ class Trainer:
             weights = self.best["state_dict"]
             selection = {**selection, "selected_step": self.best["step"], "validation_psnr": self.best["val_psnr"],
                          "validation_score": self.best["val_score"]}
+            if self.best.get("val_lesion_psnr") is not None:
+                selection["validation_lesion_psnr"] = self.best["val_lesion_psnr"]
         record = {"format": MODEL_FORMAT, **self.meta, **self.model.inference_spec(),
                   "intensity_max": self.intensity_max, "trained_steps": self.step, "fingerprint": self.fingerprint,
                   **selection, "stopped_early": self.stopped or "", "state_dict": weights}
@@ -445,6 +449,11 @@ class Trainer:
             if mask.any():
                 scores[f"val_psnr_b{b:g}"] = masked_psnr(prediction[rows, j], v.targets[rows, j], mask)
         scores["val_psnr"] = float(np.mean(list(scores.values()))) if scores else float("nan")
+        lesion = [masked_psnr(prediction[rows, j], v.targets[rows, j], v.lesions[rows] & v.masks[rows], v.masks[rows])
+                  for j, rows in ((j, v.present[:, j]) for j in range(len(v.target_b)))
+                  if v.lesions is not None and (v.lesions[rows] & v.masks[rows]).any()]
+        if lesion:  # logged, never selected on: what the lesion settings buy, on train-split validation
+            scores["val_lesion_psnr"] = float(np.mean(lesion))
         bridged = self.model.bridged_references(to_network(torch.from_numpy(v.targets), imax),
                                                 torch.from_numpy(v.present), v.target_b)
         for b, (rows, reference) in bridged.items():
@@ -473,7 +482,7 @@ class Trainer:
             return
         if self.best is None or value > self.best["val_score"]:
             self.best = {"step": self.step, "val_score": value, "val_psnr": scores["val_psnr"],
-                         "state_dict": self._weights()}
+                         "val_lesion_psnr": scores.get("val_lesion_psnr"), "state_dict": self._weights()}
             self.collapses = 0
         elif value < self.best["val_score"] - self.config.collapse_db:
             self.collapses += 1

@@ -830,3 +830,24 @@ def test_training_lesion_weight_adds_one_lesion_term_to_every_multib_network(coh
     trainer = tiny_trainer(cohort, method, cohort["root"] / f"lesion_weight_{method}_none", validation_subjects=0,
                            lesion_weight=50.0)
     assert "lesion_l1" not in trainer.model.training_step(batch, trainer.optimizers, torch.Generator(), 0)
+
+
+def test_validation_logs_the_lesion_psnr_of_held_out_subjects_with_lesions_and_model_pt_records_it(cohort, tmp_path):
+    """Lesion settings trade image PSNR for the lesion: validation reports both (selection stays on the image),
+    so a study can choose them on its train split."""
+    import pandas as pd
+
+    lesion = np.zeros((6, 32, 32), bool)
+    lesion[2:4, 12:17, 12:17] = True
+    masks = {("c", f"P{i}"): lesion for i in range(6)}
+    data = SliceDataset(cohort["shards"][:6], INPUT_B, TARGET_B, lesion_masks=masks)
+    model = build_network("pix2pix", TINY["pix2pix"], len(INPUT_B), len(TARGET_B), seed=7)
+    config = TrainerConfig(steps=4, batch_size=4, crop=24, seed=7, device="cpu", progress=False, validate_every=2,
+                           checkpoint_every=2, log_every=1, lesion_oversample=0.5, lesion_weight=10.0)
+    trainer = Trainer(model, data, config, tmp_path / "run", {"method": "pix2pix"})
+    scores = trainer.validate()
+    assert np.isfinite(scores["val_lesion_psnr"]) and scores["val_lesion_psnr"] != scores["val_psnr"]
+    assert scores["val_score"] == pytest.approx(np.mean([v for k, v in scores.items() if k.startswith("val_psnr_b")]))
+    record = torch.load(trainer.fit(), weights_only=False)
+    assert np.isfinite(record["validation_lesion_psnr"])
+    assert "val_lesion_psnr" in pd.read_csv(tmp_path / "run" / "training_log.csv").columns
