@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dwisynth import layout
+from dwisynth.claims import MIN_SUBJECTS
 from dwisynth.networks.base import method_labels
 
 # The acquisition first, then the registry's networks and the baselines, in registration order.
@@ -183,6 +184,29 @@ def _fmt_ci(row) -> str:
     if np.isfinite(row["ci_low"]):
         return f"{row['mean']:.3g} ({row['ci_low']:.3g}–{row['ci_high']:.3g})"
     return f"{row['mean']:.3g}"
+
+
+def claims_section(claims: pd.DataFrame | None, simulated: bool) -> str:
+    """The report's first screen: whether the cohort is simulated, then every claim against its strongest
+    baseline (`dwisynth.claims`), acquisition-referenced rows first."""
+    cohort = ("<p><b>Cohort: simulated.</b> Every image in this report comes from the embedded demo cohort "
+              "(<code>dwisynth.demo</code>: literature tissue values, Rician noise, planted lesions), not from patients; its "
+              "numbers test the software, not the methods' clinical value.</p>" if simulated else
+              "<p><b>Cohort: acquired.</b> The images come from the sample sheet's DICOM series.</p>")
+    if claims is None or claims.empty:
+        return cohort + "<p>No claim could be tested (a method or its baseline is missing from this run).</p>"
+    t = claims.iloc[np.argsort(claims["reference"].map({"acquisition": 0, "truth": 1}).fillna(2), kind="stable")]
+    out = pd.DataFrame({
+        "claim": t["claim"], "against": t["reference"], "metric": t["metric"], "b": t["b_value"].map(lambda b: f"{b:g}"),
+        "baseline (strongest)": t["baseline"].map(_label), "n": t["n_subjects"].astype(int),
+        "difference (95% CI)": [f"{_f(m, 3)} ({_f(lo, 3)} to {_f(hi, 3)})"
+                                for m, lo, hi in zip(t["mean_difference"], t["ci_low"], t["ci_high"])],
+        "p (Holm)": [f"{_f(p, 3)} ({_f(h, 3)})" for p, h in zip(t["p"], t["p_holm"])], "verdict": t["verdict"]})
+    return (cohort + "<p class='caption'>Each claim against its strongest baseline on the same test subjects "
+            "(one value per subject: n is the number of test subjects with that b). Difference: method minus "
+            "baseline (an error metric: lower is better), t-interval 95% CI; paired t-test, Holm-corrected across "
+            f"the rows of each reference. Fewer than {MIN_SUBJECTS} subjects: underpowered, never a win. "
+            "<code>results/tables/claims.tsv</code>.</p>" + _html_table(out, index=False))
 
 
 def comparison_table(summary: pd.DataFrame, metric: str) -> str:
@@ -357,12 +381,13 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
 
 def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, records: list[dict], targets,
                  training_logs: dict, provenance_path, reader_scores_path=None, ct2dwi: dict | None = None,
-                 truth: dict | None = None) -> None:
+                 truth: dict | None = None, claims_path=None, simulated: bool = False) -> None:
     """Assemble the report from the tables, the example subjects, the training logs and the provenance.
 
     ct2dwi: {"records": the main experiment's test subjects (as `score_ct2dwi` gets them, plus `ct`),
     "tables": {name: path}, "hu_window", "target_b"} for the CT -> DWI section. truth: {"tables": {name of
-    TRUTH_TABLES: path}} for "Against the truth" (absent tables: a run without truth)."""
+    TRUTH_TABLES: path}} for "Against the truth" (absent tables: a run without truth). claims_path: claims.tsv,
+    shown first with whether the cohort is `simulated` (the demo)."""
     figures_dir = Path(figures_dir)
     full_summary = pd.read_csv(summary_path, sep="\t")
     summary = full_summary[full_summary["task"] != "ct2dwi"]  # the multi-b sections; CT -> DWI has its own
@@ -381,7 +406,9 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
              "The legacy PSNR is our reconstruction of the seed paper's convention (the whole slice in 8 bits, "
              "20 log10(255²) - 10 log10(MSE), 48.13 dB above an 8-bit PSNR); that the paper used it is a "
              "hypothesis. Set it beside published numbers, not beside ours.</p>")
-    sections = [("What was run", intro),
+    claims = pd.read_csv(claims_path, sep="\t") if claims_path and Path(claims_path).stat().st_size else None
+    sections = [("Cohort and claims", claims_section(claims, simulated)),
+                ("What was run", intro),
                 ("Image quality", _embed(metric_vs_b_figure(summary), "metrics_vs_b", figures_dir)
                  + "<h3>PSNR (dB), mean (95% CI)</h3>" + comparison_table(summary, "psnr")
                  + "<h3>SSIM, mean (95% CI)</h3>" + comparison_table(summary, "ssim")

@@ -292,7 +292,8 @@ def monotonicity_ids(wildcards):
 
 
 def report_inputs(wildcards):
-    files = {"summary": rules.summarize.output[0], "metrics": rules.evaluate_synthesis.output.metrics,
+    files = {"summary": rules.summarize.output[0], "claims": rules.claims.output[0],
+             "metrics": rules.evaluate_synthesis.output.metrics,
              "adc": rules.evaluate_synthesis.output.adc, "provenance": rules.provenance.output.record,
              "logs": [r["log"] for r in training_logs()], "reading_set": rules.reader_study_export.output.key}
     files.update(evaluation_inputs(wildcards))
@@ -301,6 +302,14 @@ def report_inputs(wildcards):
     files["ct2dwi"] = ct2dwi_report_inputs()
     files |= truth_report_inputs()
     return files
+
+
+def claims_inputs(wildcards):
+    """The tables the claims are tested on: the synthesis metrics, and the truth-referenced ones where this run
+    writes them (the demo)."""
+    truth = {k: v for k, v in truth_report_inputs().items()
+             if k in ("truth_metrics", "ct2dwi_truth_metrics", "ct2dwi_lesion_contrast")}
+    return {"metrics": rules.evaluate_synthesis.output.metrics, **truth}
 
 
 def truth_report_inputs():

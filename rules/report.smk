@@ -17,6 +17,19 @@ rule summarize:
         "../scripts/summarize.py"
 
 
+rule claims:
+    input:
+        unpack(claims_inputs),
+    output:
+        layout.CLAIMS,
+    params:
+        code=script_code("claims.py"),  # a change to the code it runs reruns it
+    log:
+        "logs/claims.log",
+    script:
+        "../scripts/claims.py"
+
+
 rule reader_study_export:
     input:
         unpack(evaluation_inputs),
@@ -110,6 +123,7 @@ rule report:
         targets=SYNTHESIS_B,
         logs=training_logs,
         ct2dwi=ct2dwi_report,
+        simulated=config["demo"]["enabled"],
         code=script_code("report.py"),  # a change to the code it runs reruns it
     log:
         "logs/report.log",

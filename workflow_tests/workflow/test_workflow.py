@@ -271,13 +271,34 @@ def test_summary_table_has_every_grouping_and_the_adc_agreement(demo_run):
     assert agreement["mean_difference"].notna().all()
 
 
+def test_claims_pair_each_method_with_its_strongest_baseline_on_the_subjects_that_have_the_b(demo_run):
+    tables = demo_run / "results/tables"
+    claims = pd.read_csv(tables / "claims.tsv", sep="\t")
+    metrics = pd.read_csv(tables / "synthesis_metrics.tsv", sep="\t", dtype={"slice": str})
+    volumes = metrics[metrics["slice"] == "volume"]
+    acquired = claims[claims["reference"] == "acquisition"]
+    assert {"dc2anet", "minegan", "jmmdagan"} <= set(acquired["method"])
+    for _, claim in acquired.iterrows():
+        rows = volumes[(volumes["task"] == claim["task"]) & (volumes["b_value"] == claim["b_value"])]
+        have = lambda m: set(rows.loc[rows["method"] == m, "subject"])  # noqa: E731
+        assert claim["n_subjects"] == len(have(claim["method"]) & have(claim["baseline"]))
+        assert claim["underpowered"] == (claim["n_subjects"] < 6)
+    stage2 = acquired[acquired["method"] == "minegan"]
+    assert set(stage2["b_value"]) == {75.0, 850.0} and set(stage2["baseline"]) <= {"dc2anetinterp", "cdwi"}
+    assert (claims.loc[claims["underpowered"], "verdict"] == "underpowered").all()
+    report = (demo_run / "results/report.html").read_text()
+    assert report.index("Cohort: simulated") < report.index("What was run")
+
+
 def test_lesion_and_truth_tables_score_every_lesion_against_the_noise_free_truth(demo_run):
     tables = demo_run / "results/tables"
     lesion_adc = pd.read_csv(tables / "lesion_adc.tsv", sep="\t")
     assert list(lesion_adc.columns) == ["task", "method", "cohort", "center", "organ", "subject", "lesion_label",
                                         "lesion_name", "voxels", "adc_synthetic", "adc_acquired", "adc_truth",
-                                        "difference", "relative_difference", "relative_difference_vs_truth"]
+                                        "difference", "relative_difference", "relative_difference_vs_truth",
+                                        "adc_input_sd"]
     assert {"cdwi", "noisefree"} <= set(lesion_adc["method"]) and (lesion_adc["voxels"] > 0).all()
+    assert (lesion_adc["adc_input_sd"] > 0).all()  # what the b 0 / 100 inputs leave open, per lesion
     assert set(lesion_adc["lesion_name"]) <= {"brain_tumour", "acute_infarct", "liver_metastasis"}
     assert (lesion_adc[["adc_synthetic", "adc_acquired", "adc_truth"]] > 0).all().all()
     # the noise-free reference's ADC is the truth's, up to the fit: a few percent
