@@ -459,19 +459,10 @@ def score_against_truth(records: list[dict], target_b: float, label_names=None, 
 
 
 def compute_record(cell: Cell, model_path, benchmark_path) -> dict:
-    """Parameters of the inference network and the training job's wall time (seconds, from Snakemake's
-    benchmark file): equal steps are equal compute only if the costs are shown beside the scores."""
-    import pandas as pd
-    import torch
+    """One cell's row of ct2dwi_compute.tsv (`dwisynth.training.model_compute`)."""
+    from dwisynth.training import model_compute
 
-    record = torch.load(model_path, map_location="cpu", weights_only=True)
-    parameters = int(sum(t.numel() for k, t in record["state_dict"].items() if not k.endswith(("running_mean",
-                     "running_var", "num_batches_tracked"))))
-    seconds = float("nan")
-    if benchmark_path and Path(benchmark_path).is_file():
-        seconds = float(pd.read_csv(benchmark_path, sep="\t")["s"].iloc[-1])
-    return {"experiment": cell.experiment, "method": cell.method, "parameters": parameters,
-            "trained_steps": int(record["trained_steps"]), "train_seconds": round(seconds, 1)}
+    return {"experiment": cell.experiment, "method": cell.method, **model_compute(model_path, benchmark_path)}
 
 
 def grid_summary(experiments, grid: str):

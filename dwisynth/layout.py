@@ -16,6 +16,7 @@ METRICS = f"{RESULTS}/tables/synthesis_metrics.tsv"
 ADC_AGREEMENT = f"{RESULTS}/tables/adc_agreement.tsv"
 SUMMARY = f"{RESULTS}/tables/summary.tsv"
 CLAIMS = f"{RESULTS}/tables/claims.tsv"  # each claim against its strongest baseline (dwisynth.claims)
+TRAINING_COMPUTE = f"{RESULTS}/tables/training_compute.tsv"  # per multi-b model: steps, seconds, parameters
 LESION_ADC = f"{RESULTS}/tables/lesion_adc.tsv"  # mean ADC per lesion label: synthetic, acquired, truth
 LESION_CONTRAST = f"{RESULTS}/tables/lesion_contrast.tsv"  # lesion vs host contrast per label and b
 TRUTH_METRICS = f"{RESULTS}/tables/truth_metrics.tsv"  # PSNR/SSIM/MAE/spectral peak against the noise-free truth

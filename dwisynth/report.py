@@ -190,14 +190,15 @@ def claims_section(claims: pd.DataFrame | None, simulated: bool) -> str:
     """The report's first screen: whether the cohort is simulated, then every claim against its strongest
     baseline (`dwisynth.claims`), acquisition-referenced rows first."""
     cohort = ("<p><b>Cohort: simulated.</b> Every image in this report comes from the embedded demo cohort "
-              "(<code>dwisynth.demo</code>: literature tissue values, Rician noise, planted lesions), not from patients; its "
-              "numbers test the software, not the methods' clinical value.</p>" if simulated else
+              "(<code>dwisynth.demo</code>: literature tissue values, Rician noise, planted lesions), not from "
+              "patients; its numbers test the software, not the methods' clinical value.</p>" if simulated else
               "<p><b>Cohort: acquired.</b> The images come from the sample sheet's DICOM series.</p>")
     if claims is None or claims.empty:
         return cohort + "<p>No claim could be tested (a method or its baseline is missing from this run).</p>"
     t = claims.iloc[np.argsort(claims["reference"].map({"acquisition": 0, "truth": 1}).fillna(2), kind="stable")]
     out = pd.DataFrame({
-        "claim": t["claim"], "against": t["reference"], "metric": t["metric"], "b": t["b_value"].map(lambda b: f"{b:g}"),
+        "claim": t["claim"], "against": t["reference"], "metric": t["metric"],
+        "b": t["b_value"].map(lambda b: f"{b:g}"),
         "baseline (strongest)": t["baseline"].map(_label), "n": t["n_subjects"].astype(int),
         "difference (95% CI)": [f"{_f(m, 3)} ({_f(lo, 3)} to {_f(hi, 3)})"
                                 for m, lo, hi in zip(t["mean_difference"], t["ci_low"], t["ci_high"])],
@@ -207,6 +208,32 @@ def claims_section(claims: pd.DataFrame | None, simulated: bool) -> str:
             "baseline (an error metric: lower is better), t-interval 95% CI; paired t-test, Holm-corrected across "
             f"the rows of each reference. Fewer than {MIN_SUBJECTS} subjects: underpowered, never a win. "
             "<code>results/tables/claims.tsv</code>.</p>" + _html_table(out, index=False))
+
+
+def budget_table(compute: pd.DataFrame | None, ct2dwi_compute: pd.DataFrame | None, simulated: bool) -> str:
+    """Each network's training budget: steps, the trainer's step-loop seconds and the job's seconds, mean over
+    its models (organs; CT -> DWI: the main experiment), so a reader sees what each comparison cost."""
+    parts = []
+    for task, table in (("multi-b", compute), ("CT -> DWI", ct2dwi_compute)):
+        if table is None or table.empty:
+            continue
+        if "experiment" in table:
+            table = table[table["experiment"] == "main"]
+        table = table.reindex(columns=list(table.columns) + [c for c in ("step_loop_seconds", "train_seconds")
+                                                               if c not in table])
+        means = table.groupby("method").agg(models=("method", "size"), steps=("trained_steps", "max"),
+                                            loop=("step_loop_seconds", "mean"), job=("train_seconds", "mean"))
+        parts.append(pd.DataFrame({"task": task, "method": [_label(m) for m in means.index],
+                                   "models": means["models"], "steps": means["steps"],
+                                   "step-loop s per model": means["loop"].map(lambda v: _f(v, 1)),
+                                   "job s per model": means["job"].map(lambda v: _f(v, 1))}))
+    if not parts:
+        return ""
+    rule = (" The demo's step counts give each baseline about the step-loop seconds of the network it is compared "
+            "with (docs/benchmarks.md, budgets)." if simulated else "")
+    return ("<h3>Training budgets</h3><p class='caption'>Steps are fixed in the config, so reruns repeat them; the "
+            f"seconds say what they cost on this machine (equal steps are not equal compute).{rule}</p>"
+            + _html_table(pd.concat(parts), index=False))
 
 
 def comparison_table(summary: pd.DataFrame, metric: str) -> str:
@@ -381,13 +408,15 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
 
 def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, records: list[dict], targets,
                  training_logs: dict, provenance_path, reader_scores_path=None, ct2dwi: dict | None = None,
-                 truth: dict | None = None, claims_path=None, simulated: bool = False) -> None:
+                 truth: dict | None = None, claims_path=None, simulated: bool = False,
+                 training_compute_path=None) -> None:
     """Assemble the report from the tables, the example subjects, the training logs and the provenance.
 
     ct2dwi: {"records": the main experiment's test subjects (as `score_ct2dwi` gets them, plus `ct`),
     "tables": {name: path}, "hu_window", "target_b"} for the CT -> DWI section. truth: {"tables": {name of
     TRUTH_TABLES: path}} for "Against the truth" (absent tables: a run without truth). claims_path: claims.tsv,
-    shown first with whether the cohort is `simulated` (the demo)."""
+    shown first with whether the cohort is `simulated` (the demo). training_compute_path: training_compute.tsv
+    (with CT -> DWI's compute table from ct2dwi["tables"]) for the training budgets."""
     figures_dir = Path(figures_dir)
     full_summary = pd.read_csv(summary_path, sep="\t")
     summary = full_summary[full_summary["task"] != "ct2dwi"]  # the multi-b sections; CT -> DWI has its own
@@ -407,8 +436,11 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
              "20 log10(255²) - 10 log10(MSE), 48.13 dB above an 8-bit PSNR); that the paper used it is a "
              "hypothesis. Set it beside published numbers, not beside ours.</p>")
     claims = pd.read_csv(claims_path, sep="\t") if claims_path and Path(claims_path).stat().st_size else None
+    compute = pd.read_csv(training_compute_path, sep="\t") if training_compute_path else None
+    ct_compute_path = ((ct2dwi or {}).get("tables") or {}).get("compute")
+    ct_compute = pd.read_csv(ct_compute_path, sep="\t") if ct_compute_path and Path(ct_compute_path).is_file() else None
     sections = [("Cohort and claims", claims_section(claims, simulated)),
-                ("What was run", intro),
+                ("What was run", intro + budget_table(compute, ct_compute, simulated)),
                 ("Image quality", _embed(metric_vs_b_figure(summary), "metrics_vs_b", figures_dir)
                  + "<h3>PSNR (dB), mean (95% CI)</h3>" + comparison_table(summary, "psnr")
                  + "<h3>SSIM, mean (95% CI)</h3>" + comparison_table(summary, "ssim")

@@ -20,7 +20,7 @@ import pandas as pd
 TABLE_GLOBS = ("*.tsv", "tables/**/*.tsv", "datasets/*.tsv", "reader_study/**/*.tsv", "provenance/*.tsv")
 MODEL_GLOB = "models/**/model.pt"
 # columns measured in seconds or images per second: machine load moves them, nothing else
-TIMING_COLUMNS = {"train_seconds", "seconds", "images_per_s", "s", "wall_s"}
+TIMING_COLUMNS = {"train_seconds", "step_loop_seconds", "seconds", "images_per_s", "s", "wall_s"}
 MODEL_FIELDS = ("fingerprint", "selected_step", "trained_steps", "validation_psnr", "validation_score",
                 "warm_started_from", "stopped_early", "method", "task", "organ", "target_b", "input_b")
 

@@ -104,7 +104,7 @@ class TrainerConfig:
     collapse_db: float = 6.0  # validation PSNR this far below its best, twice in a row, stops the run
     loss_limit: float = 1e4  # a loss above this (or NaN/inf) is a blow-up
     lesion_oversample: float = 0.0  # share of batch items drawn from lesion slices, cropped around the lesion
-    lesion_weight: float = 0.0  # x L1 inside the lesion mask, added by every network to its loss (Network.add_lesion_l1)
+    lesion_weight: float = 0.0  # x L1 inside the lesion mask, added by every network (Network.add_lesion_l1)
 
 
 class TrainingDiverged(DwisynthError):
@@ -156,6 +156,25 @@ def masked_psnr(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray,
     scale = robust_max(reference, mask if scale_mask is None else scale_mask)
     mse = float(np.mean(((prediction[mask] - reference[mask]) / scale) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def model_compute(model_path, benchmark_path=None) -> dict:
+    """What a model cost: parameters of its inference network, trained and selected steps, the trainer's step-loop
+    seconds (model.pt; summed over resumes) and the whole job's wall seconds (Snakemake's benchmark file, set-up
+    and export included; NaN without one). Equal steps are equal compute only if the costs stand beside the
+    scores."""
+    import pandas as pd
+
+    record = torch.load(model_path, map_location="cpu", weights_only=True)
+    parameters = int(sum(t.numel() for k, t in record["state_dict"].items()
+                         if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))))
+    seconds = float("nan")
+    if benchmark_path and Path(benchmark_path).is_file():
+        seconds = float(pd.read_csv(benchmark_path, sep="\t")["s"].iloc[-1])
+    return {"parameters": parameters, "trained_steps": int(record["trained_steps"]),
+            "selected_step": int(record.get("selected_step", record["trained_steps"])),
+            "step_loop_seconds": float(record.get("training_seconds", float("nan"))),
+            "train_seconds": round(seconds, 1)}
 
 
 def intensity_range(data, percentile: float = 99.9, margin: float = 1.1) -> float:
@@ -227,6 +246,8 @@ class Trainer:
         self.pad_multiple = model.inference_spec()["pad_multiple"]
         self.intensity_max = config.intensity_max or intensity_range(data)
         self.step = 0
+        self.training_seconds = 0.0  # wall time of the step loop, summed over resumes (model.pt records it)
+        self._loop_started = time.perf_counter()
         self.log_rows: list[dict] = []
         self._log_fields: list[str] | None = None  # the columns of the training_log.csv on disk (None: rewrite it)
         self._log_written = 0  # rows of log_rows already in that file
@@ -362,6 +383,7 @@ class Trainer:
             # dropout and noise drawn on the GPU use its own generator: without it a resumed CUDA run diverges
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "best": self.best, "collapses": self.collapses, "warm": self.warm, "warm_started": self.warm_started,
+            "training_seconds": self.training_seconds + time.perf_counter() - self._loop_started,
         }, self.out_dir / CHECKPOINT, keep_previous=self.out_dir / PREVIOUS_CHECKPOINT)
 
     def _load_checkpoint(self) -> tuple[Path, dict] | None:
@@ -406,11 +428,14 @@ class Trainer:
         self._log_fields = None  # the file may hold rows past the checkpoint: rewrite it from these
         self.best, self.collapses = state.get("best"), state.get("collapses", 0)
         self.warm, self.warm_started = state.get("warm"), state.get("warm_started")
+        self.training_seconds = float(state.get("training_seconds", 0.0))
         print(f"[train] resumed from {path} at step {self.step}", file=sys.stderr)
         return True
 
     def export(self) -> Path:
         """model.pt: the inference network's weights (CPU tensors) and what it needs to run."""
+        self.training_seconds += time.perf_counter() - self._loop_started
+        self._loop_started = time.perf_counter()
         network = self.model.inference_network()
         weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
         selection = {"selected_step": self.step, "warm_started_from": self.warm_started}
@@ -422,6 +447,7 @@ class Trainer:
                 selection["validation_lesion_psnr"] = self.best["val_lesion_psnr"]
         record = {"format": MODEL_FORMAT, **self.meta, **self.model.inference_spec(),
                   "intensity_max": self.intensity_max, "trained_steps": self.step, "fingerprint": self.fingerprint,
+                  "training_seconds": round(self.training_seconds, 2),
                   **selection, "stopped_early": self.stopped or "", "state_dict": weights}
         path = self.out_dir / MODEL
         self._atomic_save(record, path)
@@ -558,6 +584,7 @@ class Trainer:
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.try_resume()
+        self._loop_started = time.perf_counter()
         cfg = self.config
         window: dict[str, list[float]] = {}
         images, started = 0, time.perf_counter()

@@ -214,8 +214,8 @@ def model_targets(wildcards=None):
 
 
 def training_logs(wildcards=None):
-    """The training log of every model, as records: method, organ, log."""
-    return [{"method": m, "organ": organ, "log": layout.training_log(m, organ)}
+    """Every multi-b model, as records: method, organ, its training log and model.pt."""
+    return [{"method": m, "organ": organ, "log": layout.training_log(m, organ), "model": layout.model(m, organ)}
             for m in TRAINED_METHODS for organ in trainable_organs()]
 
 
@@ -293,6 +293,7 @@ def monotonicity_ids(wildcards):
 
 def report_inputs(wildcards):
     files = {"summary": rules.summarize.output[0], "claims": rules.claims.output[0],
+             "training_compute": rules.training_compute.output[0],
              "metrics": rules.evaluate_synthesis.output.metrics,
              "adc": rules.evaluate_synthesis.output.adc, "provenance": rules.provenance.output.record,
              "logs": [r["log"] for r in training_logs()], "reading_set": rules.reader_study_export.output.key}

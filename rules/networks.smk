@@ -53,3 +53,19 @@ rule synthesize:
         layout.benchmark("synthesize", "{method}", "{cohort}", "{subject}")
     script:
         "../scripts/synthesize.py"
+
+
+rule training_compute:
+    input:
+        models=lambda wc: [r["model"] for r in training_logs()],
+    output:
+        layout.TRAINING_COMPUTE,
+    params:
+        models=training_logs,
+        benchmarks=lambda wc: [layout.benchmark("train", r["method"], r["organ"]) for r in training_logs()],
+        code=script_code("training_compute.py"),  # a change to the code it runs reruns it
+    log:
+        "logs/training_compute.log",
+    script:
+        "../scripts/training_compute.py"
+

@@ -851,3 +851,15 @@ def test_validation_logs_the_lesion_psnr_of_held_out_subjects_with_lesions_and_m
     record = torch.load(trainer.fit(), weights_only=False)
     assert np.isfinite(record["validation_lesion_psnr"])
     assert "val_lesion_psnr" in pd.read_csv(tmp_path / "run" / "training_log.csv").columns
+
+
+def test_model_pt_records_the_training_seconds_summed_over_a_resume(cohort, tmp_path):
+    """The tables carry each model's measured training time (equal-budget comparisons)."""
+    trainer = tiny_trainer(cohort, "pix2pix", tmp_path / "run", steps=12, checkpoint_every=4)
+    trainer.fit(stop_after=8)
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["training_seconds"]
+    assert first > 0
+    resumed = tiny_trainer(cohort, "pix2pix", tmp_path / "run", steps=12, checkpoint_every=4)
+    record = torch.load(resumed.fit(), weights_only=False)
+    assert record["training_seconds"] > first and record["trained_steps"] == 12
+

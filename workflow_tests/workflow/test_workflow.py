@@ -290,6 +290,15 @@ def test_claims_pair_each_method_with_its_strongest_baseline_on_the_subjects_tha
     assert report.index("Cohort: simulated") < report.index("What was run")
 
 
+def test_training_compute_gives_each_models_steps_and_measured_seconds(demo_run):
+    compute = pd.read_csv(demo_run / "results/tables/training_compute.tsv", sep="\t").set_index(["method", "organ"])
+    assert (compute["step_loop_seconds"] > 0).all() and (compute["train_seconds"] >= compute["step_loop_seconds"]).all()
+    assert (compute.loc["dc2anet", "trained_steps"] == 10).all()
+    assert (compute.loc["pix2pix", "trained_steps"] == 10).all()
+    assert (compute["parameters"] > 0).all() and len(compute) == len(compute.index.unique())
+    assert "Training budgets" in (demo_run / "results/report.html").read_text()
+
+
 def test_lesion_and_truth_tables_score_every_lesion_against_the_noise_free_truth(demo_run):
     tables = demo_run / "results/tables"
     lesion_adc = pd.read_csv(tables / "lesion_adc.tsv", sep="\t")
