@@ -18,8 +18,8 @@ reference from the run's own `synthesis_metrics.tsv`. Nothing here reads the tes
 on the run's DC²Anet), validated as often as the demo-length run (the 10x run differs in its steps alone); both
 end points' validation and test PSNR go to long_training.tsv and the validation curves to
 long_training_curves.tsv. The test PSNR mean is over the trained b; held-out b get their own columns.
---ct2dwi: the same for the CT -> DWI networks (`ct2dwi.methods`, the main cell, `ct2dwi.steps` and ten times
-that), scored on the test stroke subjects as the workflow scores them (brain PSNR; organ column "stroke").
+--ct2dwi: the same for the CT -> DWI networks (`ct2dwi.methods`, the main cell, each method's configured steps
+and ten times that), scored on the test stroke subjects as the workflow scores them (brain PSNR; organ column "stroke").
 --size CONFIG: the networks take their widths (ngf, ndf, n_residual, JMMDA-GAN's levels), lr and betas from
 CONFIG (its defaults filled in, so MineGAN gets its full size too), and the trainer its stability settings
 (validation subjects, warm-up, gradient clipping): the full-size check on a GPU. MineGAN still reads the
@@ -304,9 +304,11 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
     long_rows, curves = [], []
     for method in config["ct2dwi"]["methods"]:
         cell = Cell("main", method, "main")
+        configured = int(config["ct2dwi"].get("steps_per_method", {}).get(method, config["ct2dwi"]["steps"]))
         for factor in (1, 10):
-            steps = int(config["ct2dwi"]["steps"]) * factor
-            block = network_block({**config, "ct2dwi": {**config["ct2dwi"], "steps": steps}}, cell)
+            steps = configured * factor
+            block = network_block({**config, "ct2dwi": {**config["ct2dwi"], "steps": steps, "steps_per_method": {}}},
+                                  cell)
             lesions = None
             if block.get("weights", {}).get("lesion", 0):
                 lesions = {(s["cohort"], s["subject"]): run_lesion_mask(run, config, s["cohort"], s["subject"])
@@ -314,7 +316,7 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 model_path = train_ct2dwi(cell, shards, tmp, block,
-                                          bench_training(config["training"], steps, int(config["ct2dwi"]["steps"])),
+                                          bench_training(config["training"], steps, configured),
                                           config["ct2dwi"], config["seed"], DEVICE, lesions, progress=False)
                 wall = time.perf_counter() - start
                 psnr = np.mean([score_shard(model_path, run / layout.shard(s["cohort"], s["subject"]), target_b,

@@ -84,6 +84,8 @@ def _schema_for(names: tuple[str, ...]) -> dict:
     methods["default"] = [*networks("multib"), "cdwi", "dc2anetinterp"]
     ct_methods = schema["properties"]["ct2dwi"]["properties"]["methods"]
     ct_methods["items"]["enum"] = list(networks("ct2dwi"))
+    per_method = schema["properties"]["ct2dwi"]["properties"]["steps_per_method"]
+    per_method["propertyNames"] = {"enum": list(networks("ct2dwi"))}
     return schema
 
 

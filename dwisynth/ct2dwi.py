@@ -101,11 +101,13 @@ def find_cell(cells, experiment: str, method: str) -> Cell:
 
 
 def network_block(config: dict, cell: Cell) -> dict:
-    """The cell's network config: the network's block, the shared steps and lr, the cell's overrides.
-    A sensitivity cell whose heads do not divide the channels fails here, naming the cell."""
+    """The cell's network config: the network's block, its steps (ct2dwi.steps_per_method, else the shared
+    ct2dwi.steps) and the shared lr, the cell's overrides. A sensitivity cell whose heads do not divide the
+    channels fails here, naming the cell."""
     from dwisynth.networks.base import config_block_name, config_from_block, network_class
 
-    block = {**config.get(config_block_name(cell.method), {}), "steps": config["ct2dwi"]["steps"],
+    steps = config["ct2dwi"].get("steps_per_method", {}).get(cell.method, config["ct2dwi"]["steps"])
+    block = {**config.get(config_block_name(cell.method), {}), "steps": steps,
              "lr": config["ct2dwi"]["lr"], **dict(cell.overrides)}
     config_from_block(network_class(cell.method).Config, block, f"ct2dwi experiment {cell.experiment}")
     return block

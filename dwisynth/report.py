@@ -377,9 +377,9 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
              "Scores inside the HD-BET DWI brain mask; lesion scores on the same scale inside the lesion; lesion "
              "contrast C = lesion mean / host mean - 1 (host: the in-plane ring around the lesion in its "
              "commonest tissue), and its conspicuity against the acquisition, C / C_acquired (1 is faithful). "
-             "Every method trained "
-             "for the same steps with the same lr, batch and crop; the paired comparison is with pix2pix "
-             "(summary.tsv). Mean (95% CI) over test subjects:</p>", _ct2dwi_summary_table(summary)]
+             "Every method trained with the same lr, batch and crop, each for its configured steps (ct2dwi.steps, "
+             "or ct2dwi.steps_per_method: see the training budgets); the claims table tests JMMDA-GAN against the "
+             "better of pix2pix and U-Net. Mean (95% CI) over test subjects:</p>", _ct2dwi_summary_table(summary)]
     for r in records:
         acquired, acquired_b = load_dwi(*r["acquired"])
         b = [float(v) for v in acquired_b]

@@ -141,6 +141,19 @@ def test_cross_center_cells_train_only_on_their_centers_train_subjects():
         training_members(split, Cell("from_strokeC", "jmmdagan", "crosscenter", train_centers=("strokeC",)))
 
 
+def test_a_baselines_own_steps_equalize_the_budget_and_the_ablations_keep_the_proposed_networks():
+    from dwisynth.ct2dwi import network_block
+
+    config = {"ct2dwi": {"methods": ["jmmdagan", "pix2pix", "unet"], "steps": 300, "lr": 5e-4,
+                         "steps_per_method": {"pix2pix": 1150, "unet": 2900},
+                         "sensitivity": {"wavelets": ["haar"], "heads": [4]}},
+              "jmmdagan": {"ngf": 8, "wavelet": "haar", "heads": 4}, "pix2pix": {"ngf": 8}, "unet": {"ngf": 8}}
+    cells = {(c.experiment, c.method): c for c in experiment_cells(config, ["strokeA"])}
+    steps = {key: network_block(config, cell)["steps"] for key, cell in cells.items() if key[0] in ("main", "nodwt")}
+    assert steps == {("main", "jmmdagan"): 300, ("main", "pix2pix"): 1150, ("main", "unet"): 2900,
+                     ("nodwt", "jmmdagan"): 300}
+
+
 def test_lesion_metrics_reward_a_faithful_lesion_and_see_an_erased_one():
     _, dwi, brain, lesion = head(2)
     acquired = dwi[..., 1]
