@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the calibration and the run's config, shared with the quality bench)
 
 from dwisynth import layout  # noqa: E402
-from dwisynth.ct2dwi import PROPOSED, Cell, network_block, run_lesion_mask, train_ct2dwi  # noqa: E402
+from dwisynth.ct2dwi import PROPOSED, Cell, train_ct2dwi  # noqa: E402
 from dwisynth.dataset import task_members  # noqa: E402
 from dwisynth.loader import SliceDataset  # noqa: E402
 from dwisynth.provenance import run_config  # noqa: E402
@@ -44,12 +44,7 @@ def ct2dwi_seconds_per_step(run: Path, config: dict, method: str) -> float:
     cell = Cell("main", method, "main")
     times = []
     for steps in SHORT:
-        block = network_block({**config, "ct2dwi": {**config["ct2dwi"], "steps": steps,
-                                                    "steps_per_method": {}}}, cell)
-        lesions = None
-        if block.get("weights", {}).get("lesion", 0):
-            lesions = {(s["cohort"], s["subject"]): run_lesion_mask(run, config, s["cohort"], s["subject"])
-                       for s in train}
+        block, lesions = quality.ct2dwi_cell_block(run, config, cell, steps, train)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             train_ct2dwi(cell, shards, tmp, block, quality.bench_training(config["training"], steps),

@@ -289,6 +289,16 @@ def write_long(organ: str, tag: str, long_rows: list[dict], curves: list[dict]) 
     pd.DataFrame(curves).to_csv(OUT / f"long_training_curves_{organ}{tag}.tsv", sep="\t", index=False)
 
 
+def ct2dwi_cell_block(run: Path, config: dict, cell: Cell, steps: int, train: list[dict]):
+    """(the cell's network block at `steps`, the training subjects' lesion masks when its loss weights the
+    lesion, else None), as the workflow trains the cell."""
+    block = network_block({**config, "ct2dwi": {**config["ct2dwi"], "steps": steps, "steps_per_method": {}}}, cell)
+    lesions = None
+    if block.get("weights", {}).get("lesion", 0):
+        lesions = {(s["cohort"], s["subject"]): run_lesion_mask(run, config, s["cohort"], s["subject"]) for s in train}
+    return block, lesions
+
+
 def bench_ct2dwi(run: Path, size: Path | None) -> None:
     """The long-training check of the CT -> DWI networks: each of `ct2dwi.methods` trained as the workflow trains
     the main cell (lesion masks for a lesion-weighted JMMDA-GAN), at `ct2dwi.steps` and ten times that."""
@@ -307,12 +317,7 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
         configured = int(config["ct2dwi"].get("steps_per_method", {}).get(method, config["ct2dwi"]["steps"]))
         for factor in (1, 10):
             steps = configured * factor
-            block = network_block({**config, "ct2dwi": {**config["ct2dwi"], "steps": steps, "steps_per_method": {}}},
-                                  cell)
-            lesions = None
-            if block.get("weights", {}).get("lesion", 0):
-                lesions = {(s["cohort"], s["subject"]): run_lesion_mask(run, config, s["cohort"], s["subject"])
-                           for s in train}
+            block, lesions = ct2dwi_cell_block(run, config, cell, steps, train)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 model_path = train_ct2dwi(cell, shards, tmp, block,
