@@ -53,8 +53,10 @@ class DC2AnetConfig(NetworkConfig):
     pool_size: int = field(default=50, metadata={"minimum": 0, "description": "image pool per discriminator"})
     norm: Literal["none", "instance"] = field(default="none", metadata={
         "description": "generator normalization; instance (the published design) discards the absolute S/S0 level"})
-    upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
-        "description": "generator upsampling: resize (nearest + 3x3 conv, no checkerboard) or transposed (published)"})
+    upsample: Literal["bilinear", "resize", "transposed"] = field(default="bilinear", metadata={
+        "description": "generator upsampling: bilinear (aligned to the encoder's grid + 3x3 conv: no checkerboard, no "
+                       "shift), resize (nearest + conv: content half a pixel off per level) or transposed (published; "
+                       "checkerboard)"})
     skips: bool = field(default=False, metadata={"description": (
         "generator: add the encoder's full- and half-resolution features to the decoder's (no extra weights); "
         "false is the published ResNet generator, whose quarter-resolution bottleneck learns small lesions "

@@ -89,8 +89,9 @@ class MineGANConfig(NetworkConfig):
     ndf: int = field(default=64, metadata={"minimum": 4, "description": "discriminator base channels"})
     n_residual: int = field(default=6, metadata={"minimum": 1, "description": "FiLM residual blocks"})
     norm: str = field(default="none", metadata={"enum": ["none", "instance"], "description": "generator norm"})
-    upsample: str = field(default="resize", metadata={"enum": ["resize", "transposed"], "description":
-                          "generator upsampling: resize (nearest + 3x3 conv) or transposed conv"})
+    upsample: str = field(default="bilinear", metadata={"enum": ["bilinear", "resize", "transposed"], "description":
+                          "generator upsampling: bilinear (aligned + 3x3 conv), resize (nearest + conv, half a pixel "
+                          "off per level) or transposed conv"})
     activation: str = field(default="leaky", metadata={"enum": ["leaky", "relu"], "description": (
         "generator activation. relu (the published generators) died at ten times the demo steps (CPU, "
         "abdomen): after one loss spike every unit of the generator's last layer was zero on every input, the "

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dwisynth.networks.base import Network, NetworkConfig
-from dwisynth.networks.blocks import NORMS, UPSAMPLING, patch_discriminator, per_b_logits, one_b_per_sample
+from dwisynth.networks.blocks import NORMS, AlignedUpsample, patch_discriminator, per_b_logits, one_b_per_sample
 from dwisynth.networks.losses import lsgan, masked_l1
 
 
@@ -29,9 +29,10 @@ class Pix2PixConfig(NetworkConfig):
     l1_weight: float = field(default=100.0, metadata={"minimum": 0, "description": "weight of the voxel L1 beside the LSGAN"})
     norm: Literal["none", "instance"] = field(default="none", metadata={
         "description": "generator normalization; instance discards the absolute S/S0 level"})
-    upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
-        "description": "decoder upsampling: resize (nearest resize + conv, as DC²Anet and MineGAN) or transposed "
-                       "(the published pix2pix, MONAI's UNet), whose uneven kernel overlap paints a checkerboard"})
+    upsample: Literal["bilinear", "transposed"] = field(default="bilinear", metadata={
+        "description": "decoder upsampling: bilinear (aligned to the encoder's grid + conv, as DC²Anet and MineGAN) "
+                       "or transposed (the published pix2pix, MONAI's UNet), whose uneven kernel overlap paints a "
+                       "checkerboard"})
 
 
 def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: int = 4,
@@ -43,20 +44,21 @@ def unet_generator(in_channels: int, out_channels: int, ngf: int = 64, levels: i
 
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
-    if upsample not in UPSAMPLING:
-        raise ValueError(f"upsample must be one of {UPSAMPLING}, not {upsample!r}")
+    if upsample not in ("bilinear", "transposed"):
+        raise ValueError(f"upsample must be bilinear or transposed, not {upsample!r}")
 
-    class ResizeConvUNet(UNet):
-        """Each transposed-conv up layer replaced by a nearest resize and a stride-1 conv (Odena et al. 2016)."""
+    class AlignedUpsamplingUNet(UNet):
+        """Each transposed-conv up layer replaced by `AlignedUpsample` and a stride-1 conv: no checkerboard, and
+        the content stays where MONAI's stride-2 encoder convs (kernel 3, padding 1) took it from."""
 
         def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
             conv = Convolution(self.dimensions, in_channels, out_channels, strides=1, kernel_size=self.up_kernel_size,
                                act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias,
                                conv_only=is_top and self.num_res_units == 0, adn_ordering=self.adn_ordering)
-            return nn.Sequential(nn.Upsample(scale_factor=strides, mode="nearest"), conv)
+            return nn.Sequential(AlignedUpsample(), conv)
 
     channels = tuple(ngf * 2**i for i in range(levels))
-    network = ResizeConvUNet if upsample == "resize" else UNet
+    network = AlignedUpsamplingUNet if upsample == "bilinear" else UNet
     return nn.Sequential(network(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=channels,
                                  strides=(2,) * (levels - 1), norm="INSTANCE" if norm == "instance" else None,
                                  act=("LEAKYRELU", {"negative_slope": 0.2})),
@@ -130,8 +132,8 @@ class UNetConfig(NetworkConfig):
     levels: int = field(default=8, metadata={"minimum": 2, "maximum": 8, "description": "U-Net resolution levels"})
     norm: Literal["none", "instance"] = field(default="none", metadata={
         "description": "normalization; instance discards the absolute S/S0 level"})
-    upsample: Literal["resize", "transposed"] = field(default="resize", metadata={
-        "description": "decoder upsampling: resize (nearest resize + conv) or transposed (MONAI's UNet; checkerboard)"})
+    upsample: Literal["bilinear", "transposed"] = field(default="bilinear", metadata={
+        "description": "decoder upsampling: bilinear (aligned + conv) or transposed (MONAI's UNet; checkerboard)"})
 
 
 class UNetL1(UNetNetwork):

@@ -621,8 +621,9 @@ def test_warm_up_ramps_the_lr_and_clipping_bounds_the_gradient_norm(cohort, tmp_
     assert lrs == pytest.approx([2e-4 * k / 4 for k in (1, 2, 3, 4)] + [2e-4])
 
 
-@pytest.mark.parametrize("kind", ["resnet", "unet"])
-@pytest.mark.parametrize("upsample, checkerboard", [("resize", False), ("transposed", True)])
+@pytest.mark.parametrize("kind, upsample, checkerboard", [("resnet", "bilinear", False), ("resnet", "resize", False),
+                                                            ("resnet", "transposed", True), ("unet", "bilinear", False),
+                                                            ("unet", "transposed", True)])
 def test_resize_convolution_leaves_no_checkerboard_on_a_flat_image(kind, upsample, checkerboard):
     """DC²Anet's ResNet generator and the U-Net of pix2pix and the L1 U-Net alike."""
     from dwisynth.networks.blocks import ResnetGenerator
@@ -637,6 +638,39 @@ def test_resize_convolution_leaves_no_checkerboard_on_a_flat_image(kind, upsampl
     spread = float(max(parity) - min(parity))
     assert (spread > 1e-3) is checkerboard, spread
     assert float(out.std()) < 1e-4 or checkerboard  # flat in, flat out (up to the far border)
+
+
+def _impulse_centroid_shift(network: torch.nn.Module, size: int = 48) -> np.ndarray:
+    """Mean (dy, dx) of the response centroid to single-pixel inputs, with every weight made positive (a blob)."""
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                module.weight.abs_()
+                module.bias.zero_()
+        ys, xs = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+        shifts = []
+        for cy in range(20, 26):
+            for cx in range(20, 26):
+                x = torch.zeros(1, 1, size, size)
+                x[0, 0, cy, cx] = 1
+                y = (network(x) - network(torch.zeros_like(x)))[0, 0].clamp(min=0)
+                shifts.append([float((y * ys).sum() / y.sum()) - cy, float((y * xs).sum() / y.sum()) - cx])
+    return np.mean(shifts, axis=0)
+
+
+@pytest.mark.parametrize("kind, upsample, in_place", [("resnet", "bilinear", True), ("resnet", "transposed", True),
+                                                      ("resnet", "resize", False), ("unet", "bilinear", True)])
+def test_upsampling_puts_the_decoders_content_back_where_the_encoder_took_it(kind, upsample, in_place):
+    """A nearest resize after stride-2 convs (kernel 3, padding 1) drew everything ~1.5 px down and right through
+    DC²Anet's two levels (a lesion of 2-3 voxels beside itself); the bilinear, grid-aligned upsampling does not."""
+    from dwisynth.networks.blocks import ResnetGenerator
+    from dwisynth.networks.pix2pix import unet_generator
+
+    torch.manual_seed(0)
+    network = (ResnetGenerator(1, 1, ngf=4, n_blocks=0, norm="none", upsample=upsample).model[:-1]
+               if kind == "resnet" else unet_generator(1, 1, 4, 3, "none", upsample)[0])
+    shift = _impulse_centroid_shift(network)
+    assert (np.abs(shift).max() < 0.3) if in_place else (shift.min() > 1.0), shift
 
 
 def test_signed_gradient_difference_prefers_the_noise_free_image_and_the_magnitude_form_prefers_stripes():
@@ -714,7 +748,7 @@ def _copy_error(skips: bool, steps: int = 80) -> float:
     from dwisynth.networks.blocks import ResnetGenerator
 
     torch.manual_seed(0)
-    net = ResnetGenerator(1, 1, 8, 1, "none", "resize", skips)
+    net = ResnetGenerator(1, 1, 8, 1, "none", "bilinear", skips)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     draws = torch.Generator().manual_seed(1)
 
