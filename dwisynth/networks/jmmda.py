@@ -23,10 +23,14 @@ is our reading, chosen small enough to train on a CPU. The generator, a wavelet 
 LeakyReLU throughout; group norm at the coarse levels only, never on the full-resolution path (see
 `_group_norm`).
 
-Ablation switches: mask_fusion=False keeps the CT stem only (the mask channel is ignored); dwt=False puts
-a stride-2 conv in place of the DWT (no high path; resize-conv upsampling in the decoder); adaptive_fusion
-=False averages the paths. Discriminator: the conditional PatchGAN of pix2pix on [CT, mask, DWI]. Losses
-(ours): LSGAN + 100 L1 + SSIM, optionally an extra L1 inside the lesion mask.
+Ablation switches, each removing exactly one module (`workflow_tests/unit/test_jmmda.py` compares the built
+modules): mask_fusion=False keeps the CT stem only and the mask leaves the discriminator's input too, so no
+part of the model sees it; dwt=False replaces the fixed wavelet analysis and synthesis by learned stride-2
+convs of the same shapes (4C bands in, 4C bands out), so the edge attention still gates a high path;
+edge_attention=False passes the details ungated; adaptive_fusion=False averages the paths. Discriminator:
+the conditional PatchGAN of pix2pix on [CT, mask, DWI]. Losses (ours): LSGAN + 100 L1 + SSIM; lesion
+supervision (`training.lesion_weight`, the CT -> DWI comparison's `ct2dwi.guidance`) is a setting of the
+comparison that every network gets alike (`Network.add_lesion_l1`), not part of this network.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from torch import nn
 
 from dwisynth.errors import ConfigError
 from dwisynth.networks.base import Network, NetworkConfig
-from dwisynth.networks.blocks import DWT2d, IDWT2d, patch_discriminator, upsample_layer
-from dwisynth.networks.losses import lesion_l1, lsgan, masked_l1, ssim_loss
+from dwisynth.networks.blocks import DWT2d, IDWT2d, patch_discriminator
+from dwisynth.networks.losses import lsgan, masked_l1, ssim_loss
 
 
 def _weight(default: float, description: str) -> float:
@@ -53,7 +57,6 @@ class JMMDAWeights:
     adversarial: float = _weight(1.0, "LSGAN of the conditional PatchGAN")
     l1: float = _weight(100.0, "voxel L1")
     ssim: float = _weight(1.0, "-log SSIM; 0 skips it")
-    lesion: float = _weight(0.0, "extra L1 inside the lesion mask (needs ct2dwi.lesion_masks; training only)")
 
 
 @dataclass
@@ -68,7 +71,9 @@ class JMMDAConfig(NetworkConfig):
         "description": "orthogonal wavelet of the DWT (the paper found Haar best)"})
     mask_fusion: bool = field(default=True, metadata={"description": "mask-guided feature fusion (else CT only)"})
     dwt: bool = field(default=True, metadata={
-        "description": "wavelet encoder with a high-frequency path (else stride-2 convs)"})
+        "description": "fixed wavelet analysis and synthesis (else learned stride-2 convs of the same shapes)"})
+    edge_attention: bool = field(default=True, metadata={
+        "description": "channel and spatial attention on the high-frequency details (else they pass ungated)"})
     adaptive_fusion: bool = field(default=True, metadata={
         "description": "learned per-channel weights over the paths (else their mean)"})
     weights: JMMDAWeights = field(default_factory=JMMDAWeights,
@@ -204,58 +209,72 @@ class AdaptiveFusion(nn.Module):
         return (weights[..., None, None] * stacked).sum(1)
 
 
-class EncoderLevel(nn.Module):
-    """(N, C, h, w) -> features (N, 2C, h/2, w/2) and the attended details (N, 3C, h/2, w/2), or None
-    without the DWT (the decoder's skip detail)."""
+class LearnedAnalysis(nn.Module):
+    """The dwt=False ablation's split: a learned 2x2 stride-2 conv, (N, C, H, W) -> ll (N, C, H/2, W/2) and
+    high (N, 3C, H/2, W/2), the shapes of `DWT2d` (the Haar analysis is one fixed choice of these weights)."""
 
-    def __init__(self, channels: int, heads: int, kv_stride: int, wavelet: str, dwt: bool, adaptive_fusion: bool):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 4 * channels, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bands = self.conv(x)
+        channels = x.shape[1]
+        return bands[:, :channels], bands[:, channels:]
+
+
+class LearnedSynthesis(nn.Module):
+    """The dwt=False ablation's merge: ll (N, C, h, w), high (N, 3C, h, w) -> (N, C, 2h, 2w) by a learned
+    2x2 stride-2 transposed conv, the shapes of `IDWT2d`."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(4 * channels, channels, 2, stride=2)
+
+    def forward(self, ll: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([ll, high], 1))
+
+
+class EncoderLevel(nn.Module):
+    """(N, C, h, w) -> features (N, 2C, h/2, w/2) and the (attended) details (N, 3C, h/2, w/2), the decoder's
+    high bands at this scale."""
+
+    def __init__(self, channels: int, heads: int, kv_stride: int, wavelet: str, dwt: bool, adaptive_fusion: bool,
+                 edge_attention: bool = True):
         super().__init__()
         out_channels = 2 * channels
         self.cnn = _conv(channels, out_channels, stride=2)  # the local view of the finer scale
-        self.split = DWT2d(wavelet) if dwt else _conv(channels, channels, stride=2)
+        self.split = DWT2d(wavelet) if dwt else LearnedAnalysis(channels)
         self.low_attention = LowFrequencyAttention(channels, heads, kv_stride)
         self.low_out = _conv(channels, out_channels)
-        if dwt:
-            self.edge_attention = EdgeAttention(channels)
-            self.high_out = _conv(3 * channels, out_channels)
-        self.fusion = AdaptiveFusion(out_channels, 3 if dwt else 2, adaptive_fusion)
+        self.edge_attention = EdgeAttention(channels) if edge_attention else None
+        self.high_out = _conv(3 * channels, out_channels)
+        self.fusion = AdaptiveFusion(out_channels, 3, adaptive_fusion)
         self.out = nn.Sequential(_group_norm(out_channels), _act())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(self.split, DWT2d):
-            ll, high = self.split(x)
-        else:
-            ll, high = self.split(x), None
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ll, high = self.split(x)
         low = self.low_attention(ll)
-        paths = [self.low_out(low), self.cnn(x)]
-        edges = None
-        if high is not None:
-            edges = self.edge_attention(high, low)
-            paths.append(self.high_out(edges))
+        edges = self.edge_attention(high, low) if self.edge_attention is not None else high
+        paths = [self.low_out(low), self.cnn(x), self.high_out(edges)]
         return self.out(self.fusion(paths)), edges
 
 
 class DecoderLevel(nn.Module):
-    """Coarse features (N, 2C, h, w), skip features (N, C, 2h, 2w) and details (N, 3C, h, w) or None
+    """Coarse features (N, 2C, h, w), skip features (N, C, 2h, 2w) and details (N, 3C, h, w)
     -> (N, C, 2h, 2w); group-normalized unless it is the full-resolution level."""
 
     def __init__(self, channels: int, wavelet: str, dwt: bool, adaptive_fusion: bool, normalize: bool = True):
         super().__init__()
-        if dwt:
-            self.to_ll = nn.Conv2d(2 * channels, channels, 1)
-            self.idwt = IDWT2d(wavelet)
-        else:
-            self.upsample = upsample_layer(2 * channels, channels, "resize")
+        self.to_ll = nn.Conv2d(2 * channels, channels, 1)
+        self.idwt = IDWT2d(wavelet) if dwt else LearnedSynthesis(channels)
         self.from_coarse = _conv(channels, channels)
         self.from_skip = _conv(channels, channels)
         self.fusion = AdaptiveFusion(channels, 2, adaptive_fusion)
         self.out = nn.Sequential(_group_norm(channels) if normalize else nn.Identity(), _act())
 
-    def forward(self, coarse: torch.Tensor, skip: torch.Tensor, details: torch.Tensor | None) -> torch.Tensor:
-        if details is not None:
-            up = self.idwt(self.to_ll(coarse), details)
-        else:
-            up = self.upsample(coarse)
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
+        up = self.idwt(self.to_ll(coarse), details)
         return self.out(self.fusion([self.from_coarse(up), self.from_skip(skip)]))
 
 
@@ -264,7 +283,8 @@ class JMMDAGenerator(nn.Module):
     H, W) in [-1, 1], tanh. H and W must be multiples of 2**levels."""
 
     def __init__(self, in_channels: int = 2, out_channels: int = 1, ngf: int = 32, levels: int = 3, heads: int = 4,
-                 wavelet: str = "haar", mask_fusion: bool = True, dwt: bool = True, adaptive_fusion: bool = True):
+                 wavelet: str = "haar", mask_fusion: bool = True, dwt: bool = True, adaptive_fusion: bool = True,
+                 edge_attention: bool = True):
         super().__init__()
         if in_channels < 2:
             raise ValueError(f"JMMDAGenerator needs CT and brain-mask channels, not {in_channels} channel(s)")
@@ -272,7 +292,7 @@ class JMMDAGenerator(nn.Module):
         self.stem = MaskGuidedFusion(in_channels - 1, ngf, mask_fusion)
         channels = [ngf * 2**level for level in range(levels)]
         self.encoder = nn.ModuleList(
-            EncoderLevel(c, heads, 2 ** (levels - 1 - level), wavelet, dwt, adaptive_fusion)
+            EncoderLevel(c, heads, 2 ** (levels - 1 - level), wavelet, dwt, adaptive_fusion, edge_attention)
             for level, c in enumerate(channels))
         self.decoder = nn.ModuleList(DecoderLevel(c, wavelet, dwt, adaptive_fusion, normalize=level > 0)
                                      for level, c in reversed(list(enumerate(channels))))
@@ -303,7 +323,15 @@ class JMMDAGAN(Network):
     def __init__(self, config: JMMDAConfig, n_inputs: int, n_targets: int):
         super().__init__(config, n_inputs, n_targets)
         self.G = self.build_inference_network(**self.inference_spec()["kwargs"])
-        self.D = patch_discriminator(n_inputs + n_targets, 1, config.ndf)
+        # without mask fusion the discriminator does not see the mask either: the ablation removes it entirely
+        self.D = patch_discriminator(self._discriminator_inputs(n_inputs) + n_targets, 1, config.ndf)
+
+    def _discriminator_inputs(self, n_inputs: int) -> int:
+        return n_inputs if self.config.mask_fusion else n_inputs - 1
+
+    def _condition(self, x: torch.Tensor) -> torch.Tensor:
+        """What the discriminator is conditioned on: CT and mask, or the CT alone without mask fusion."""
+        return x if self.config.mask_fusion else x[:, :-1]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.G.parameters()), "discriminator": list(self.D.parameters())}
@@ -315,7 +343,7 @@ class JMMDAGAN(Network):
         c = self.config
         return {"kwargs": {"in_channels": self.n_inputs, "out_channels": self.n_targets, "ngf": c.ngf,
                            "levels": c.levels, "heads": c.heads, "wavelet": c.wavelet, "mask_fusion": c.mask_fusion,
-                           "dwt": c.dwt, "adaptive_fusion": c.adaptive_fusion},
+                           "dwt": c.dwt, "adaptive_fusion": c.adaptive_fusion, "edge_attention": c.edge_attention},
                 "pad_multiple": 2**c.levels}
 
     @classmethod
@@ -327,17 +355,15 @@ class JMMDAGAN(Network):
         weights = self.config.weights
         fake = self.G(x)
         self.D.requires_grad_(False)
-        adv = lsgan(self.D(torch.cat([x, fake], 1)), True)
+        condition = self._condition(x)
+        adv = lsgan(self.D(torch.cat([condition, fake], 1)), True)
         l1 = masked_l1(fake, y, present)
         total = weights.adversarial * adv + weights.l1 * l1
         losses = {"adv": adv, "voxel_l1": l1}
         if weights.ssim > 0:
             losses["ssim"] = ssim_loss(fake, y, present)
             total = total + weights.ssim * losses["ssim"]
-        lesion = getattr(batch, "lesion", None)
-        if weights.lesion > 0 and lesion is not None:
-            losses["lesion_l1"] = lesion_l1(fake, y, present, lesion)
-            total = total + weights.lesion * losses["lesion_l1"]
+        total = self.add_lesion_l1(losses, total, fake, y, present, getattr(batch, "lesion", None))
         optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         optimizers["generator"].step()
@@ -347,7 +373,7 @@ class JMMDAGAN(Network):
         complete = present.all(1)
         d_loss = torch.zeros((), device=x.device)
         if complete.any():
-            x_real = x[complete]
+            x_real = condition[complete]
             d_loss = 0.5 * (lsgan(self.D(torch.cat([x_real, y[complete]], 1)), True)
                             + lsgan(self.D(torch.cat([x_real, fake.detach()[complete]], 1)), False))
             optimizers["discriminator"].zero_grad(set_to_none=True)

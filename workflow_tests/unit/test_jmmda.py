@@ -82,7 +82,7 @@ def test_heads_not_dividing_ngf_is_refused_naming_the_key_and_valid_values():
         config_from_block(JMMDAConfig, {"ngf": 16, "heads": 3}, "jmmdagan")
     schema = block_schema(JMMDAConfig)["properties"]
     assert schema["wavelet"]["enum"] == list(WAVELETS) and schema["wavelet"]["default"] == "haar"
-    assert schema["levels"]["maximum"] == 4 and schema["weights"]["properties"]["lesion"]["default"] == 0.0
+    assert schema["levels"]["maximum"] == 4 and "lesion" not in schema["weights"]["properties"]  # a training setting
 
 
 def _l1_before_and_after_training(block: dict, seed: int, steps: int = 40) -> tuple[float, float]:
@@ -102,7 +102,7 @@ def _l1_before_and_after_training(block: dict, seed: int, steps: int = 40) -> tu
     return before, l1()
 
 
-@pytest.mark.parametrize("switch", [None, "mask_fusion", "dwt", "adaptive_fusion"])
+@pytest.mark.parametrize("switch", [None, "mask_fusion", "dwt", "edge_attention", "adaptive_fusion"])
 def test_every_module_switched_off_still_trains(switch):
     block = {**TINY, **({switch: False} if switch else {})}
     for seed in (0, 1):
@@ -112,15 +112,57 @@ def test_every_module_switched_off_still_trains(switch):
         assert after < 0.6 * before and after < 0.5 * background, (switch, seed, before, after, background)
 
 
-def test_without_mask_fusion_the_mask_channel_is_ignored():
-    x = stroke_batch().inputs
-    flipped = x.clone()
+def test_without_mask_fusion_neither_generator_nor_discriminator_sees_the_mask():
+    batch = stroke_batch()
+    flipped = batch.inputs.clone()
     flipped[:, 1] = -flipped[:, 1]
     for mask_fusion in (False, True):
         model = build_network("jmmdagan", {**TINY, "mask_fusion": mask_fusion}, 2, 1, seed=0)
         with torch.no_grad():
-            change = (model.G(x) - model.G(flipped)).abs().max()
+            change = (model.G(batch.inputs) - model.G(flipped)).abs().max()
         assert (change == 0) if not mask_fusion else (change > 1e-4), (mask_fusion, change)
+        # the discriminator's first conv: CT (+ mask) + DWI channels
+        first_conv = next(m for m in model.D.modules() if isinstance(m, torch.nn.Conv2d))
+        assert first_conv.in_channels == (3 if mask_fusion else 2)
+        # a training step trains on either input, and without mask fusion the mask changes no loss
+        losses = [model_losses(mask_fusion, inputs) for inputs in (batch.inputs, flipped)]
+        assert (losses[0] == losses[1]) if not mask_fusion else (losses[0] != losses[1]), (mask_fusion, losses)
+
+
+def model_losses(mask_fusion: bool, inputs: torch.Tensor) -> dict:
+    model = build_network("jmmdagan", {**TINY, "mask_fusion": mask_fusion}, 2, 1, seed=0)
+    batch = stroke_batch()
+    batch = Batch(inputs, batch.targets, batch.present, batch.mask, batch.lesion)
+    return model.training_step(batch, adam_like_the_trainer(model), torch.Generator().manual_seed(0), 0)
+
+
+ABLATION_MODULES = {  # each ablation switch -> the only parameters (name patterns) it may add, drop or reshape
+    "mask_fusion": [r"G\.stem\.(mask_stem|fuse|gate)\.", r"^D\.net\.initial_conv\.conv\.weight$"],
+    "dwt": [r"G\.encoder\.\d+\.split\.", r"G\.decoder\.\d+\.idwt\."],
+    "edge_attention": [r"G\.encoder\.\d+\.edge_attention\."],
+    "adaptive_fusion": [r"G\.(encoder|decoder)\.\d+\.fusion\.(local|logits)"],
+}
+
+
+@pytest.mark.parametrize("switch", list(ABLATION_MODULES))
+def test_each_ablation_differs_from_the_full_model_in_exactly_its_own_module(switch):
+    import re
+
+    def shapes(block):
+        model = build_network("jmmdagan", block, 2, 1, seed=0)
+        return {name: tuple(p.shape) for name, p in model.named_parameters()}, model
+
+    (full, full_model), (ablated, ablated_model) = shapes(TINY), shapes({**TINY, switch: False})
+    changed = {n for n in full.keys() | ablated.keys() if full.get(n) != ablated.get(n)}
+    assert changed, switch  # the switch removes something
+    own = [re.compile(p) for p in ABLATION_MODULES[switch]]
+    assert all(any(p.search(n) for p in own) for n in changed), (switch, sorted(changed))
+    # and nothing else changed kind: the same module classes everywhere outside the ablated module
+    kinds = lambda m: {n: type(x).__name__ for n, x in m.named_modules()}  # noqa: E731
+    full_kinds, ablated_kinds = kinds(full_model), kinds(ablated_model)
+    other = {n for n in full_kinds.keys() | ablated_kinds.keys()
+             if full_kinds.get(n) != ablated_kinds.get(n) and not any(p.search(n + ".") for p in own)}
+    assert not other, (switch, sorted(other))
 
 
 def test_output_covers_a_padded_slice_in_the_tanh_range():
@@ -139,8 +181,8 @@ def test_output_covers_a_padded_slice_in_the_tanh_range():
 
 
 def test_lesion_weight_adds_a_positive_lesion_term_only_when_masks_exist():
-    block = {**TINY, "weights": {"lesion": 5.0}}
-    model = build_network("jmmdagan", block, 2, 1, seed=0)
+    model = build_network("jmmdagan", TINY, 2, 1, seed=0)
+    model.lesion_weight = 5.0  # training.lesion_weight, which the trainer sets on every network alike
     optimizers = adam_like_the_trainer(model)
     losses = model.training_step(stroke_batch(lesion=True), optimizers, torch.Generator(), 0)
     assert losses["lesion_l1"] > 0
