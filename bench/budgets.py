@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the calibration and the run's config, shared with the quality bench)
 
 from dwisynth import layout  # noqa: E402
-from dwisynth.ct2dwi import PROPOSED, Cell, train_ct2dwi  # noqa: E402
+from dwisynth.ct2dwi import PROPOSED, Cell, guidance_on, train_ct2dwi  # noqa: E402
 from dwisynth.dataset import task_members  # noqa: E402
 from dwisynth.loader import SliceDataset  # noqa: E402
 from dwisynth.provenance import run_config  # noqa: E402
@@ -41,13 +41,13 @@ def ct2dwi_seconds_per_step(run: Path, config: dict, method: str) -> float:
     split = pd.read_csv(run / "results/datasets/split.tsv", sep="\t")
     train = task_members(split, "ct2dwi", "train")
     shards = [run / layout.shard(s["cohort"], s["subject"]) for s in train]
-    cell = Cell("main", method, "main")
+    cell = Cell("main", method, "main", guided=guidance_on(config))
     times = []
     for steps in SHORT:
-        block, lesions = quality.ct2dwi_cell_block(run, config, cell, steps, train)
+        block, training, lesions = quality.ct2dwi_cell_block(run, config, cell, steps, train)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            train_ct2dwi(cell, shards, tmp, block, quality.bench_training(config["training"], steps),
+            train_ct2dwi(cell, shards, tmp, block, quality.bench_training(training, steps),
                          config["ct2dwi"], config["seed"], "cpu", lesions, progress=False)
             times.append(time.perf_counter() - start)
     return (times[1] - times[0]) / (SHORT[1] - SHORT[0])

@@ -1,4 +1,4 @@
-"""CT -> DWI lesion fidelity on train-split subjects only: choose JMMDA-GAN's lesion settings without the test split.
+"""CT -> DWI lesion fidelity on train-split subjects only: choose ct2dwi.guidance without the test split.
 
 Usage: .venv/bin/python bench/ct2dwi_lesion.py [RUN_DIR] [--lesion-weights 0,10,30,100]
                                                [--oversample 0,0.5] [--baselines pix2pix,unet] [--steps N]
@@ -12,8 +12,8 @@ subject), and the held-out subjects are scored as the workflow scores test subje
 (`dwisynth.ct2dwi.score_subject`: brain PSNR, lesion PSNR, lesion contrast, superpixel r). The test split is
 never read.
 
-Settings: JMMDA-GAN at each `jmmdagan.weights.lesion` x `training.lesion_oversample`, beside the baselines
-(which never see a lesion mask). Writes bench/results/ct2dwi_lesion.tsv (one row per fold, setting and
+Settings: every method of --methods at each lesion weight x lesion oversampling (`ct2dwi.guidance`: the
+workflow gives one setting to every network alike, so the choice is made over all of them). Writes bench/results/ct2dwi_lesion.tsv (one row per fold, setting and
 held-out subject) and prints the mean per setting. It asserts nothing.
 """
 
@@ -50,8 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", nargs="?", default=Path(__file__).resolve().parents[1], type=Path)
     parser.add_argument("--lesion-weights", default="0,10,30,100")
-    parser.add_argument("--oversample", default="0", help="training.lesion_oversample values for JMMDA-GAN")
-    parser.add_argument("--baselines", default="pix2pix")
+    parser.add_argument("--oversample", default="0", help="lesion oversampling shares (ct2dwi.guidance)")
+    parser.add_argument("--baselines", default="pix2pix", help="methods besides JMMDA-GAN, at every setting")
     parser.add_argument("--steps", type=int, default=None, help="default: the run's ct2dwi.steps")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -64,8 +64,9 @@ def main() -> None:
     train = task_members(split, "ct2dwi", "train")
     target_b = float(config["ct2dwi"]["target_b"][0])
     truth = {s["subject"]: run_lesion_mask(run, config, s["cohort"], s["subject"]) for s in train}
-    settings = [(m, 0.0, 0.0) for m in args.baselines.split(",") if m] + [
-        (PROPOSED, float(w), float(o)) for w in args.lesion_weights.split(",") for o in args.oversample.split(",")]
+    methods = [PROPOSED, *[m for m in args.baselines.split(",") if m]]
+    settings = [(m, float(w), float(o)) for m in methods for w in args.lesion_weights.split(",")
+                for o in args.oversample.split(",")]
     rows = []
     for k, heldout in enumerate(folds(train)):
         held = {s["subject"] for s in heldout}
@@ -74,10 +75,9 @@ def main() -> None:
         for method, weight, oversample in settings:
             cell = Cell("main", method, "main")
             block = network_block(config, cell)
-            if method == PROPOSED:
-                block = {**block, "weights": {**block.get("weights", {}), "lesion": weight}}
             lesions = {(s["cohort"], s["subject"]): truth[s["subject"]] for s in members} if weight or oversample else None
-            training = {**config["training"], "threads": args.threads, "lesion_oversample": oversample}
+            training = {**config["training"], "threads": args.threads, "lesion_weight": weight,
+                        "lesion_oversample": oversample}
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 path = train_ct2dwi(cell, shards, tmp, block, training, config["ct2dwi"], config["seed"], "cpu",

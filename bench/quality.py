@@ -53,7 +53,8 @@ import yaml
 
 from dwisynth import layout
 from dwisynth.config import load_config
-from dwisynth.ct2dwi import PROPOSED, Cell, network_block, run_lesion_mask, score_shard, train_ct2dwi
+from dwisynth.ct2dwi import (PROPOSED, Cell, cell_training, guidance_on, network_block, run_lesion_mask, score_shard,
+                             train_ct2dwi)
 from dwisynth.dataset import task_members
 from dwisynth.provenance import run_config
 from dwisynth.evaluate import score_synthesis
@@ -290,18 +291,18 @@ def write_long(organ: str, tag: str, long_rows: list[dict], curves: list[dict]) 
 
 
 def ct2dwi_cell_block(run: Path, config: dict, cell: Cell, steps: int, train: list[dict]):
-    """(the cell's network block at `steps`, the training subjects' lesion masks when its loss weights the
-    lesion, else None), as the workflow trains the cell."""
+    """(the cell's network block at `steps`, its training block with the cell's lesion supervision, the training
+    subjects' lesion masks for a guided cell, else None), as the workflow trains the cell."""
     block = network_block({**config, "ct2dwi": {**config["ct2dwi"], "steps": steps, "steps_per_method": {}}}, cell)
     lesions = None
-    if block.get("weights", {}).get("lesion", 0):
+    if cell.guided:
         lesions = {(s["cohort"], s["subject"]): run_lesion_mask(run, config, s["cohort"], s["subject"]) for s in train}
-    return block, lesions
+    return block, cell_training(config, cell), lesions
 
 
 def bench_ct2dwi(run: Path, size: Path | None) -> None:
     """The long-training check of the CT -> DWI networks: each of `ct2dwi.methods` trained as the workflow trains
-    the main cell (lesion masks for a lesion-weighted JMMDA-GAN), at `ct2dwi.steps` and ten times that."""
+    the main cell (with ct2dwi.guidance's lesion supervision), at `ct2dwi.steps` and ten times that."""
     config = run_config(run)
     if size is not None:
         config = with_full_size(config, size)
@@ -313,15 +314,15 @@ def bench_ct2dwi(run: Path, size: Path | None) -> None:
     torch.set_num_threads(THREADS)
     long_rows, curves = [], []
     for method in config["ct2dwi"]["methods"]:
-        cell = Cell("main", method, "main")
+        cell = Cell("main", method, "main", guided=guidance_on(config))
         configured = int(config["ct2dwi"].get("steps_per_method", {}).get(method, config["ct2dwi"]["steps"]))
         for factor in (1, 10):
             steps = configured * factor
-            block, lesions = ct2dwi_cell_block(run, config, cell, steps, train)
+            block, training, lesions = ct2dwi_cell_block(run, config, cell, steps, train)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 model_path = train_ct2dwi(cell, shards, tmp, block,
-                                          bench_training(config["training"], steps, configured),
+                                          bench_training(training, steps, configured),
                                           config["ct2dwi"], config["seed"], DEVICE, lesions, progress=False)
                 wall = time.perf_counter() - start
                 psnr = np.mean([score_shard(model_path, run / layout.shard(s["cohort"], s["subject"]), target_b,

@@ -94,6 +94,13 @@ def config_schema() -> dict:
     return copy.deepcopy(_config_schema())
 
 
+# keys that moved: where they went and why (a config written before the move names its new place)
+MOVED_KEYS = {
+    "jmmdagan.weights.lesion": "ct2dwi.guidance.lesion_weight (lesion supervision is a setting of the CT -> DWI "
+                               "comparison, given to every network alike)",
+}
+
+
 def _unknown_keys(data, schema: dict, where: str) -> None:
     """Reject keys a block does not define, naming the nearest valid one (jsonschema only says 'unexpected')."""
     if isinstance(data, list) and isinstance(schema.get("items"), dict):
@@ -110,6 +117,8 @@ def _unknown_keys(data, schema: dict, where: str) -> None:
         elif isinstance(extra, dict):
             _unknown_keys(value, extra, path)
         elif extra is False:
+            if path in MOVED_KEYS:
+                raise ConfigError(f"{path!r} has moved to {MOVED_KEYS[path]}")
             hint = difflib.get_close_matches(str(key), list(properties), n=1)
             raise ConfigError(f"unknown key {path!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                               + f"; valid keys here: {', '.join(properties)}")

@@ -8,13 +8,18 @@ training crops; it never enters a network.
 
 Experiments (`experiment_cells`), each a set of (experiment, method) cells with a model at
 `results/models/ct2dwi/{experiment}/{method}/model.pt`:
-- `main`: every method of `ct2dwi.methods` on every center's train split (mixed training);
-- `ablation`: JMMDA-GAN with one module off (`nomask`, `nodwt`, `noadaptive`);
+- `main`: every method of `ct2dwi.methods` on every center's train split (mixed training), each with the
+  lesion supervision of `ct2dwi.guidance` (lesion-weighted L1 and lesion oversampling, every network alike);
+- `unguided` (when the guidance is on): every method again without it, so that the architecture effect and
+  the supervision effect are separate rows of the main table;
+- `ablation`: JMMDA-GAN with exactly one module off (`nomask`, `nodwt`, `noedge`, `noadaptive`);
 - `sensitivity`: JMMDA-GAN for each wavelet x head count (`<wavelet>_h<heads>`; the cell equal to
   main's configuration reuses main's model);
 - `crosscenter`: JMMDA-GAN trained on one center's train subjects (`from_<center>`), scored on every
   test subject, so the in-center and cross-center rows sit side by side.
-Every cell trains for the same `ct2dwi.steps` with the same lr, batch, crop and schedule.
+Every cell trains for the same `ct2dwi.steps` with the same lr, batch, crop and schedule. With `ct2dwi.seeds`
+> 1, main, unguided and the ablations are trained again from seeds seed+1, ... (experiments `<name>_rep2`,
+...); the tables report each setting's mean over seeds and their spread.
 
 Scores (`score_subject`): the standard metrics of `dwisynth.metrics` inside the DWI brain mask, plus
 lesion metrics on the same brain-mask scale (not re-scaled inside the lesion), the lesion contrast
@@ -38,8 +43,10 @@ from dwisynth.evaluate import LESION_METRICS
 # the experiment tables' lesion columns: evaluate's, and the conspicuity against the acquisition
 LESION_COLUMNS = list(dict.fromkeys([*LESION_METRICS, "lesion_conspicuity_vs_acquired"]))
 
-ABLATIONS = {"nomask": "mask_fusion", "nodwt": "dwt", "noadaptive": "adaptive_fusion"}
+ABLATIONS = {"nomask": "mask_fusion", "nodwt": "dwt", "noedge": "edge_attention", "noadaptive": "adaptive_fusion"}
 GRIDS = ("ablation", "sensitivity", "crosscenter")
+REPLICATED = ("main", "ablation")  # the grids ct2dwi.seeds repeats (unguided is part of main)
+UNGUIDED = "unguided"
 PROPOSED = "jmmdagan"
 BASELINE = "pix2pix"  # what `summarize` compares CT -> DWI methods with (there is no cDWI from a CT)
 
@@ -58,38 +65,68 @@ class Cell:
     overrides: tuple = ()  # (key, value) pairs over the network's config block
     train_centers: tuple[str, ...] = ()  # empty: every center
     model_experiment: str = ""  # where its model lives, when another cell trains the same thing
+    guided: bool = False  # trained with ct2dwi.guidance (lesion-weighted L1, lesion oversampling)
+    replicate: int = 0  # trained from seed + replicate (ct2dwi.seeds)
 
     @property
     def model_from(self) -> str:
         return self.model_experiment or self.experiment
 
+    @property
+    def setting(self) -> str:
+        """The experiment without its replicate suffix: what the tables average over seeds."""
+        return self.experiment.rsplit("_rep", 1)[0] if self.replicate else self.experiment
+
     def describe(self, block: dict) -> dict:
         """The columns the experiment tables carry."""
-        return {"experiment": self.experiment, "grid": self.grid,
+        return {"experiment": self.experiment, "setting": self.setting, "grid": self.grid,
+                "replicate": self.replicate + 1, "lesion_guidance": "yes" if self.guided else "no",
                 "train_centers": "+".join(self.train_centers) or "all",
                 "wavelet": block.get("wavelet", "") if self.method == PROPOSED else "",
                 "heads": block.get("heads", "") if self.method == PROPOSED else "",
                 "modules_off": ",".join(k for k, v in self.overrides if v is False)}
 
 
+def guidance_on(config: dict) -> bool:
+    """Whether ct2dwi.guidance gives the CT -> DWI networks any lesion supervision."""
+    guidance = config["ct2dwi"].get("guidance", {})
+    return bool(guidance.get("lesion_weight", 0) or guidance.get("lesion_oversample", 0))
+
+
+def cell_training(config: dict, cell: Cell) -> dict:
+    """The training block a cell trains with: the shared `training` block whose lesion supervision is the
+    cell's (ct2dwi.guidance when guided, none otherwise; the multi-b lesion settings never reach CT -> DWI)."""
+    guidance = config["ct2dwi"].get("guidance", {}) if cell.guided else {}
+    return {**config["training"], "lesion_weight": float(guidance.get("lesion_weight", 0.0)),
+            "lesion_oversample": float(guidance.get("lesion_oversample", 0.0))}
+
+
 def experiment_cells(config: dict, centers, grids=("main", *GRIDS)) -> list[Cell]:
     """Every (experiment, method) cell of the requested grids; centers: the CT -> DWI centers."""
     ct = config["ct2dwi"]
     proposed = config.get(PROPOSED, {})
+    guided = guidance_on(config)  # every cell but the unguided rows trains with the configured guidance
     cells = []
-    if "main" in grids:
-        cells += [Cell("main", m, "main") for m in ct["methods"]]
-    if "ablation" in grids:
-        cells += [Cell(name, PROPOSED, "ablation", ((module, False),)) for name, module in ABLATIONS.items()]
+    for replicate in range(int(ct.get("seeds", 1))):
+        suffix = f"_rep{replicate + 1}" if replicate else ""
+        if "main" in grids:
+            cells += [Cell("main" + suffix, m, "main", guided=guided, replicate=replicate) for m in ct["methods"]]
+            if guided:
+                cells += [Cell(UNGUIDED + suffix, m, "main", replicate=replicate) for m in ct["methods"]]
+        if "ablation" in grids:
+            cells += [Cell(name + suffix, PROPOSED, "ablation", ((module, False),), guided=guided, replicate=replicate)
+                      for name, module in ABLATIONS.items()]
     if "sensitivity" in grids:
         main_wavelet, main_heads = proposed.get("wavelet", "haar"), proposed.get("heads", 4)
         for wavelet in ct["sensitivity"]["wavelets"]:
             for heads in ct["sensitivity"]["heads"]:
                 same = wavelet == main_wavelet and heads == main_heads and PROPOSED in ct["methods"]
                 cells.append(Cell(f"{wavelet}_h{heads}", PROPOSED, "sensitivity",
-                                  (("wavelet", wavelet), ("heads", heads)), model_experiment="main" if same else ""))
+                                  (("wavelet", wavelet), ("heads", heads)), model_experiment="main" if same else "",
+                                  guided=guided))
     if "crosscenter" in grids:
-        cells += [Cell(f"from_{c}", PROPOSED, "crosscenter", train_centers=(c,)) for c in sorted(centers)]
+        cells += [Cell(f"from_{c}", PROPOSED, "crosscenter", train_centers=(c,), guided=guided)
+                  for c in sorted(centers)]
     return cells
 
 
@@ -201,14 +238,15 @@ def train_ct2dwi(cell: Cell, shards, out_dir, block: dict, training: dict, ct2dw
                  device: str = "auto", lesion_masks: dict | None = None, progress: bool = True) -> Path:
     """Train one cell's network on the given train-split shards; returns model.pt's path.
 
-    lesion_masks: {(cohort, subject): (X, Y, Z) bool on the DWI grid} for the lesion-weighted L1
-    (only when the network's weights.lesion > 0)."""
+    training: the cell's training block (`cell_training`: its lesion supervision); lesion_masks:
+    {(cohort, subject): (X, Y, Z) bool on the DWI grid} for that supervision (only for a guided cell)."""
     from dwisynth.loader import SliceDataset
     from dwisynth.networks.base import build_network
     from dwisynth.synthesis import trainer_config
     from dwisynth.training import Trainer
 
     target_b = float(ct2dwi["target_b"][0])
+    seed = seed + cell.replicate  # a replicate of ct2dwi.seeds trains from its own seed
     by_slice = None if lesion_masks is None else {k: np.moveaxis(v, -1, 0) for k, v in lesion_masks.items()}
     data = SliceDataset.from_ct(shards, target_b, ct2dwi["hu_window"], by_slice)
     if data.skipped:
@@ -221,7 +259,8 @@ def train_ct2dwi(cell: Cell, shards, out_dir, block: dict, training: dict, ct2dw
     meta = {"method": cell.method, "task": "ct2dwi", "organ": "brain", "input_b": [], "target_b": [target_b],
             "voxel_sizes": shard_voxel_sizes(shards),
             "input_scaling": data.input_scaling, "input_channels": ["ct", "ct_brain_mask"],
-            "experiment": cell.experiment, "train_centers": list(cell.train_centers),
+            "experiment": cell.experiment, "train_centers": list(cell.train_centers), "replicate": cell.replicate + 1,
+            "lesion_guidance": {k: training.get(k, 0.0) for k in ("lesion_weight", "lesion_oversample")},
             "train_subjects": [[c, s] for c, s in subjects], "seed": seed, "upstream": {}, **model.describe()}
     return Trainer(model, data, config, out_dir, meta).fit()
 
@@ -405,7 +444,8 @@ def score_experiment(records: list[dict], cells: list[Cell], blocks: dict, targe
             rows += [{**ids, "method": cell.method, **cell.describe(blocks.get(cell.method, {})), **row}
                      for row in scores]
         progress(f"[ct2dwi] {i}/{len(records)} sub-{s['subject']} scored")
-    columns = TABLE_KEYS + ["experiment", "grid", "train_centers", "wavelet", "heads", "modules_off", "slice",
+    columns = TABLE_KEYS + ["experiment", "setting", "grid", "replicate", "lesion_guidance", "train_centers",
+                            "wavelet", "heads", "modules_off", "slice",
                             "b_value", "seen"] + METRICS + LESION_COLUMNS
     return pd.DataFrame(rows).reindex(columns=columns)
 
@@ -468,15 +508,21 @@ def compute_record(cell: Cell, model_path, benchmark_path) -> dict:
 
 
 def grid_summary(experiments, grid: str):
-    """One grid's table from the experiment rows (volume rows of main and the grid's experiments):
-    per (experiment, method) the mean scores over test subjects and the difference to main's JMMDA-GAN
-    (ablation, sensitivity), or the in-center and cross-center means and their drop (crosscenter)."""
+    """One grid's table from the experiment rows (volume rows of main and the grid's experiments).
+
+    main, ablation, sensitivity: per setting (the experiment without its replicate suffix) and method, the mean
+    score over test subjects of each replicate (ct2dwi.seeds), then their mean over replicates, their spread
+    (`<metric>_sd`, the SD over replicates; empty with one seed) and the difference to main's JMMDA-GAN of the
+    same replicate, averaged (`<metric>_vs_main`). crosscenter: the in-center and cross-center means and their
+    drop."""
     import pandas as pd
 
-    volumes = experiments[experiments["slice"].astype(str) == "volume"]
+    volumes = experiments[experiments["slice"].astype(str) == "volume"].copy()
+    for column, default in (("setting", volumes["experiment"]), ("replicate", 1), ("lesion_guidance", "")):
+        if column not in volumes:  # experiment tables written before seeds and guidance
+            volumes[column] = default
     scores = ["psnr", "ssim", "mse", "superpixel_r", "lesion_psnr", "lesion_contrast",
               "lesion_conspicuity_vs_acquired"]
-    reference = volumes[(volumes["experiment"] == "main") & (volumes["method"] == PROPOSED)]
     if grid == "crosscenter":
         rows = []
         for (experiment, method, centers), table in volumes[volumes["grid"] == grid].groupby(
@@ -492,23 +538,37 @@ def grid_summary(experiments, grid: str):
             rows.append(row)
         return pd.DataFrame(rows)
     chosen = volumes[volumes["grid"].isin([grid, "main"] if grid != "main" else ["main"])]
-    keys = ["experiment", "grid", "method", "wavelet", "heads", "modules_off"]
-    summary = chosen.groupby(keys, dropna=False)[scores].mean().reset_index()
-    summary.insert(len(keys), "n", chosen.groupby(keys, dropna=False).size().values)
-    for metric in scores:
-        summary[f"{metric}_vs_main"] = summary[metric] - (reference[metric].mean() if len(reference) else np.nan)
-    return summary
+    keys = ["setting", "grid", "method", "lesion_guidance", "wavelet", "heads", "modules_off"]
+    per_replicate = chosen.groupby([*keys, "replicate"], dropna=False)[scores].agg("mean")
+    subjects = chosen.groupby([*keys, "replicate"], dropna=False).size()
+    main = volumes[(volumes["setting"] == "main") & (volumes["method"] == PROPOSED)]
+    reference = main.groupby("replicate")[scores].mean()
+    differences = per_replicate.copy()
+    for index in differences.index:
+        replicate = index[-1] if index[-1] in reference.index else (reference.index.min() if len(reference) else None)
+        differences.loc[index, scores] = (per_replicate.loc[index, scores] - reference.loc[replicate, scores]
+                                          if replicate is not None else np.nan)
+    grouped = per_replicate.groupby(level=list(range(len(keys))), dropna=False)
+    summary = grouped.mean()
+    spread = grouped.std(ddof=1).add_suffix("_sd")
+    versus = differences.groupby(level=list(range(len(keys))), dropna=False).mean().add_suffix("_vs_main")
+    counts = pd.DataFrame({"n": subjects.groupby(level=list(range(len(keys))), dropna=False).max(),
+                           "seeds": subjects.groupby(level=list(range(len(keys))), dropna=False).size()})
+    table = pd.concat([counts, summary, spread, versus], axis=1).reset_index().rename(columns={"setting": "experiment"})
+    order = ["experiment", "grid", "method", "lesion_guidance", "wavelet", "heads", "modules_off", "n", "seeds"]
+    order += [c for metric in scores for c in (metric, f"{metric}_sd")] + [f"{m}_vs_main" for m in scores]
+    return table[order]
 
 
 def cell_from_params(params: dict) -> Cell:
     """A Cell back from the dict a rule passes (Snakemake params must be plain data)."""
     return Cell(params["experiment"], params["method"], params["grid"],
                 tuple((k, v) for k, v in params["overrides"]), tuple(params["train_centers"]),
-                params.get("model_experiment", ""))
+                params.get("model_experiment", ""), params.get("guided", False), params.get("replicate", 0))
 
 
 def cell_params(cell: Cell) -> dict:
     return {"experiment": cell.experiment, "method": cell.method, "grid": cell.grid,
             "overrides": [list(kv) for kv in cell.overrides], "train_centers": list(cell.train_centers),
-            "model_experiment": cell.model_experiment}
+            "model_experiment": cell.model_experiment, "guided": cell.guided, "replicate": cell.replicate}
 

@@ -377,9 +377,10 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
              "Scores inside the HD-BET DWI brain mask; lesion scores on the same scale inside the lesion; lesion "
              "contrast C = lesion mean / host mean - 1 (host: the in-plane ring around the lesion in its "
              "commonest tissue), and its conspicuity against the acquisition, C / C_acquired (1 is faithful). "
-             "Every method trained with the same lr, batch and crop, each for its configured steps (ct2dwi.steps, "
-             "or ct2dwi.steps_per_method: see the training budgets); the claims table tests JMMDA-GAN against the "
-             "better of pix2pix and U-Net. Mean (95% CI) over test subjects:</p>", _ct2dwi_summary_table(summary)]
+             "Every method trained with the same lr, batch, crop and lesion supervision (ct2dwi.guidance), each "
+             "for its configured steps (ct2dwi.steps, or ct2dwi.steps_per_method: see the training budgets); the "
+             "claims table tests JMMDA-GAN against the better of pix2pix and U-Net. Mean (95% CI) over test "
+             "subjects:</p>", _ct2dwi_summary_table(summary)]
     for r in records:
         acquired, acquired_b = load_dwi(*r["acquired"])
         b = [float(v) for v in acquired_b]
@@ -395,15 +396,43 @@ def ct2dwi_section(summary: pd.DataFrame, records: list[dict], tables: dict[str,
         fig = ct2dwi_figure(load_map(r["ct"])[:, :, z], images, None if lesion is None else lesion[:, :, z],
                             f"sub-{r['subject']} ({r['center']}), slice {z}", window, hu_window)
         parts.append(_embed(fig, f"ct2dwi_{r['subject']}", figures_dir))
-    captions = {"ablation": "Ablations: JMMDA-GAN with one module off; _vs_main = the cell minus main's JMMDA-GAN",
+    captions = {"main": "Guided and unguided: every network with the lesion supervision of ct2dwi.guidance (guided "
+                        "yes) and without it (no); the architecture effect within a group, the supervision effect "
+                        "between them",
+                "ablation": "Ablations: JMMDA-GAN with exactly one module off; vs main = the cell minus main's "
+                            "JMMDA-GAN of the same seed",
                 "sensitivity": "Sensitivity: wavelet x attention heads",
                 "crosscenter": "Cross-center: trained on one center, scored in-center and cross-center",
                 "compute": "Parameters (inference network) and training wall time (s, this machine)"}
     for name, path in tables.items():
         if path and Path(path).is_file():
             table = pd.read_csv(path, sep="\t")
-            parts.append(f"<h3>{html.escape(captions.get(name, name))}</h3>" + _html_table(table, index=False))
+            shown = grid_table(table) if name in ("main", "ablation") else _html_table(table, index=False)
+            parts.append(f"<h3>{html.escape(captions.get(name, name))}</h3>" + shown)
     return "".join(parts)
+
+
+GRID_METRICS = {"psnr": "PSNR", "ssim": "SSIM", "lesion_psnr": "lesion PSNR",
+                "lesion_conspicuity_vs_acquired": "conspicuity vs acquired"}
+
+
+def grid_table(table: pd.DataFrame) -> str:
+    """A main or ablation grid table (`ct2dwi.grid_summary`) for reading: per setting and method the mean over
+    test subjects, ± its SD over seeds when there are several, and the difference to main's JMMDA-GAN."""
+    rows = []
+    for _, r in table.iterrows():
+        row = {"experiment": r["experiment"], "method": _label(r["method"]),
+               "guided": r.get("lesion_guidance", ""), "modules off": r.get("modules_off", ""),
+               "subjects": r["n"], "seeds": r.get("seeds", 1)}
+        for metric, label in GRID_METRICS.items():
+            digits = 3 if metric in ("ssim", "lesion_conspicuity_vs_acquired") else 2
+            spread = r.get(f"{metric}_sd", np.nan)
+            row[label] = _f(r.get(metric, np.nan), digits) + (f" ± {_f(spread, digits)}" if pd.notna(spread) else "")
+        for metric in ("psnr", "lesion_psnr"):
+            row[f"{GRID_METRICS[metric]} vs main"] = _f(r.get(f"{metric}_vs_main", np.nan), 2)
+        rows.append(row)
+    out = pd.DataFrame(rows).fillna("")
+    return _html_table(out, index=False)
 
 
 def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, records: list[dict], targets,

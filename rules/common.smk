@@ -15,6 +15,7 @@ from dwisynth.config import (
 from dwisynth.ct2dwi import (
     GRIDS,
     cell_params,
+    cell_training,
     experiment_cells,
     find_cell,
     lesion_mask_path,
@@ -357,16 +358,16 @@ def ct2dwi_training_shards(wildcards):
 
 
 def ct2dwi_lesion_inputs(wildcards):
-    """Lesion masks of the training subjects, only for a network trained with a lesion-weighted loss."""
-    block = network_block(config, ct2dwi_cell(wildcards))
-    if not block.get("weights", {}).get("lesion", 0):
+    """Lesion masks of the training subjects, only for a cell trained with ct2dwi.guidance."""
+    if not ct2dwi_cell(wildcards).guided:
         return {}
     paths = {}
     for s in ct2dwi_training_subjects(wildcards):
         path = lesion_mask_path(config, LESION_TABLE, s["cohort"], s["subject"])
         if path is None:
-            raise ValueError(f"jmmdagan.weights.lesion > 0, but sub-{s['subject']} ({s['cohort']}) has no lesion "
-                             "mask; list every training subject in ct2dwi.lesion_masks or set weights.lesion: 0")
+            raise ValueError(f"ct2dwi.guidance trains with lesion supervision, but sub-{s['subject']} ({s['cohort']}) "
+                             "has no lesion mask; list every training subject in ct2dwi.lesion_masks or set "
+                             "ct2dwi.guidance to {lesion_weight: 0, lesion_oversample: 0}")
         paths[f"{s['cohort']}/{s['subject']}"] = {"mask": path,
                                                   "reference": layout.preproc(s["cohort"], s["subject"])["dwi"]}
     return paths
@@ -418,7 +419,8 @@ def ct2dwi_score_files(experiment):
 
 
 def ct2dwi_grid_experiments(grids):
-    return [layout.ct2dwi_scores(e) for e in ["main", *ct2dwi_experiments_of(grids)]]
+    """The score tables a grid's table reads: its experiments and main's (every replicate: the reference)."""
+    return [layout.ct2dwi_scores(e) for e in ct2dwi_experiments_of(["main", *grids])]
 
 
 def ct2dwi_report(wildcards=None):
@@ -426,7 +428,7 @@ def ct2dwi_report(wildcards=None):
     if not CT2DWI_CENTERS:
         return {"records": [], "tables": {}}
     records = [{**r, "ct": layout.preproc(r["cohort"], r["subject"])["ct"]} for r in ct2dwi_score_records("main")]
-    tables = {g: layout.ct2dwi_grid(g) for g in CT2DWI["grids"]} | {"compute": layout.CT2DWI_COMPUTE}
+    tables = {g: layout.ct2dwi_grid(g) for g in ("main", *CT2DWI["grids"])} | {"compute": layout.CT2DWI_COMPUTE}
     return {"records": records, "tables": tables, "hu_window": CT2DWI["hu_window"], "target_b": CT2DWI["target_b"][0]}
 
 
@@ -443,7 +445,8 @@ def ct2dwi_targets():
     """What `rule all` asks of the CT -> DWI task (nothing without stroke subjects; the truth tables on the demo)."""
     if not CT2DWI_CENTERS:
         return []
-    return [layout.CT2DWI_EXPERIMENTS, layout.CT2DWI_COMPUTE, *[layout.ct2dwi_grid(g) for g in CT2DWI["grids"]],
+    return [layout.CT2DWI_EXPERIMENTS, layout.CT2DWI_COMPUTE,
+            *[layout.ct2dwi_grid(g) for g in ("main", *CT2DWI["grids"])],
             *ct2dwi_truth_tables().values()]
 
 

@@ -1,7 +1,7 @@
 # CT -> DWI for acute ischemic stroke: JMMDA-GAN and its comparisons (dwisynth.ct2dwi). Every cell of every
-# experiment trains on the same inputs (CT on the DWI grid + a CT brain mask) for the same steps; `main` and
-# the grids in ct2dwi.grids run with `rule all`, every grid is also a target: ct2dwi_ablation,
-# ct2dwi_sensitivity, ct2dwi_crosscenter.
+# experiment trains on the same inputs (CT on the DWI grid + a CT brain mask) with the same lesion supervision
+# for its budget; `main` (with `unguided` when ct2dwi.guidance is on) and the grids in ct2dwi.grids run with
+# `rule all`, every grid is also a target: ct2dwi_ablation, ct2dwi_sensitivity, ct2dwi_crosscenter.
 
 rule train_ct2dwi:
     input:
@@ -15,7 +15,7 @@ rule train_ct2dwi:
         cell=lambda wc: cell_params(ct2dwi_cell(wc)),
         block=lambda wc: network_block(config, ct2dwi_cell(wc)),
         lesions=ct2dwi_lesion_inputs,
-        training=config["training"],
+        training=lambda wc: cell_training(config, ct2dwi_cell(wc)),  # with the cell's lesion supervision
         ct2dwi={k: CT2DWI[k] for k in ("target_b", "hu_window")},  # only what shapes the model: a new grid retrains nothing
         seed=config["seed"],
         device=config["device"],
@@ -147,7 +147,7 @@ rule ct2dwi_grid:
     output:
         layout.ct2dwi_grid("{grid}"),
     wildcard_constraints:
-        grid="|".join(GRIDS),
+        grid="|".join(("main", *GRIDS)),
     log:
         "logs/ct2dwi_grid_{grid}.log",
     params:

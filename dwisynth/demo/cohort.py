@@ -85,7 +85,9 @@ def plan_demo_cohort(config: dict) -> list[SubjectPlan]:
     stroke = demo["stroke"]
     for center in stroke["centers"]:
         for i in range(stroke["subjects_per_center"]):
-            add(center, stroke["cohort"], "brain", i, "", [], stroke=True)
+            n_test_stroke = stroke.get("test_subjects_per_center", 0)
+            split = ("test" if i < n_test_stroke else "train") if n_test_stroke else ""
+            add(center, stroke["cohort"], "brain", i, split, [], stroke=True)
     return plans
 
 

@@ -154,6 +154,68 @@ def test_a_baselines_own_steps_equalize_the_budget_and_the_ablations_keep_the_pr
                      ("nodwt", "jmmdagan"): 300}
 
 
+def test_guidance_trains_every_network_alike_and_an_unguided_copy_and_seeds_replicate_main_and_ablations():
+    from dwisynth.ct2dwi import ABLATIONS, cell_from_params, cell_params, cell_training
+
+    config = {"ct2dwi": {"methods": ["jmmdagan", "pix2pix", "unet"], "steps": 300, "lr": 5e-4, "seeds": 3,
+                         "guidance": {"lesion_weight": 100, "lesion_oversample": 0.5}},
+              "training": {"lesion_weight": 30, "lesion_oversample": 0.2, "batch_size": 8}}
+    cells = experiment_cells(config, ["strokeA"], ("main", "ablation"))
+    first = [c for c in cells if c.replicate == 0]
+    # per seed: main (guided) and unguided for every method, and one ablation per module
+    assert sorted((c.experiment, c.method, c.guided) for c in first if c.grid == "main") == sorted(
+        [("main", m, True) for m in ("jmmdagan", "pix2pix", "unet")]
+        + [("unguided", m, False) for m in ("jmmdagan", "pix2pix", "unet")])
+    assert {c.experiment for c in first if c.grid == "ablation"} == set(ABLATIONS) and all(
+        c.guided for c in first if c.grid == "ablation")
+    assert len(cells) == 3 * len(first)
+    third = [c for c in cells if c.replicate == 2]
+    assert {c.experiment for c in third} == {f"{c.experiment}_rep3" for c in first}
+    assert {c.setting for c in third} == {c.experiment for c in first}
+    # the same lesion supervision for every guided cell, none for an unguided one; never the multi-b settings
+    for cell in cells:
+        training = cell_training(config, cell)
+        expected = (100.0, 0.5) if cell.guided else (0.0, 0.0)
+        assert (training["lesion_weight"], training["lesion_oversample"]) == expected, cell
+        assert training["batch_size"] == 8
+        assert cell_from_params(cell_params(cell)) == cell
+    # without guidance: no unguided copy (main is unguided) and nothing trains with lesion masks
+    plain = experiment_cells({**config, "ct2dwi": {**config["ct2dwi"], "guidance": {}, "seeds": 1}}, ["strokeA"],
+                             ("main", "ablation"))
+    assert "unguided" not in {c.experiment for c in plain} and not any(c.guided for c in plain)
+
+
+def test_grid_tables_average_each_setting_over_seeds_with_its_spread_and_a_same_seed_difference_to_main():
+    import pandas as pd
+
+    from dwisynth.ct2dwi import grid_summary
+
+    rows = []
+    psnr = {("main", "jmmdagan"): [20.0, 22.0], ("unguided", "jmmdagan"): [19.0, 20.0],
+            ("main", "pix2pix"): [18.0, 18.0], ("nodwt", "jmmdagan"): [19.0, 21.5]}
+    for (setting, method), values in psnr.items():
+        for replicate, value in enumerate(values, 1):
+            for subject, offset in (("SA1", -1.0), ("SB1", 1.0)):  # subject mean = value
+                rows.append({"experiment": setting + (f"_rep{replicate}" if replicate > 1 else ""),
+                             "setting": setting, "replicate": replicate, "method": method, "slice": "volume",
+                             "grid": "ablation" if setting == "nodwt" else "main", "subject": subject,
+                             "lesion_guidance": "no" if setting == "unguided" else "yes", "wavelet": "haar",
+                             "heads": 4, "modules_off": "dwt" if setting == "nodwt" else "", "psnr": value + offset,
+                             **{m: 0.5 for m in ("ssim", "mse", "superpixel_r", "lesion_psnr", "lesion_contrast",
+                                                 "lesion_conspicuity_vs_acquired")}})
+    experiments = pd.DataFrame(rows)
+    main = grid_summary(experiments, "main").set_index(["experiment", "method"])
+    assert set(main.index) == {("main", "jmmdagan"), ("unguided", "jmmdagan"), ("main", "pix2pix")}
+    assert main.loc[("main", "jmmdagan"), "psnr"] == pytest.approx(21.0)
+    assert main.loc[("main", "jmmdagan"), "psnr_sd"] == pytest.approx(np.std([20, 22], ddof=1))
+    assert main.loc[("unguided", "jmmdagan"), "psnr_vs_main"] == pytest.approx(-1.5)  # (-1 - 2) / 2
+    assert (main["seeds"] == 2).all() and (main["n"] == 2).all()
+    ablation = grid_summary(experiments, "ablation").set_index(["experiment", "method"])
+    assert ablation.loc[("nodwt", "jmmdagan"), "psnr_vs_main"] == pytest.approx(-0.75)  # (-1 - 0.5) / 2
+    assert ablation.loc[("main", "jmmdagan"), "psnr_vs_main"] == pytest.approx(0.0)
+    assert ablation.loc[("nodwt", "jmmdagan"), "modules_off"] == "dwt"
+
+
 def test_lesion_metrics_reward_a_faithful_lesion_and_see_an_erased_one():
     _, dwi, brain, lesion = head(2)
     acquired = dwi[..., 1]

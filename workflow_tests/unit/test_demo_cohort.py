@@ -27,6 +27,18 @@ def test_plan_covers_every_vendor_organ_and_stroke(tiny_config):
                                                       "HAabdomen02": "train"}
     sheet = sample_sheet(plans)
     assert len(sheet) == len(plans) + len(stroke)
+    assert all(p.split == "" for p in stroke)  # without stroke.test_subjects_per_center the split decides
+
+
+def test_stroke_test_subjects_per_center_fixes_the_first_subjects_of_each_center_to_test(tiny_config):
+    import copy
+
+    config = copy.deepcopy(tiny_config)
+    config["demo"]["stroke"].update(subjects_per_center=3, test_subjects_per_center=2)
+    stroke = [p for p in plan_demo_cohort(config) if p.stroke]
+    for center in {p.center for p in stroke}:
+        splits = [p.split for p in sorted(stroke, key=lambda p: p.subject) if p.center == center]
+        assert splits == ["test", "test", "train"], (center, splits)
 
 
 def test_same_seed_gives_same_subject(tiny_config):

@@ -146,8 +146,9 @@ def test_report_tables_show_a_dash_where_a_method_has_no_value(tmp_path):
     ct = summary.assign(task="ct2dwi")
     ct = pd.concat([ct, ct[ct["metric"] == "psnr"].assign(metric="lesion_psnr", method="cdwi")])
     grid = tmp_path / "ablation.tsv"
-    pd.DataFrame({"cell": ["no_wavelet", "no_attention"], "psnr_vs_main": [-0.4, np.nan]}).to_csv(grid, sep="\t",
-                                                                                                 index=False)
+    pd.DataFrame({"experiment": ["nodwt", "noedge"], "method": "jmmdagan", "lesion_guidance": "yes",
+                  "modules_off": ["dwt", "edge_attention"], "n": 2, "seeds": 1, "psnr": [16.1, 16.3],
+                  "psnr_sd": np.nan, "psnr_vs_main": [-0.4, np.nan]}).to_csv(grid, sep="\t", index=False)
     section = ct2dwi_section(ct, [], {"ablation": str(grid)}, tmp_path / "figures")
     assert section.count(MISSING) >= 2 and "NaN" not in section and "nan" not in section
 

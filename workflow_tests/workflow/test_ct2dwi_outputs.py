@@ -10,7 +10,8 @@ import torch
 pytestmark = pytest.mark.workflow
 
 MAIN = ["jmmdagan", "pix2pix", "unet", "noisefree"]
-ABLATIONS = ["nomask", "nodwt", "noadaptive"]
+ABLATIONS = ["nomask", "nodwt", "noedge", "noadaptive"]
+SEEDS = 2  # the tiny config's ct2dwi.seeds
 
 
 def _stroke_split(run, which):
@@ -23,7 +24,8 @@ def test_every_method_and_ablation_writes_b1000_on_the_dwi_grid_for_every_stroke
     assert len(test) == 2 and set(test["center"]) == {"strokeA", "strokeB"}
     for row in test.itertuples():
         reference = nib.load(demo_run / f"results/stroke/preproc/sub-{row.subject}/sub-{row.subject}_desc-norm_dwi.nii.gz")
-        outputs = [("main", m) for m in MAIN] + [(e, "jmmdagan") for e in ABLATIONS]
+        outputs = [("main", m) for m in MAIN] + [("unguided", m) for m in MAIN if m != "noisefree"]
+        outputs += [(e, "jmmdagan") for e in ABLATIONS] + [("nodwt_rep2", "jmmdagan"), ("unguided_rep2", "unet")]
         for experiment, method in outputs:
             stem = demo_run / f"results/stroke/ct2dwi/{experiment}/{method}/sub-{row.subject}/sub-{row.subject}_desc-{method}"
             img = nib.load(f"{stem}_dwi.nii.gz")
@@ -53,8 +55,17 @@ def test_ct2dwi_rows_join_the_metrics_with_lesion_columns(demo_run):
 
 def test_experiment_tables_hold_main_the_ablations_and_both_cross_center_directions(demo_run):
     table = pd.read_csv(demo_run / "results/tables/ct2dwi_experiments.tsv", sep="\t")
-    assert set(table["experiment"]) == {"main", *ABLATIONS, "from_strokeA", "from_strokeB"}
+    replicated = ["main", "unguided", *ABLATIONS]
+    assert set(table["experiment"]) == {*replicated, *(f"{e}_rep2" for e in replicated), "from_strokeA", "from_strokeB"}
     assert set(table.loc[table["experiment"] == "nodwt", "modules_off"]) == {"dwt"}
+    assert set(table.loc[table["experiment"] == "noedge", "modules_off"]) == {"edge_attention"}
+    # the main table: every network guided and unguided, each a mean over both seeds
+    main_table = pd.read_csv(demo_run / "results/tables/ct2dwi_main.tsv", sep="\t")
+    networks = {"jmmdagan", "pix2pix", "unet"}
+    assert {(r.experiment, r.method, r.lesion_guidance) for r in main_table.itertuples()} >= {
+        *(("main", m, "yes") for m in networks), *(("unguided", m, "no") for m in networks)}
+    assert (main_table.loc[main_table["method"].isin(networks), "seeds"] == SEEDS).all()
+    assert main_table.loc[main_table["method"].isin(networks), "psnr_sd"].notna().all()
     cross = pd.read_csv(demo_run / "results/tables/ct2dwi_crosscenter.tsv", sep="\t")
     assert set(cross["train_centers"]) == {"strokeA", "strokeB"}
     assert (cross["n_in_center"] == 1).all() and (cross["n_cross_center"] == 1).all()
@@ -62,6 +73,7 @@ def test_experiment_tables_hold_main_the_ablations_and_both_cross_center_directi
     ablation = pd.read_csv(demo_run / "results/tables/ct2dwi_ablation.tsv", sep="\t")
     main = ablation[(ablation["experiment"] == "main") & (ablation["method"] == "jmmdagan")]
     assert main["psnr_vs_main"].abs().max() < 1e-9
+    assert set(ablation.loc[ablation["grid"] == "ablation", "experiment"]) == set(ABLATIONS)
     compute = pd.read_csv(demo_run / "results/tables/ct2dwi_compute.tsv", sep="\t")
     assert (compute["trained_steps"] == 10).all() and (compute["parameters"] > 0).all()
 
@@ -74,6 +86,12 @@ def test_models_record_their_inputs_and_cross_center_ones_only_their_centers_sub
         assert sorted(s for _, s in record["train_subjects"]) == expected
     main = torch.load(demo_run / "results/models/ct2dwi/main/pix2pix/model.pt", weights_only=True)
     assert main["task"] == "ct2dwi" and main["input_channels"] == ["ct", "ct_brain_mask"]
+    # every network of main trains with the same lesion supervision, unguided with none, a replicate from its seed
+    assert main["lesion_guidance"] == {"lesion_weight": 10.0, "lesion_oversample": 0.5}
+    unguided = torch.load(demo_run / "results/models/ct2dwi/unguided/jmmdagan/model.pt", weights_only=True)
+    assert unguided["lesion_guidance"] == {"lesion_weight": 0.0, "lesion_oversample": 0.0}
+    second = torch.load(demo_run / "results/models/ct2dwi/main_rep2/pix2pix/model.pt", weights_only=True)
+    assert second["seed"] == main["seed"] + 1 and second["replicate"] == 2
     assert main["input_scaling"][0] == {"kind": "hu", "window": [0.0, 80.0]}
     assert sorted(s for _, s in main["train_subjects"]) == sorted(train["subject"])
 
