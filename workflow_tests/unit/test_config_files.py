@@ -53,3 +53,18 @@ def test_a_runs_resolved_config_loads_back_as_the_same_config(tmp_path):
     config = load_config(REPO / "config/demo.yaml")
     write_resolved_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_make_study_is_the_demo_with_three_ct2dwi_seeds_and_nothing_else():
+    """`make study` passes config/demo.yaml then config/demo_study.yaml; Snakemake merges the second into the
+    first. The overlay may only add the comparisons the 30-minute demo leaves out, never change the demo."""
+    from snakemake.utils import update_config
+
+    from dwisynth.config import validate_config
+
+    demo = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    merged = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    update_config(merged, yaml.safe_load((REPO / "config/demo_study.yaml").read_text()))
+    study, plain = validate_config(merged, "study"), validate_config(demo, "demo")
+    assert study["ct2dwi"].pop("seeds") == 3 and plain["ct2dwi"].pop("seeds") == 1
+    assert study == plain
