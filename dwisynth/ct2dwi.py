@@ -80,7 +80,8 @@ class Cell:
     def describe(self, block: dict) -> dict:
         """The columns the experiment tables carry."""
         return {"experiment": self.experiment, "setting": self.setting, "grid": self.grid,
-                "replicate": self.replicate + 1, "lesion_guidance": "yes" if self.guided else "no",
+                "replicate": self.replicate + 1,
+                "lesion_guidance": ("yes" if self.guided else "no") if self.method != TRUTH else "",
                 "train_centers": "+".join(self.train_centers) or "all",
                 "wavelet": block.get("wavelet", "") if self.method == PROPOSED else "",
                 "heads": block.get("heads", "") if self.method == PROPOSED else "",
@@ -537,24 +538,25 @@ def grid_summary(experiments, grid: str):
                 row[f"{metric}_drop"] = row[f"{metric}_in_center"] - row[f"{metric}_cross_center"]
             rows.append(row)
         return pd.DataFrame(rows)
-    chosen = volumes[volumes["grid"].isin([grid, "main"] if grid != "main" else ["main"])]
     keys = ["setting", "grid", "method", "lesion_guidance", "wavelet", "heads", "modules_off"]
-    per_replicate = chosen.groupby([*keys, "replicate"], dropna=False)[scores].agg("mean")
-    subjects = chosen.groupby([*keys, "replicate"], dropna=False).size()
+    volumes[keys[3:]] = volumes[keys[3:]].astype(object).where(volumes[keys[3:]].notna(), "")  # TSV blanks read NaN
+    # a grid's rows and main's (the reference; not the unguided copy, which is main's own comparison)
+    chosen = volumes[(volumes["grid"] == grid) | ((volumes["grid"] == "main") & (volumes["setting"] == "main"))]
+    per_replicate = chosen.groupby([*keys, "replicate"])[scores].mean().reset_index()
+    subjects = chosen.groupby([*keys, "replicate"]).size().to_numpy()
     main = volumes[(volumes["setting"] == "main") & (volumes["method"] == PROPOSED)]
     reference = main.groupby("replicate")[scores].mean()
-    differences = per_replicate.copy()
-    for index in differences.index:
-        replicate = index[-1] if index[-1] in reference.index else (reference.index.min() if len(reference) else None)
-        differences.loc[index, scores] = (per_replicate.loc[index, scores] - reference.loc[replicate, scores]
-                                          if replicate is not None else np.nan)
-    grouped = per_replicate.groupby(level=list(range(len(keys))), dropna=False)
-    summary = grouped.mean()
-    spread = grouped.std(ddof=1).add_suffix("_sd")
-    versus = differences.groupby(level=list(range(len(keys))), dropna=False).mean().add_suffix("_vs_main")
-    counts = pd.DataFrame({"n": subjects.groupby(level=list(range(len(keys))), dropna=False).max(),
-                           "seeds": subjects.groupby(level=list(range(len(keys))), dropna=False).size()})
-    table = pd.concat([counts, summary, spread, versus], axis=1).reset_index().rename(columns={"setting": "experiment"})
+    # each replicate against main's JMMDA-GAN of the same seed (a single-seed grid: main's first seed)
+    same_seed = per_replicate["replicate"].where(per_replicate["replicate"].isin(reference.index),
+                                                 reference.index.min() if len(reference) else np.nan)
+    differences = per_replicate[scores].to_numpy() - reference.reindex(same_seed)[scores].to_numpy()
+    per_replicate = per_replicate.assign(n=subjects, **{f"{m}_vs_main": differences[:, i]
+                                                        for i, m in enumerate(scores)})
+    grouped = per_replicate.groupby(keys, sort=False)
+    table = grouped[scores].mean().join(grouped[scores].std(ddof=1).add_suffix("_sd"))
+    table = table.join(grouped[[f"{m}_vs_main" for m in scores]].mean())
+    table = table.join(grouped["n"].max()).join(grouped.size().rename("seeds")).reset_index()
+    table = table.rename(columns={"setting": "experiment"})
     order = ["experiment", "grid", "method", "lesion_guidance", "wavelet", "heads", "modules_off", "n", "seeds"]
     order += [c for metric in scores for c in (metric, f"{metric}_sd")] + [f"{m}_vs_main" for m in scores]
     return table[order]

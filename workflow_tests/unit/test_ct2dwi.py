@@ -204,6 +204,7 @@ def test_grid_tables_average_each_setting_over_seeds_with_its_spread_and_a_same_
                              **{m: 0.5 for m in ("ssim", "mse", "superpixel_r", "lesion_psnr", "lesion_contrast",
                                                  "lesion_conspicuity_vs_acquired")}})
     experiments = pd.DataFrame(rows)
+    experiments["modules_off"] = experiments["modules_off"].replace("", np.nan)  # as read back from the TSV
     main = grid_summary(experiments, "main").set_index(["experiment", "method"])
     assert set(main.index) == {("main", "jmmdagan"), ("unguided", "jmmdagan"), ("main", "pix2pix")}
     assert main.loc[("main", "jmmdagan"), "psnr"] == pytest.approx(21.0)
