@@ -55,7 +55,7 @@ def test_a_runs_resolved_config_loads_back_as_the_same_config(tmp_path):
     assert load_config(tmp_path / "config.yaml") == config
 
 
-def test_make_study_is_the_demo_with_three_ct2dwi_seeds_and_nothing_else():
+def test_make_study_only_adds_methods_ablations_and_seeds_to_the_demo():
     """`make study` passes config/demo.yaml then config/demo_study.yaml; Snakemake merges the second into the
     first. The overlay may only add the comparisons the 30-minute demo leaves out, never change the demo."""
     from snakemake.utils import update_config
@@ -67,4 +67,7 @@ def test_make_study_is_the_demo_with_three_ct2dwi_seeds_and_nothing_else():
     update_config(merged, yaml.safe_load((REPO / "config/demo_study.yaml").read_text()))
     study, plain = validate_config(merged, "study"), validate_config(demo, "demo")
     assert study["ct2dwi"].pop("seeds") == 3 and plain["ct2dwi"].pop("seeds") == 1
+    assert study["ct2dwi"].pop("grids") == ["ablation"] and plain["ct2dwi"].pop("grids") == []
+    study_methods, demo_methods = study.pop("methods"), plain.pop("methods")
+    assert set(study_methods) == set(demo_methods) | {"mineganfewshot", "bcond"}  # every demo method stays
     assert study == plain
