@@ -51,7 +51,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/synthesis.py
 	$(BIN)/python bench/quality.py --organ abdomen --long & pid=$$!; $(BIN)/python bench/quality.py --organ brain --long && wait $$pid
 	$(BIN)/python bench/quality.py --summary
-	$(BIN)/python bench/ct2dwi_lesion.py --lesion-weights 0,30,100 --oversample 0,0.5
+	$(BIN)/python bench/ct2dwi_lesion.py --lesion-weights 0,0.3,1 --oversample 0,0.5
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/summary.py

@@ -1,6 +1,6 @@
 """CT -> DWI lesion fidelity on train-split subjects only: choose ct2dwi.guidance without the test split.
 
-Usage: .venv/bin/python bench/ct2dwi_lesion.py [RUN_DIR] [--lesion-weights 0,10,30,100]
+Usage: .venv/bin/python bench/ct2dwi_lesion.py [RUN_DIR] [--lesion-weights 0,0.1,0.3,1]
                                                [--oversample 0,0.5] [--baselines pix2pix,unet] [--steps N]
        (RUN_DIR defaults to this checkout, after `make demo`)
 
@@ -49,7 +49,7 @@ def folds(train: list[dict]) -> list[list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", nargs="?", default=Path(__file__).resolve().parents[1], type=Path)
-    parser.add_argument("--lesion-weights", default="0,10,30,100")
+    parser.add_argument("--lesion-weights", default="0,0.1,0.3,1")
     parser.add_argument("--oversample", default="0", help="lesion oversampling shares (ct2dwi.guidance)")
     parser.add_argument("--baselines", default="pix2pix", help="methods besides JMMDA-GAN, at every setting")
     parser.add_argument("--steps", type=int, default=None, help="default: the run's ct2dwi.steps")

@@ -148,13 +148,19 @@ class Network(nn.Module, ABC):
 
     def add_lesion_l1(self, losses: dict, total: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
                       present: torch.Tensor | None, lesion: torch.Tensor | None) -> torch.Tensor:
-        """total + training.lesion_weight x L1 inside the lesion mask (acquired channels), logged as lesion_l1;
-        total unchanged when the weight is 0 or the batch carries no lesion mask. Every network calls it on its
-        paired prediction, so the lesion supervision of a comparison is one setting for all of its networks."""
+        """total + training.lesion_weight x the network's voxel-L1 weight x L1 inside the lesion mask (acquired
+        channels), logged as lesion_l1; total unchanged when the weight is 0 or the batch carries no lesion mask.
+        Every network calls it on its paired prediction, and the weight is relative to its own voxel L1, so the
+        lesion supervision of a comparison is one setting that weighs the lesion against the image alike in all
+        of its networks (a GAN's L1 at 100 and an L1-only U-Net's at 1)."""
         if not self.lesion_weight or lesion is None:
             return total
         losses["lesion_l1"] = lesion_l1(pred, target, present, lesion)
-        return total + self.lesion_weight * losses["lesion_l1"]
+        return total + self.lesion_weight * self.voxel_l1_weight() * losses["lesion_l1"]
+
+    def voxel_l1_weight(self) -> float:
+        """The weight of the network's voxel L1 term in its generator loss (the scale of training.lesion_weight)."""
+        return 1.0
 
     @abstractmethod
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

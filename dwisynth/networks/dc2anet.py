@@ -119,6 +119,9 @@ class DC2Anet(Network):
             self.perceptual = PerceptualLoss(c.perceptual_weights or "")
 
     # --- trainer hooks -------------------------------------------------------------------
+    def voxel_l1_weight(self) -> float:
+        return float(self.config.weights.voxel)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generators": [*self.G.parameters(), *self.F.parameters()],
                 "discriminators": [*self.D_high.parameters(), *self.D_low.parameters()]}

@@ -333,6 +333,9 @@ class JMMDAGAN(Network):
         """What the discriminator is conditioned on: CT and mask, or the CT alone without mask fusion."""
         return x if self.config.mask_fusion else x[:, :-1]
 
+    def voxel_l1_weight(self) -> float:
+        return float(self.config.weights.l1)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.G.parameters()), "discriminator": list(self.D.parameters())}
 

@@ -422,6 +422,9 @@ class MineGAN(Network):
             s.miner.requires_grad_(self._trains("miner", phase))
 
     # --- trainer hooks -------------------------------------------------------------------
+    def voxel_l1_weight(self) -> float:
+        return float(self.config.weights.voxel)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         s = self.synthesizer
         groups = {"generator": [*s.G.parameters(), *s.embed.parameters()], "discriminator": list(self.D.parameters())}

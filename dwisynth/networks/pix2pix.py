@@ -94,6 +94,9 @@ class Pix2Pix(UNetNetwork):
         self.G = unet_generator(n_inputs, n_targets, config.ngf, config.levels, config.norm, config.upsample)
         self.D = patch_discriminator(n_inputs + 1, n_targets, config.ndf)
 
+    def voxel_l1_weight(self) -> float:
+        return float(self.config.l1_weight)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.G.parameters()), "discriminator": list(self.D.parameters())}
 
@@ -159,4 +162,4 @@ class UNetL1(UNetNetwork):
         optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         optimizers["generator"].step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {**{k: float(v.detach()) for k, v in losses.items()}, "g_total": float(total.detach())}

@@ -158,8 +158,8 @@ def test_guidance_trains_every_network_alike_and_an_unguided_copy_and_seeds_repl
     from dwisynth.ct2dwi import ABLATIONS, cell_from_params, cell_params, cell_training
 
     config = {"ct2dwi": {"methods": ["jmmdagan", "pix2pix", "unet"], "steps": 300, "lr": 5e-4, "seeds": 3,
-                         "guidance": {"lesion_weight": 100, "lesion_oversample": 0.5}},
-              "training": {"lesion_weight": 30, "lesion_oversample": 0.2, "batch_size": 8}}
+                         "guidance": {"lesion_weight": 1.0, "lesion_oversample": 0.5}},
+              "training": {"lesion_weight": 0.3, "lesion_oversample": 0.2, "batch_size": 8}}
     cells = experiment_cells(config, ["strokeA"], ("main", "ablation"))
     first = [c for c in cells if c.replicate == 0]
     # per seed: main (guided) and unguided for every method, and one ablation per module
@@ -175,7 +175,7 @@ def test_guidance_trains_every_network_alike_and_an_unguided_copy_and_seeds_repl
     # the same lesion supervision for every guided cell, none for an unguided one; never the multi-b settings
     for cell in cells:
         training = cell_training(config, cell)
-        expected = (100.0, 0.5) if cell.guided else (0.0, 0.0)
+        expected = (1.0, 0.5) if cell.guided else (0.0, 0.0)
         assert (training["lesion_weight"], training["lesion_oversample"]) == expected, cell
         assert training["batch_size"] == 8
         assert cell_from_params(cell_params(cell)) == cell

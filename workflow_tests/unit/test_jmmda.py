@@ -182,8 +182,27 @@ def test_output_covers_a_padded_slice_in_the_tanh_range():
 
 def test_lesion_weight_adds_a_positive_lesion_term_only_when_masks_exist():
     model = build_network("jmmdagan", TINY, 2, 1, seed=0)
-    model.lesion_weight = 5.0  # training.lesion_weight, which the trainer sets on every network alike
+    model.lesion_weight = 0.05  # training.lesion_weight, which the trainer sets on every network alike
     optimizers = adam_like_the_trainer(model)
     losses = model.training_step(stroke_batch(lesion=True), optimizers, torch.Generator(), 0)
     assert losses["lesion_l1"] > 0
     assert "lesion_l1" not in model.training_step(stroke_batch(), optimizers, torch.Generator(), 1)
+
+
+def test_the_lesion_weight_weighs_the_lesion_against_each_networks_own_voxel_l1():
+    """One guidance setting for a comparison: JMMDA-GAN and pix2pix weigh their voxel L1 at 100, the L1 U-Net at 1,
+    so lesion_weight scales each network's lesion term by its own voxel weight: the same lesion-to-image balance."""
+    blocks = {"jmmdagan": TINY, "pix2pix": {"ngf": 8, "ndf": 8, "levels": 3, "lr": 1e-3},
+              "unet": {"ngf": 8, "levels": 3, "lr": 1e-3}}
+    expected_voxel = {"jmmdagan": 100.0, "pix2pix": 100.0, "unet": 1.0}
+    batch = stroke_batch(lesion=True)
+    for method, block in blocks.items():
+        totals = {}
+        for weight in (0.0, 0.5):
+            model = build_network(method, block, 2, 1, seed=0)
+            model.lesion_weight = weight
+            losses = model.training_step(batch, adam_like_the_trainer(model), torch.Generator().manual_seed(0), 0)
+            totals[weight] = (losses["g_total"], losses.get("lesion_l1"))
+        assert model.voxel_l1_weight() == expected_voxel[method]
+        (base, _), (guided, lesion) = totals[0.0], totals[0.5]
+        assert lesion > 0 and guided == pytest.approx(base + 0.5 * expected_voxel[method] * lesion, rel=1e-5), method

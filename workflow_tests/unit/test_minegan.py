@@ -465,11 +465,13 @@ def test_training_lesion_weight_adds_the_lesion_term_at_the_b_each_item_is_train
                   lesion=torch.zeros(4, *inputs.shape[2:], dtype=torch.bool))
     batch.lesion[:, 8:12, 8:12] = True
     totals = {}
-    for weight in (0.0, 20.0):
+    for weight in (0.0, 0.2):
         model = prepared_minegan(models)
         config = TrainerConfig(steps=model.training_steps(), batch_size=4, crop=24, seed=5, device="cpu",
                                progress=False, validation_subjects=0, lesion_weight=weight)
         trainer = Trainer(model, data, config, tmp_path / str(weight), {"method": "minegan"})
         totals[weight] = model.training_step(batch, trainer.optimizers, torch.Generator().manual_seed(3), 0)
-    assert "lesion_l1" not in totals[0.0] and totals[20.0]["lesion_l1"] > 0
-    assert totals[20.0]["g_total"] == pytest.approx(totals[0.0]["g_total"] + 20.0 * totals[20.0]["lesion_l1"], rel=1e-5)
+    voxel = model.voxel_l1_weight()
+    assert "lesion_l1" not in totals[0.0] and totals[0.2]["lesion_l1"] > 0
+    assert totals[0.2]["g_total"] == pytest.approx(totals[0.0]["g_total"] + 0.2 * voxel * totals[0.2]["lesion_l1"],
+                                                   rel=1e-5)

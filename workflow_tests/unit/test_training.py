@@ -847,22 +847,24 @@ def test_lesion_l1_is_the_mean_error_over_lesion_voxels_of_acquired_channels():
 
 @pytest.mark.parametrize("method", ["dc2anet", "pix2pix"])
 def test_training_lesion_weight_adds_one_lesion_term_to_every_multib_network(cohort, method):
-    """training.lesion_weight is a trainer setting each network adds alike: total = total without it + w x lesion L1
-    (same initial weights), and nothing without a lesion mask in the batch."""
+    """training.lesion_weight is a trainer setting each network adds alike, relative to its own voxel L1: total =
+    total without it + w x voxel weight x lesion L1 (same initial weights); nothing without a lesion mask."""
     batch = fixed_batch(cohort)
     batch.lesion = torch.zeros(len(batch.inputs), *batch.inputs.shape[2:], dtype=torch.bool)
     batch.lesion[:, 10:14, 12:15] = True
     runs = {}
-    for weight in (0.0, 50.0):
+    for weight in (0.0, 0.5):
         trainer = tiny_trainer(cohort, method, cohort["root"] / f"lesion_weight_{method}_{weight}",
                                validation_subjects=0, lesion_weight=weight)
         assert trainer.model.lesion_weight == weight
         runs[weight] = trainer.model.training_step(batch, trainer.optimizers, torch.Generator().manual_seed(0), 0)
-    assert "lesion_l1" not in runs[0.0] and runs[50.0]["lesion_l1"] > 0
-    assert runs[50.0]["g_total"] == pytest.approx(runs[0.0]["g_total"] + 50.0 * runs[50.0]["lesion_l1"], rel=1e-5)
+    voxel = trainer.model.voxel_l1_weight()
+    assert voxel == 100.0  # both networks' default voxel L1
+    assert "lesion_l1" not in runs[0.0] and runs[0.5]["lesion_l1"] > 0
+    assert runs[0.5]["g_total"] == pytest.approx(runs[0.0]["g_total"] + 0.5 * voxel * runs[0.5]["lesion_l1"], rel=1e-5)
     batch.lesion = None
     trainer = tiny_trainer(cohort, method, cohort["root"] / f"lesion_weight_{method}_none", validation_subjects=0,
-                           lesion_weight=50.0)
+                           lesion_weight=0.5)
     assert "lesion_l1" not in trainer.model.training_step(batch, trainer.optimizers, torch.Generator(), 0)
 
 

@@ -87,7 +87,7 @@ def test_models_record_their_inputs_and_cross_center_ones_only_their_centers_sub
     main = torch.load(demo_run / "results/models/ct2dwi/main/pix2pix/model.pt", weights_only=True)
     assert main["task"] == "ct2dwi" and main["input_channels"] == ["ct", "ct_brain_mask"]
     # every network of main trains with the same lesion supervision, unguided with none, a replicate from its seed
-    assert main["lesion_guidance"] == {"lesion_weight": 10.0, "lesion_oversample": 0.5}
+    assert main["lesion_guidance"] == {"lesion_weight": 0.1, "lesion_oversample": 0.5}
     unguided = torch.load(demo_run / "results/models/ct2dwi/unguided/jmmdagan/model.pt", weights_only=True)
     assert unguided["lesion_guidance"] == {"lesion_weight": 0.0, "lesion_oversample": 0.0}
     second = torch.load(demo_run / "results/models/ct2dwi/main_rep2/pix2pix/model.pt", weights_only=True)
