@@ -540,8 +540,11 @@ def grid_summary(experiments, grid: str):
         return pd.DataFrame(rows)
     keys = ["setting", "grid", "method", "lesion_guidance", "wavelet", "heads", "modules_off"]
     volumes[keys[3:]] = volumes[keys[3:]].astype(object).where(volumes[keys[3:]].notna(), "")  # TSV blanks read NaN
-    # a grid's rows and main's (the reference; not the unguided copy, which is main's own comparison)
-    chosen = volumes[(volumes["grid"] == grid) | ((volumes["grid"] == "main") & (volumes["setting"] == "main"))]
+    # main: main and its unguided copy; another grid: its rows and the reference, main's JMMDA-GAN
+    if grid == "main":
+        chosen = volumes[volumes["grid"] == "main"]
+    else:
+        chosen = volumes[(volumes["grid"] == grid) | ((volumes["setting"] == "main") & (volumes["method"] == PROPOSED))]
     per_replicate = chosen.groupby([*keys, "replicate"])[scores].mean().reset_index()
     subjects = chosen.groupby([*keys, "replicate"]).size().to_numpy()
     main = volumes[(volumes["setting"] == "main") & (volumes["method"] == PROPOSED)]
