@@ -29,38 +29,44 @@ class Tissue:
     pseudo_diffusion: float = 30.0
     hu: float | None = 40.0  # None: the HU of the tissue it replaces, plus hu_offset
     hu_offset: float = 0.0
+    kurtosis: float = 0.0  # diffusional kurtosis K of the tissue term (0: free water)
 
 
+# Kurtosis K (mean kurtosis, rounded from the reported ranges; README, demo cohort): brain WM about 1, GM 0.7-0.8
+# (Jensen 2005), high-grade glioma about 0.7 (Van Cauter 2012), acute infarct raised to about 1.2 (Hui 2012);
+# breast malignant about 0.9 against benign 0.6 (Sun 2015); liver about 0.8 (Rosenkrantz 2012, liver), kidney
+# about 0.6 (Pentang 2014); head-and-neck SCC about 0.9, lymphoma higher (Jansen 2010); prostate tumour about 1
+# against benign peripheral zone 0.6 and transition zone 0.7 (Rosenkrantz 2012, prostate). Fluids: 0.
 TISSUES: dict[str, Tissue] = {
     # brain (IVIM fraction small in brain)
-    "cortical_gm": Tissue(1, 1.00, 0.89, 0.05, 10.0, hu=40),
-    "deep_gm": Tissue(2, 0.95, 0.75, 0.04, 10.0, hu=38),
-    "wm": Tissue(3, 0.80, 0.70, 0.03, 10.0, hu=25),
-    "csf": Tissue(4, 2.00, 3.20, 0.0, 10.0, hu=8),
-    "brain_tumour": Tissue(5, 1.30, 0.80, 0.06, 10.0, hu=35),
+    "cortical_gm": Tissue(1, 1.00, 0.89, 0.05, 10.0, hu=40, kurtosis=0.75),
+    "deep_gm": Tissue(2, 0.95, 0.75, 0.04, 10.0, hu=38, kurtosis=0.8),
+    "wm": Tissue(3, 0.80, 0.70, 0.03, 10.0, hu=25, kurtosis=1.0),
+    "csf": Tissue(4, 2.00, 3.20, 0.0, 10.0, hu=8, kurtosis=0.0),
+    "brain_tumour": Tissue(5, 1.30, 0.80, 0.06, 10.0, hu=35, kurtosis=0.7),
     # early infarct on CT: 2-5 HU below the parenchyma it replaces (why CT misses it)
-    "acute_infarct": Tissue(6, 1.05, 0.60, 0.02, 10.0, hu=None, hu_offset=-4.0),
+    "acute_infarct": Tissue(6, 1.05, 0.60, 0.02, 10.0, hu=None, hu_offset=-4.0, kurtosis=1.2),
     # breast (fat suppressed, so fat has little signal)
-    "fat": Tissue(10, 0.10, 0.20, 0.0, 30.0, hu=-100),
-    "fibroglandular": Tissue(11, 1.00, 1.92, 0.08, 30.0, hu=30),
-    "breast_malignant": Tissue(12, 1.20, 1.03, 0.10, 30.0, hu=45),
-    "breast_benign": Tissue(13, 1.30, 1.50, 0.08, 30.0, hu=40),
-    "muscle": Tissue(14, 0.55, 1.45, 0.06, 30.0, hu=50),
+    "fat": Tissue(10, 0.10, 0.20, 0.0, 30.0, hu=-100, kurtosis=0.0),
+    "fibroglandular": Tissue(11, 1.00, 1.92, 0.08, 30.0, hu=30, kurtosis=0.5),
+    "breast_malignant": Tissue(12, 1.20, 1.03, 0.10, 30.0, hu=45, kurtosis=0.9),
+    "breast_benign": Tissue(13, 1.30, 1.50, 0.08, 30.0, hu=40, kurtosis=0.6),
+    "muscle": Tissue(14, 0.55, 1.45, 0.06, 30.0, hu=50, kurtosis=0.6),
     # abdomen: IVIM perfusion is real in liver, kidney, spleen
-    "liver": Tissue(20, 0.70, 1.28, 0.25, 50.0, hu=60),
-    "kidney": Tissue(21, 1.10, 1.94, 0.20, 40.0, hu=35),
-    "spleen": Tissue(22, 1.10, 0.85, 0.15, 40.0, hu=45),
-    "pancreas": Tissue(23, 0.90, 1.60, 0.15, 40.0, hu=40),
-    "liver_metastasis": Tissue(24, 1.00, 1.00, 0.08, 40.0, hu=45),
+    "liver": Tissue(20, 0.70, 1.28, 0.25, 50.0, hu=60, kurtosis=0.8),
+    "kidney": Tissue(21, 1.10, 1.94, 0.20, 40.0, hu=35, kurtosis=0.6),
+    "spleen": Tissue(22, 1.10, 0.85, 0.15, 40.0, hu=45, kurtosis=0.8),
+    "pancreas": Tissue(23, 0.90, 1.60, 0.15, 40.0, hu=40, kurtosis=0.7),
+    "liver_metastasis": Tissue(24, 1.00, 1.00, 0.08, 40.0, hu=45, kurtosis=0.9),
     # neck
-    "spinal_cord": Tissue(30, 0.90, 1.10, 0.03, 20.0, hu=35),
-    "neck_scc": Tissue(31, 1.15, 0.87, 0.08, 30.0, hu=45),
-    "lymphoma_node": Tissue(32, 1.25, 0.60, 0.05, 30.0, hu=45),
+    "spinal_cord": Tissue(30, 0.90, 1.10, 0.03, 20.0, hu=35, kurtosis=0.9),
+    "neck_scc": Tissue(31, 1.15, 0.87, 0.08, 30.0, hu=45, kurtosis=0.9),
+    "lymphoma_node": Tissue(32, 1.25, 0.60, 0.05, 30.0, hu=45, kurtosis=1.1),
     # pelvis
-    "urine": Tissue(40, 2.20, 3.00, 0.0, 30.0, hu=5),
-    "prostate_pz": Tissue(41, 1.00, 1.80, 0.08, 30.0, hu=40),
-    "prostate_tz": Tissue(42, 0.85, 1.34, 0.08, 30.0, hu=40),
-    "prostate_tumour": Tissue(43, 0.95, 0.98, 0.06, 30.0, hu=42),
+    "urine": Tissue(40, 2.20, 3.00, 0.0, 30.0, hu=5, kurtosis=0.0),
+    "prostate_pz": Tissue(41, 1.00, 1.80, 0.08, 30.0, hu=40, kurtosis=0.6),
+    "prostate_tz": Tissue(42, 0.85, 1.34, 0.08, 30.0, hu=40, kurtosis=0.7),
+    "prostate_tumour": Tissue(43, 0.95, 0.98, 0.06, 30.0, hu=42, kurtosis=1.0),
 }
 
 LESION_TISSUES = {"brain_tumour", "acute_infarct", "breast_malignant", "breast_benign",
@@ -273,7 +279,8 @@ def calibrated_diffusivity(tissue: str, fit_bvals: tuple[float, ...]) -> float:
     """The IVIM D (x10^-3 mm²/s) whose noise-free signal, fitted mono-exponentially on fit_bvals
     with the workflow's own ADC fit, reads the tissue's literature (apparent) ADC.
 
-    Perfusion raises the apparent ADC above D, most when the b-set holds low b-values.
+    Perfusion raises the apparent ADC above D, most when the b-set holds low b-values; kurtosis lowers it,
+    most when the b-set reaches high b-values.
     """
     from scipy.optimize import brentq
 
@@ -283,15 +290,16 @@ def calibrated_diffusivity(tissue: str, fit_bvals: tuple[float, ...]) -> float:
     b = np.asarray(fit_bvals, float)
 
     def apparent(d):
-        signal = ivim_signal(1.0, d, b, t.perfusion_fraction, t.pseudo_diffusion)[None]
+        signal = ivim_signal(1.0, d, b, t.perfusion_fraction, t.pseudo_diffusion, t.kurtosis)[None]
         return float(fit_adc(signal, b, max_adc=np.inf)[0])
 
-    return float(brentq(lambda d: apparent(d) - t.adc, 1e-4, 2.0 * t.adc + 1.0, xtol=1e-7))
+    return float(brentq(lambda d: apparent(d) - t.adc, 1e-4, 3.0 * t.adc + 1.0, xtol=1e-7))
 
 
 def mixture_signal(fractions: dict[str, np.ndarray], bvals, fit_bvals) -> np.ndarray:
     """Noise-free S(b) of each voxel, relative S0 units: the sum over its tissues of
-    fraction x S0 x [f exp(-b D*) + (1 - f) exp(-b D)], with D calibrated on fit_bvals.
+    fraction x S0 x [f exp(-b D*) + (1 - f) exp(-b D + b² D² K / 6)] (`diffusion.ivim_signal`), with D
+    calibrated on fit_bvals.
     Returns (*shape, n_b)."""
     from dwisynth.diffusion import ivim_signal
 
@@ -301,15 +309,16 @@ def mixture_signal(fractions: dict[str, np.ndarray], bvals, fit_bvals) -> np.nda
     for name, frac in fractions.items():
         t = TISSUES[name]
         compartment = ivim_signal(t.s0, calibrated_diffusivity(name, key), bvals, t.perfusion_fraction,
-                                  t.pseudo_diffusion)
+                                  t.pseudo_diffusion, t.kurtosis)
         signal += np.asarray(frac)[..., None] * compartment
     return signal
 
 
 def tissue_maps(fractions: dict[str, np.ndarray], fit_bvals) -> dict[str, np.ndarray]:
-    """Per-voxel S0, the IVIM parameters (D, f, D*), HU and the dominant label from tissue fractions.
+    """Per-voxel S0, the IVIM parameters (D, f, D*), the kurtosis K, HU and the dominant label from tissue
+    fractions.
 
-    D, f and D* of a mixed voxel are S0-weighted means, a description only: its signal is
+    D, f, D* and K of a mixed voxel are S0-weighted means, a description only: its signal is
     the sum of compartments (`mixture_signal`), and its apparent ADC is fitted from that.
     HU is fraction-weighted; a tissue without its own HU (hu=None) is left to `ct_hu`.
     """
@@ -319,6 +328,7 @@ def tissue_maps(fractions: dict[str, np.ndarray], fit_bvals) -> dict[str, np.nda
     d = np.zeros(shape)
     f = np.zeros(shape)
     dstar = np.zeros(shape)
+    kurtosis = np.zeros(shape)
     hu = np.zeros(shape)
     total = np.zeros(shape)
     best = np.zeros(shape)
@@ -330,6 +340,7 @@ def tissue_maps(fractions: dict[str, np.ndarray], fit_bvals) -> dict[str, np.nda
         d += w * calibrated_diffusivity(name, key)
         f += w * t.perfusion_fraction
         dstar += w * t.pseudo_diffusion
+        kurtosis += w * t.kurtosis
         if t.hu is not None:
             hu += frac * t.hu
         total += frac
@@ -337,10 +348,10 @@ def tissue_maps(fractions: dict[str, np.ndarray], fit_bvals) -> dict[str, np.nda
         label[better & (frac > 0.5)] = t.label
         best = np.maximum(best, frac)
     with np.errstate(invalid="ignore", divide="ignore"):
-        for arr in (d, f, dstar):
+        for arr in (d, f, dstar, kurtosis):
             arr /= np.where(s0 > 0, s0, 1)
             arr[total < 1e-3] = 0.0  # background has no tissue parameters
-    return {"s0": s0, "d": d, "f": f, "dstar": dstar, "hu": hu, "tissue_fraction": total,
+    return {"s0": s0, "d": d, "f": f, "dstar": dstar, "kurtosis": kurtosis, "hu": hu, "tissue_fraction": total,
             "purity": best, "label": label}
 
 

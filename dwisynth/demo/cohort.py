@@ -264,6 +264,7 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
     _save(sim.maps["d"], sim.grid, Path(f"{stem}_desc-truth_ivimd.nii.gz"))
     _save(sim.maps["f"], sim.grid, Path(f"{stem}_desc-truth_ivimf.nii.gz"))
     _save(sim.maps["dstar"], sim.grid, Path(f"{stem}_desc-truth_ivimdstar.nii.gz"))
+    _save(sim.maps["kurtosis"], sim.grid, Path(f"{stem}_desc-truth_kurtosis.nii.gz"))
     _save(sim.maps["purity"], sim.grid, Path(f"{stem}_desc-purity_probseg.nii.gz"))
     _save(sim.maps["label"], sim.grid, Path(f"{stem}_dseg.nii.gz"), dtype=np.int16)
     _save(sim.organ_mask, sim.grid, Path(f"{stem}_desc-organ_mask.nii.gz"), dtype=np.uint8)
@@ -274,6 +275,8 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
         "cohort": plan.cohort, "center": plan.center, "organ": plan.organ, "vendor": plan.vendor,
         "acquired_bvals": plan.bvals, "noise_sigma": sim.sigma, "snr": plan.snr, "scale": plan.scale,
         "split": plan.split, "adc_units": "1e-3 mm2/s", "adc_fit_bvals": sim.fit_bvals,
+        "signal_model": "per tissue S0 [f exp(-b D*) + (1 - f) exp(-b D + b^2 D^2 K / 6)], the log-signal "
+                        "continued on its tangent beyond b = 3 / (2 D K) (dwisynth.diffusion.kurtosis_decay)",
     }
     if plan.stroke:
         _save(sim.ct_noise_free, sim.grid, Path(f"{stem}_desc-truth_ct.nii.gz"))
@@ -283,7 +286,7 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
 
 def write_tissue_table(root: Path) -> None:
     rows = [{"index": t.label, "name": name, "s0": t.s0, "adc": t.adc, "ivim_f": t.perfusion_fraction,
-             "ivim_dstar": t.pseudo_diffusion, "hu": t.hu if t.hu is not None else f"parenchyma{t.hu_offset:+g}"}
+             "ivim_dstar": t.pseudo_diffusion, "kurtosis": t.kurtosis, "hu": t.hu if t.hu is not None else f"parenchyma{t.hu_offset:+g}"}
             for name, t in TISSUES.items()]
     pd.DataFrame(rows).to_csv(root / "dseg.tsv", sep="\t", index=False)
 

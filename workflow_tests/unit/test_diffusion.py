@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from dwisynth.diffusion import (adc_fit_bvalues, fit_adc, fit_mono_exponential, ivim_signal, noise_sigma_background,
-                                noise_sigma_repeats, trace_average)
+from dwisynth.diffusion import (adc_fit_bvalues, fit_adc, fit_mono_exponential, ivim_signal, kurtosis_decay,
+                                noise_sigma_background, noise_sigma_repeats, trace_average)
 
 
 def test_adc_recovers_truth_on_noise_free_phantom():
@@ -143,3 +143,32 @@ def test_samples_quantized_to_zero_get_no_weight():
     signal = ivim_signal(np.full(50, 1.0), 1.0, bvals)
     signal[:, -2:] = np.where(np.arange(50)[:, None] % 2 == 0, 0.0, signal[:, -2:])
     assert np.allclose(fit_adc(signal, bvals), 1.0, atol=1e-6)
+
+
+def test_kurtosis_decay_is_the_dki_form_in_range_and_keeps_decaying_beyond():
+    d, k = 1.0, 1.0  # b_K = 3 / (2 D K) = 1500 s/mm²
+    b = np.arange(0.0, 5001.0, 25.0)
+    signal = kurtosis_decay(d, b, k)
+    x = b * 1e-3 * d
+    inside = b <= 1500
+    assert np.allclose(signal[inside], np.exp(-x + x**2 * k / 6)[inside], rtol=1e-12)
+    assert np.all(np.diff(signal) < 0)  # the quadratic form rises again from b = 3000
+    log_s = np.log(signal)
+    slope_before, slope_after = (log_s[60] - log_s[59]) / 25, (log_s[61] - log_s[60]) / 25  # b 1475-1500-1525
+    assert abs(slope_after - slope_before) < 1e-5 and abs(slope_after + d * 1e-3 / 2) < 1e-5  # tangent -D/2
+    assert np.allclose(kurtosis_decay(0.8, b, 0.0), np.exp(-b * 0.8e-3), rtol=1e-12)  # K = 0: mono-exponential
+
+
+def test_log_linear_reading_errs_by_the_kurtosis_curvature():
+    """Between or beyond b1 and b2 the log-linear reading of exp(-bD + b²D²K/6) errs in ln S by exactly
+    -D²K/6 (b - b1)(b - b2) (within b_K): under 0.1% at 850 between 800 and 1000, 11% at 2000 from them (white
+    matter, D 0.75, K 1)."""
+    d, k = 0.75, 1.0  # b_K = 2000
+    b1, b2 = 800.0, 1000.0
+    s1, s2 = kurtosis_decay(d, np.array([b1, b2]), k)
+    errors = {}
+    for b in (850.0, 1500.0, 2000.0):
+        reading = np.exp(np.log(s1) + (b - b1) / (b2 - b1) * (np.log(s2) - np.log(s1)))
+        errors[b] = np.log(reading) - np.log(kurtosis_decay(d, np.array([b]), k)[0])
+        assert np.isclose(errors[b], -(d * 1e-3) ** 2 * k / 6 * (b - b1) * (b - b2), rtol=1e-9)
+    assert abs(errors[850.0]) < 1e-3 and errors[2000.0] < -0.1
