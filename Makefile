@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/brain_masking.py
 	$(BIN)/python bench/conversion.py
 	$(BIN)/python bench/adc.py
+	$(BIN)/python bench/heldout_b_truth.py
 	$(BIN)/python bench/synthesis.py
 	$(BIN)/python bench/quality.py --organ abdomen --long & pid=$$!; $(BIN)/python bench/quality.py --organ brain --long && wait $$pid
 	$(BIN)/python bench/quality.py --summary

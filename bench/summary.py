@@ -96,6 +96,17 @@ def ct2dwi(rows):
     return True
 
 
+def heldout_b(rows):
+    table = read("heldout_b_truth.tsv")
+    if table is None:
+        return False
+    for b, part in table.groupby("b_value"):
+        error = part[["loglinear_error", "cdwi_error"]].abs()
+        rows.append(("held-out b truth", f"b {b:g}: largest |error| over demo tissues, log-linear / cDWI",
+                     error["loglinear_error"].max(), error["cdwi_error"].max()))
+    return True
+
+
 def scale(rows):
     table = read("scale.tsv")
     if table is None:
@@ -194,6 +205,7 @@ def main() -> None:
     missing = [name for name, fill in (("bench/preprocess.py", preprocess), ("bench/conversion.py", conversion),
                                        ("bench/adc.py", adc), ("bench/synthesis.py", synthesis),
                                        ("bench/quality.py", quality), ("bench/ct2dwi_lesion.py", ct2dwi),
+                                       ("bench/heldout_b_truth.py", heldout_b),
                                        ("bench/scale.py", scale), ("bench/viewer.py", viewer)) if not fill(rows)]
     table = pd.DataFrame(rows, columns=["benchmark", "measure", "value", "second_value"])
     machine_label, commit_label = machine(), commit()

@@ -201,7 +201,28 @@ def validate_config(config: dict, source: str = "config") -> dict:
     if overlap:
         raise ConfigError(f"{source}: bvalues.heldout {sorted(overlap)} also appear in inputs/targets; "
                           "a held-out b-value must never be trained on")
+    _check_b_range(config, source)
     return config
+
+
+def _check_b_range(config: dict, source: str) -> None:
+    """A network that synthesizes any b (MineGAN) is asked for every target and held-out b: each must lie in
+    its block's b_range, or the synthesis job would fail at the end of a long run."""
+    from dwisynth.networks.base import networks
+
+    registry = networks()
+    for method in config.get("methods", ()):
+        cls = registry.get(method)
+        if cls is None or "b_range" not in cls.Config.__dataclass_fields__:
+            continue
+        block = cls.config_block or method
+        lo, hi = (float(x) for x in config.get(block, {}).get("b_range", cls.Config().b_range))
+        wanted = sorted({float(x) for x in config["bvalues"]["targets"] + config["bvalues"]["heldout"]})
+        outside = [x for x in wanted if not lo <= x <= hi]
+        if outside:
+            raise ConfigError(f"{source}: {method} synthesizes b in {block}.b_range [{lo:g}, {hi:g}], but "
+                              f"bvalues asks it for {', '.join(f'{x:g}' for x in outside)}: widen {block}.b_range "
+                              "(e.g. [0, 2000] for held-out b 1500 and 2000) or drop those b-values")
 
 
 def load_config(path: str | Path) -> dict:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from dwisynth import layout
 from dwisynth.claims import MIN_SUBJECTS
+from dwisynth.evaluate import heldout_regime
 from dwisynth.networks.base import method_labels
 
 # The acquisition first, then the registry's networks and the baselines, in registration order.
@@ -236,6 +237,18 @@ def budget_table(compute: pd.DataFrame | None, ct2dwi_compute: pd.DataFrame | No
             + _html_table(pd.concat(parts), index=False))
 
 
+def heldout_b_table(bvalues: dict | None) -> str:
+    """Per held-out b: where it lies against the inputs and stage-1 targets, and what its comparison can show
+    (`evaluate.heldout_regime`)."""
+    if not bvalues or not bvalues.get("heldout"):
+        return ""
+    rows = [heldout_regime(b, bvalues["inputs"], bvalues["targets"]) for b in sorted(map(float, bvalues["heldout"]))]
+    table = pd.DataFrame(rows).rename(columns={"b_value": "held-out b", "between": "read between",
+                                               "shows": "what its comparison can show"})
+    table["held-out b"] = [f"{b:g}" for b in table["held-out b"]]
+    return "<h3>Held-out b-values: what each comparison can show</h3>" + _html_table(table, index=False)
+
+
 def comparison_table(summary: pd.DataFrame, metric: str) -> str:
     t = summary[(summary["analysis"] == "image metrics") & (summary["grouping"] == "method x b")
                 & (summary["metric"] == metric)].copy()
@@ -438,14 +451,15 @@ def grid_table(table: pd.DataFrame) -> str:
 def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, records: list[dict], targets,
                  training_logs: dict, provenance_path, reader_scores_path=None, ct2dwi: dict | None = None,
                  truth: dict | None = None, claims_path=None, simulated: bool = False,
-                 training_compute_path=None) -> None:
+                 training_compute_path=None, bvalues: dict | None = None) -> None:
     """Assemble the report from the tables, the example subjects, the training logs and the provenance.
 
     ct2dwi: {"records": the main experiment's test subjects (as `score_ct2dwi` gets them, plus `ct`),
     "tables": {name: path}, "hu_window", "target_b"} for the CT -> DWI section. truth: {"tables": {name of
     TRUTH_TABLES: path}} for "Against the truth" (absent tables: a run without truth). claims_path: claims.tsv,
     shown first with whether the cohort is `simulated` (the demo). training_compute_path: training_compute.tsv
-    (with CT -> DWI's compute table from ct2dwi["tables"]) for the training budgets."""
+    (with CT -> DWI's compute table from ct2dwi["tables"]) for the training budgets. bvalues: the config's
+    inputs, targets and heldout, for what each held-out b's comparison can show."""
     figures_dir = Path(figures_dir)
     full_summary = pd.read_csv(summary_path, sep="\t")
     summary = full_summary[full_summary["task"] != "ct2dwi"]  # the multi-b sections; CT -> DWI has its own
@@ -474,7 +488,8 @@ def write_report(out_html, figures_dir, summary_path, metrics_path, adc_path, re
                  + "<h3>PSNR (dB), mean (95% CI)</h3>" + comparison_table(summary, "psnr")
                  + "<h3>SSIM, mean (95% CI)</h3>" + comparison_table(summary, "ssim")
                  + "<h3>Legacy PSNR (seed-paper convention)</h3>" + comparison_table(summary, "psnr_legacy")
-                 + "<h3>Superpixel gray-level correlation r</h3>" + comparison_table(summary, "superpixel_r"))]
+                 + "<h3>Superpixel gray-level correlation r</h3>" + comparison_table(summary, "superpixel_r")
+                 + heldout_b_table(bvalues))]
     sections.append(("Real vs synthetic images and ADC maps", "\n".join(example_figures(records, targets,
                                                                                          figures_dir))))
     agreement = agreement_table(summary)

@@ -124,6 +124,7 @@ rule report:
         logs=training_logs,
         ct2dwi=ct2dwi_report,
         simulated=config["demo"]["enabled"],
+        bvalues={k: config["bvalues"][k] for k in ("inputs", "targets", "heldout")},
         code=script_code("report.py"),  # a change to the code it runs reruns it
     log:
         "logs/report.log",

@@ -45,6 +45,8 @@ from dwisynth.networks.losses import lsgan, masked_l1, ssim_loss
 
 BLANK = -1.0  # a blanked stack channel: the network-scale zero intensity
 MONOTONE_STEP = 25.0  # s/mm²: the lattice of `BValueSynthesizer.synthesize`'s monotone envelope
+EXTRAPOLATION_STEP_FACTOR = 4  # beyond the stack's largest b the lattice steps 4x wider (100 s/mm²): b 2000 costs
+                               # 51 generator passes, not 81
 
 
 def _weight(default: float, description: str) -> float:
@@ -114,7 +116,7 @@ class MineGANConfig(NetworkConfig):
                        "b-values is scaled by the reading's error factor (b - b_lower)(b_upper - b), so it shrinks "
                        "between close acquired b-values (75 between 0 and 100), while a reading of stage-1 images "
                        "(850 between 800 and 1000) keeps the whole correction; free: unscaled (stop 18's design)"})
-    b_range: tuple[float, float] = field(default=(0.0, 1000.0), metadata={
+    b_range: tuple[float, float] = field(default=(0.0, 2000.0), metadata={
         "description": "b-values (s/mm²) the model may be asked for"})
     weights: MineGANWeights = field(default_factory=MineGANWeights,
                                     metadata={"description": "loss weights (0 drops a term)"})
@@ -196,8 +198,9 @@ class BValueSynthesizer(nn.Module):
            factor are), plus at each stack b-value the offset that makes it equal the trained (blanked) output
            there, offsets read linearly between the stack b-values (held beyond the ends); so the trained
            b-values keep their outputs, and 75 gets the trained answers at 0 and 100, not the noisy inputs;
-        2. that curve on a fixed lattice: every `step` s/mm² from 0 to b_max (default: the largest stack b),
-           the stack b-values, and on up to the largest requested b;
+        2. that curve on a fixed lattice: every `step` s/mm² from 0 to the largest stack b, every 4 `step`
+           beyond it up to b_max (default: the largest stack b) and on up to the largest requested b, and the
+           stack b-values;
         3. a monotone envelope of it on the lattice (where the curve already falls, each equals it): "max"
            (default), its running maximum from the top down (a rise lifts the lower b-values, the high b keep
            their outputs); "min", its running minimum upwards; "mid", their mean. In the organ mask's noise-only
@@ -211,9 +214,10 @@ class BValueSynthesizer(nn.Module):
         n, device = len(stack), stack.device
         nodes = sorted(float(b) for b in self.stack_b.tolist())
         top = max(wanted + [nodes[-1] if b_max is None else float(b_max), 0.0])
-        lattice = np.arange(0.0, top + step, step)
-        lattice = lattice[: int(np.searchsorted(lattice, top - 1e-6)) + 1]  # up to the first point >= top
-        lattice = sorted(set(lattice.tolist()) | {b for b in nodes if 0 <= b <= lattice[-1]})
+        lattice = _lattice(0.0, min(top, nodes[-1]), step)
+        if top > lattice[-1]:  # beyond the stack: one extrapolation, no seams to catch; a coarser lattice
+            lattice += _lattice(lattice[-1], top, EXTRAPOLATION_STEP_FACTOR * step)[1:]
+        lattice = sorted(set(lattice) | {b for b in nodes if 0 <= b <= lattice[-1]})
 
         def at(b: float, blanking: bool) -> torch.Tensor:
             return self.generate(stack, torch.full((n,), b, device=device), blanking=blanking).float()
@@ -243,6 +247,12 @@ class BValueSynthesizer(nn.Module):
 
     def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.generate(self.stack(x), b)
+
+
+def _lattice(start: float, stop: float, step: float) -> list[float]:
+    """start, start + step, ... up to the first point at or beyond stop."""
+    points = np.arange(start, stop + step, step)
+    return points[: int(np.searchsorted(points, stop - 1e-6)) + 1].tolist()
 
 
 def _node_offset(offsets: dict[float, torch.Tensor], b: float) -> torch.Tensor:

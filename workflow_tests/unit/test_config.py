@@ -40,6 +40,19 @@ def test_heldout_b_in_targets_is_refused(tmp_path):
 
 
 
+def test_a_heldout_b_outside_an_any_b_networks_range_is_refused_naming_the_block(tmp_path):
+    path = tmp_path / "c.yaml"
+    config = {"methods": ["dc2anet", "minegan"], "bvalues": {"heldout": [75, 850, 2000]},
+              "minegan": {"b_range": [0, 1000]}}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"minegan.b_range \[0, 1000\].*asks it for 2000"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({**config, "minegan": {"b_range": [0, 2000]}}))
+    assert load_config(path)["minegan"]["b_range"] == [0, 2000]
+    path.write_text(yaml.safe_dump({**config, "methods": ["dc2anet", "cdwi"]}))  # no any-b network: nothing to reach
+    assert load_config(path)["bvalues"]["heldout"] == [75, 850, 2000]
+
+
 def test_text_from_snakemake_config_is_read_as_the_schemas_type():
     """`snakemake --config 'dc2anet={steps: 20000}'` hands nested values over as text."""
     from snakemake.cli import parse_config

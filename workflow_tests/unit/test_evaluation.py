@@ -153,6 +153,28 @@ def test_report_tables_show_a_dash_where_a_method_has_no_value(tmp_path):
     assert section.count(MISSING) >= 2 and "NaN" not in section and "nan" not in section
 
 
+def test_each_held_out_b_is_placed_against_the_stack_and_says_what_its_comparison_shows():
+    from dwisynth.diffusion import kurtosis_decay, loglinear_interpolation
+    from dwisynth.evaluate import heldout_regime
+    from dwisynth.report import heldout_b_table
+
+    inputs, targets = [0, 100], [400, 600, 800, 1000]
+    regimes = {b: heldout_regime(b, inputs, targets) for b in (75, 250, 850, 1500, 2000)}
+    assert [regimes[b]["regime"] for b in (75, 250, 850, 1500)] == [
+        "between acquired inputs", "between an acquired and a synthesized b", "between stage-1 targets",
+        "extrapolation"]
+    assert regimes[850]["between"] == "800-1000" and "denoising" in regimes[850]["shows"]
+    assert regimes[2000]["between"] == "beyond 1000" and "noise floor" in regimes[2000]["shows"]
+    # the quoted curvature is the true error of a log-linear reading of a D 1, K 1 tissue (within b_K = 1500)
+    stack = np.array([800.0, 1000.0])
+    error = loglinear_interpolation(kurtosis_decay(1.0, stack, 1.0), stack, [1500.0])[0] / kurtosis_decay(
+        1.0, np.array([1500.0]), 1.0)[0] - 1
+    assert f"{abs(error):.0%}" in regimes[1500]["shows"]  # 6%
+    table = heldout_b_table({"inputs": inputs, "targets": targets, "heldout": [2000, 850, 75]})
+    assert table.index("<td>75</td>") < table.index("<td>850</td>") < table.index("<td>2000</td>")
+    assert heldout_b_table({"inputs": inputs, "targets": targets, "heldout": []}) == ""
+
+
 def test_tost_finds_equivalence_within_the_margin_and_not_beyond_it():
     from dwisynth.statistics import equivalence_tost
 

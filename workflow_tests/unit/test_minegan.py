@@ -31,7 +31,7 @@ TRAINING = {"batch_size": 4, "crop": 24, "checkpoint_every": 4, "log_every": 2, 
             "validation_subjects": 1, "validate_every": 4}
 STAGE1 = {"ngf": 8, "ndf": 8, "n_residual": 1, "pool_size": 4, "steps": 6, "lr": 5e-4}
 MINEGAN = {"ngf": 8, "ndf": 8, "n_residual": 2, "pretrain_steps": 6, "mine_steps": 4, "finetune_steps": 4,
-           "lr": 5e-4, "z_dim": 4, "miner_width": 16, "embed_width": 16,
+           "lr": 5e-4, "b_range": [0, 1000], "z_dim": 4, "miner_width": 16, "embed_width": 16,
            "fewshot": {"k": 3, "mine_steps": 4, "finetune_steps": 4}}
 ADC = {"bvalues": BASE_B, "max_adc": 4.0, "equivalence_margin": 0.02}
 

@@ -60,3 +60,23 @@ def test_synthesize_gives_a_b_the_same_image_whatever_else_is_requested():
     torch.testing.assert_close(alone[:, 0], among[:, 1])
     with pytest.raises(ValueError, match="envelope"):
         net.synthesize(stack, [850.0], 1000.0, envelope="median")
+
+
+@torch.no_grad()
+def test_beyond_the_stack_a_fresh_model_extrapolates_log_linearly_and_stays_monotone():
+    """Held-out b 1500 and 2000 lie beyond the stack's 1000: the lattice there is coarser (100 s/mm²), the
+    output still falls with b, and a fresh model's is the log-linear extrapolation from 800 and 1000 carried by
+    the trained answer at 1000 (its offset from the unblanked reading held beyond the last node)."""
+    net, stack = _fresh(), _stack()
+    grid = np.arange(0.0, 2000.0 + 1e-6, 10.0)
+    curve = ((net.synthesize(stack, grid.tolist(), 2000.0)[0, :, 0, 0] + 1) / 2) ** 2
+    assert torch.all(curve[1:] <= curve[:-1] + 1e-6)
+    trained_1000 = 0.3 * (0.3 / 0.4)  # 1000 blanked: read on from 600 and 800
+    assert float(curve[grid.tolist().index(1000.0)]) == pytest.approx(trained_1000, rel=1e-4)
+    for b in (1500.0, 2000.0):
+        extrapolated = 0.3 * (0.25 / 0.3) ** ((b - 800) / 200)  # network scale: 2 sqrt(S) - 1, offsets add there
+        expected = (np.sqrt(extrapolated) + np.sqrt(trained_1000) - np.sqrt(0.25)) ** 2
+        assert float(curve[grid.tolist().index(b)]) == pytest.approx(expected, rel=1e-4)
+    alone = net.synthesize(stack, [1500.0], 2000.0)
+    among = net.synthesize(stack, [75.0, 1500.0, 2000.0], 2000.0)
+    torch.testing.assert_close(alone[:, 0], among[:, 1])
