@@ -79,7 +79,7 @@ def trainer_config(training: dict, model, intensity_max, seed: int, device: str 
 
     c = model.config
     return TrainerConfig(steps=model.training_steps(), batch_size=training["batch_size"], crop=training["crop"],
-                         lr=c.lr, betas=tuple(c.betas), decay_start=model.lr_decay_start(),
+                         lr=model.learning_rate(), betas=tuple(c.betas), decay_start=model.lr_decay_start(),
                          checkpoint_every=training["checkpoint_every"], log_every=training["log_every"],
                          intensity_max=intensity_max, seed=seed, device=device, threads=training.get("threads"),
                          progress=progress, validation_subjects=training.get("validation_subjects", 1),

@@ -127,6 +127,10 @@ class Network(nn.Module, ABC):
         """Total optimisation steps (networks trained in phases sum them)."""
         return self.config.steps
 
+    def learning_rate(self) -> float:
+        """The Adam learning rate of every parameter group (the block's lr)."""
+        return float(self.config.lr)
+
     def lr_decay_start(self) -> int | None:
         """The step where the lr starts its linear decay to zero (None: half way, the trainer's default)."""
         return self.config.decay_start

@@ -198,8 +198,10 @@ def per_b_logits(logits: torch.Tensor, b_index: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, b_index.view(-1, 1, 1, 1).expand(-1, 1, *logits.shape[2:]))
 
 
-def one_b_per_sample(images: torch.Tensor, present: torch.Tensor | None, generator: torch.Generator):
-    """One single-b image per sample, its b drawn at random among the acquired ones.
+def one_b_per_sample(images: torch.Tensor, present: torch.Tensor | None, generator: torch.Generator,
+                     preferred: torch.Tensor | None = None):
+    """One single-b image per sample, its b drawn at random among the acquired ones (among the acquired
+    `preferred` ones (T,) bool, where a sample has any).
 
     images (N, T, H, W) -> (M, 1, H, W), sample index (M,), b index (M,); samples with
     nothing acquired are dropped. Judging one b per sample instead of all T keeps the
@@ -209,6 +211,8 @@ def one_b_per_sample(images: torch.Tensor, present: torch.Tensor | None, generat
     if present is None:
         present = torch.ones(n, t, dtype=torch.bool, device=images.device)
     scores = torch.rand(n, t, generator=generator).to(images.device)
+    if preferred is not None:
+        scores = scores + preferred.to(images.device)[None].float()
     scores = torch.where(present, scores, torch.full_like(scores, -1.0))
     b_index = scores.argmax(1)
     sample = torch.arange(n, device=images.device)

@@ -475,3 +475,49 @@ def test_training_lesion_weight_adds_the_lesion_term_at_the_b_each_item_is_train
     assert "lesion_l1" not in totals[0.0] and totals[0.2]["lesion_l1"] > 0
     assert totals[0.2]["g_total"] == pytest.approx(totals[0.0]["g_total"] + 0.2 * voxel * totals[0.2]["lesion_l1"],
                                                    rel=1e-5)
+
+
+def _toy_subject(root: Path, subject: str, seed: int, heldout_factor: float | None):
+    """A uniform mono-exponential body (ADC 1); with heldout_factor, also acquired at b 850 with that factor on
+    its signal: a b where the zero-shot answer (the interpolation of 800 and 1000) is wrong."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    body = (yy - 14) ** 2 / 11**2 + (xx - 14) ** 2 / 10**2 < 1
+    bvals = sorted(BASE_B + ([850.0] if heldout_factor else []))
+    clean = ivim_signal(np.where(body, 1.0, 0.0)[..., None].repeat(5, 2), 1.0, bvals)
+    if heldout_factor:
+        clean[..., bvals.index(850.0)] *= heldout_factor
+    dwi = np.abs(clean + rng.normal(0, 0.02, clean.shape)).astype(np.float32)
+    stem, affine = root / f"sub-{subject}", np.diag([2.0, 2.0, 4.0, 1.0])
+    save_nifti(dwi, affine, f"{stem}_dwi.nii.gz")
+    write_bval(bvals, f"{stem}_dwi.bval")
+    save_nifti(np.repeat(body[..., None], 5, 2).astype(np.uint8), affine, f"{stem}_mask.nii.gz", dtype=np.uint8)
+    shard = root / f"sub-{subject}_slices.npz"
+    write_slice_shard(f"{stem}_dwi.nii.gz", f"{stem}_dwi.bval", f"{stem}_mask.nii.gz", shard, BASE_B + [850.0],
+                      {"cohort": "c", "subject": subject})
+    return shard, dwi, bvals, body
+
+
+def test_few_shot_mining_moves_a_wrong_zero_shot_answer_toward_the_shots(tmp_path):
+    """The miner must mine: k acquired slices at a held-out b whose zero-shot answer is wrong (850 acquired at 0.89
+    of the interpolation, still between 800 and 1000, so a monotone answer can reach it) move the output there,
+    on a test subject none of the shots came from."""
+    factor = 0.89
+    shards = [_toy_subject(tmp_path, f"P{i}", i, factor if i in (1, 2) else None)[0] for i in range(5)]
+    _, dwi, bvals, body = _toy_subject(tmp_path, "T0", 50, factor)
+    bvalues = {**BVALUES, "heldout": [850.0]}
+    training = {**TRAINING, "batch_size": 8, "validation_subjects": 0, "checkpoint_every": 1000}
+    common = dict(training=training, bvalues=bvalues, seed=5, device="cpu", progress=False)
+    stage1 = train_model("dc2anet", "abdomen", shards, tmp_path / "s1", {**STAGE1, "steps": 100, "lr": 2e-3},
+                         **common)
+    block = {**MINEGAN, "pretrain_steps": 100, "mine_steps": 0, "finetune_steps": 0,
+             "fewshot": {"k": 4, "mine_steps": 150, "finetune_steps": 0}}
+    zero = train_model("minegan", "abdomen", shards, tmp_path / "z", block, upstream={"stage1": stage1}, **common)
+    few = train_model("mineganfewshot", "abdomen", shards, tmp_path / "f", block, upstream={"zeroshot": zero},
+                      **common)
+    inputs = dwi[..., [bvals.index(b) for b in BASE_B]]
+    shots = float(dwi[..., bvals.index(850.0)][body].mean())
+    zero_850, few_850 = (float(synthesize_volume(load_model(m, "cpu"), inputs, BASE_B, "T0", [850.0])[..., 0][body]
+                               .mean()) for m in (zero, few))
+    assert zero_850 - shots > 0.02, (zero_850, shots)  # zero-shot: near the interpolation, 0.047 above the shots
+    assert abs(few_850 - shots) < 0.5 * abs(zero_850 - shots), (zero_850, few_850, shots)
