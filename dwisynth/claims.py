@@ -114,12 +114,15 @@ def _test(pairs: pd.DataFrame) -> dict:
 
 def claims_table(metrics: pd.DataFrame | None, truth_metrics: pd.DataFrame | None = None,
                  ct2dwi_truth: pd.DataFrame | None = None, ct2dwi_contrast: pd.DataFrame | None = None,
-                 claims=CLAIMS, min_subjects: int = MIN_SUBJECTS) -> pd.DataFrame:
+                 claims=CLAIMS, min_subjects: int = MIN_SUBJECTS, floor_limited_b=()) -> pd.DataFrame:
     """claims.tsv: for each claim, reference, metric and b-value (the claim's `bvalues` of the tables' `seen`),
     the method against its strongest baseline on the subjects that have both (n: the test subjects that have that
     b), with the mean difference (method - baseline), its 95% CI, p, Holm's p and the verdict: "better" or
     "worse" (Holm's p < 0.05 in the metric's direction), "no difference shown", or "underpowered" (n below
-    `min_subjects`: never a win). A claim whose method is not in the tables has no rows."""
+    `min_subjects`: never a win), or "floor-limited" (acquisition-referenced at a b in `floor_limited_b`, the
+    held-out b beyond every trained b: there the acquisition nears the Rician noise floor, and a method could win
+    by predicting the floor; the truth-referenced rows judge). A claim whose method is not in the tables has no
+    rows."""
     import pingouin as pg
 
     values = subject_values(metrics, truth_metrics, ct2dwi_truth, ct2dwi_contrast)
@@ -155,4 +158,15 @@ def claims_table(metrics: pd.DataFrame | None, truth_metrics: pd.DataFrame | Non
         [table["underpowered"], significant & (direction * table["mean_difference"] > 0),
          significant & (direction * table["mean_difference"] < 0)],
         ["underpowered", "better", "worse"], "no difference shown")
+    floor = (table["reference"] == "acquisition") & table["b_value"].isin([float(b) for b in floor_limited_b])
+    table.loc[floor, "verdict"] = "floor-limited"
     return table
+
+
+def floor_limited_bvalues(bvalues: dict) -> list[float]:
+    """The held-out b-values beyond every trained b (`evaluate.heldout_regime`'s extrapolation), where an
+    acquisition-referenced score is not judged."""
+    from dwisynth.evaluate import heldout_regime
+
+    return [float(b) for b in bvalues.get("heldout", ())
+            if heldout_regime(b, bvalues["inputs"], bvalues["targets"])["regime"] == "extrapolation"]

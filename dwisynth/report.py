@@ -208,6 +208,8 @@ def claims_section(claims: pd.DataFrame | None, simulated: bool) -> str:
             "(one value per subject: n is the number of test subjects with that b). Difference: method minus "
             "baseline (an error metric: lower is better), t-interval 95% CI; paired t-test, Holm-corrected across "
             f"the rows of each reference. Fewer than {MIN_SUBJECTS} subjects: underpowered, never a win. "
+            "Floor-limited: against the acquisition at a held-out b beyond every trained b, where the acquisition "
+            "nears the Rician noise floor and a method could win by predicting the floor; the truth judges there. "
             "<code>results/tables/claims.tsv</code>.</p>" + _html_table(out, index=False))
 
 

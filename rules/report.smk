@@ -23,6 +23,7 @@ rule claims:
     output:
         layout.CLAIMS,
     params:
+        bvalues={k: config["bvalues"][k] for k in ("inputs", "targets", "heldout")},
         code=script_code("claims.py"),  # a change to the code it runs reruns it
     log:
         "logs/claims.log",

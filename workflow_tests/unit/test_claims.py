@@ -56,6 +56,25 @@ def test_a_claim_is_tested_against_its_strongest_baseline_per_metric_and_holm_ne
     assert tested.loc[smallest, "p_holm"] == pytest.approx(min(1.0, tested.loc[smallest, "p"] * len(tested)))
 
 
+def test_acquisition_referenced_rows_beyond_every_trained_b_are_floor_limited_and_truth_rows_still_judge():
+    from dwisynth.claims import floor_limited_bvalues
+
+    rows, truth = [], []
+    for i in range(8):  # at b 2000 MineGAN predicts the noise floor: 3 dB "better" against the noisy acquisition
+        floor = 20 + 0.3 * i
+        rows += [volume_rows("dc2anetinterp", f"S{i}", 2000, floor, seen="heldout"),
+                 volume_rows("minegan", f"S{i}", 2000, floor + 3 + 0.1 * (i % 3), seen="heldout")]
+        truth += [volume_rows("dc2anetinterp", f"S{i}", 2000, 25 + 0.3 * i, seen="heldout"),
+                  volume_rows("minegan", f"S{i}", 2000, 23 + 0.3 * i + 0.1 * (i % 3), seen="heldout")]
+    bvalues = {"inputs": [0, 100], "targets": [400, 600, 800, 1000], "heldout": [75, 850, 1500, 2000]}
+    assert floor_limited_bvalues(bvalues) == [1500.0, 2000.0]
+    table = claims_table(pd.DataFrame(rows), pd.DataFrame(truth).drop(columns="slice"),
+                         floor_limited_b=floor_limited_bvalues(bvalues))
+    psnr = table[table["metric"] == "psnr"].set_index("reference")
+    assert psnr.loc["acquisition", "p_holm"] < 0.05 and psnr.loc["acquisition", "verdict"] == "floor-limited"
+    assert psnr.loc["truth", "verdict"] == "worse"
+
+
 def test_an_error_metric_is_better_when_lower_and_truth_rows_are_corrected_apart():
     rows, truth = [], []
     rng = np.random.default_rng(3)
