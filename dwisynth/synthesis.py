@@ -174,14 +174,17 @@ def noise_free_subject(truth_dwi, truth_bval, raw_dwi, raw_bval, norm_dwi, norm_
 def interpolated_subject(source_dwi, source_bval, acquired_bval, mask_path, out: dict, adc: dict, input_b, target_b,
                          norm_record=None) -> None:
     """`dc2anetinterp`: a stage-1 synthesis (inputs + its targets) read at target_b by log-linear interpolation
-    between the nearest of its b-values (`diffusion.loglinear_interpolation`); b-values it holds are copied."""
+    between the nearest of its b-values (`diffusion.loglinear_interpolation`), beyond the largest along the
+    fitted log-slope of its stage-1 images; b-values it holds are copied."""
     from dwisynth.diffusion import loglinear_interpolation
 
     img = nib.load(source_dwi)
     stack, stack_b = load_dwi(source_dwi, source_bval)
     input_b = [float(b) for b in input_b]
     inputs = stack[..., [list(map(float, stack_b)).index(b) for b in input_b]]
-    synthetic = loglinear_interpolation(stack, stack_b, target_b).astype(np.float32)
+    stage1_b = [float(b) for b in stack_b if float(b) not in input_b]
+    synthetic = loglinear_interpolation(stack, stack_b, target_b, fit_above=min(stage1_b, default=None))
+    synthetic = synthetic.astype(np.float32)
     acquired_b = np.loadtxt(acquired_bval, ndmin=1)
     _write_synthetic(img, inputs, input_b, synthetic, [float(b) for b in target_b], out, mask_path, adc, acquired_b,
                      norm_record)

@@ -126,6 +126,12 @@ class MineGANConfig(NetworkConfig):
                        "b-values is scaled by the reading's error factor (b - b_lower)(b_upper - b), so it shrinks "
                        "between close acquired b-values (75 between 0 and 100), while a reading of stage-1 images "
                        "(850 between 800 and 1000) keeps the whole correction; free: unscaled (stop 18's design)"})
+    extrapolation: str = field(default="fit", metadata={
+        "enum": ["fit", "two-point"],
+        "description": "the reading beyond the stack's largest available b (inference beyond b 1000; training at "
+                       "a blanked 1000): fit, from the largest along the least-squares log-slope of the stage-1 "
+                       "channels (capped at 0); two-point, the line through the two largest (issue 41: x 6 their "
+                       "errors at 2000, and rising where the last is the brighter)"})
     b_range: tuple[float, float] = field(default=(0.0, 2000.0), metadata={
         "description": "b-values (s/mm²) the model may be asked for"})
     weights: MineGANWeights = field(default_factory=MineGANWeights,
@@ -150,9 +156,13 @@ class BValueSynthesizer(nn.Module):
 
     def __init__(self, stage1: dict, stack_b: list[float], ngf: int, n_residual: int, norm: str, upsample: str,
                  n_frequencies: int, embed_width: int, z_dim: int, miner_width: int, mined: bool,
-                 correction: str = "free", n_acquired: int | None = None, activation: str = "relu"):
+                 correction: str = "free", n_acquired: int | None = None, activation: str = "relu",
+                 extrapolation: str = "two-point"):
         super().__init__()
         self.correction, self.n_acquired = correction, n_acquired
+        # model files written before the option read on with two points
+        self.fit_above = (float(min(stack_b[n_acquired:])) if extrapolation == "fit" and n_acquired is not None
+                          and len(stack_b) - n_acquired >= 2 else None)
         self.stage1 = build_inference_network(stage1).requires_grad_(False)
         self.n_frequencies, self.z_dim = n_frequencies, z_dim
         self.register_buffer("stack_b", torch.tensor(stack_b, dtype=torch.float32), persistent=False)
@@ -187,7 +197,7 @@ class BValueSynthesizer(nn.Module):
         blank = (self.stack_b[None, :] - b[:, None]).abs() < 0.5  # (N, channels): the channel at b itself
         if not blanking:
             blank = torch.zeros_like(blank)
-        guess = loglinear_reading(stack, self.stack_b, b, ~blank)
+        guess = loglinear_reading(stack, self.stack_b, b, ~blank, self.fit_above)
         stack = torch.where(blank[:, :, None, None], torch.full_like(stack, BLANK), stack)
         correction = self.G(torch.cat([stack, guess], 1), self.film(b, z))
         if self.correction == "node":
@@ -211,11 +221,14 @@ class BValueSynthesizer(nn.Module):
         2. that curve on a fixed lattice: every `step` s/mm² from 0 to the largest stack b, every 4 `step`
            beyond it up to b_max (default: the largest stack b) and on up to the largest requested b, and the
            stack b-values;
-        3. a monotone envelope of it on the lattice (where the curve already falls, each equals it): "max"
-           (default), its running maximum from the top down (a rise lifts the lower b-values, the high b keep
-           their outputs); "min", its running minimum upwards; "mid", their mean. In the organ mask's noise-only
-           voxels (b0 SNR < 10) the curve can rise as a whole; there "min"/"mid" pulled b 800-850 down to the
-           lowest low-b value (pelvis, noise-free truth: -2 to -4 dB at 800), "max" cost 0.3-0.8 dB;
+        3. a monotone envelope of it on the lattice up to the largest stack b (where the curve already falls, each
+           equals it): "max" (default), its running maximum from the top down (a rise lifts the lower b-values,
+           the high b keep their outputs); "min", its running minimum upwards; "mid", their mean. In the organ
+           mask's noise-only voxels (b0 SNR < 10) the curve can rise as a whole; there "min"/"mid" pulled b 800-850
+           down to the lowest low-b value (pelvis, noise-free truth: -2 to -4 dB at 800), "max" cost 0.3-0.8 dB.
+           Beyond the largest stack b, the running minimum upwards from it: an extrapolation that rose lifted
+           every b below it under "max" (issue 41: pelvis b 850 23.9 -> 13.3 dB against the truth with b_range
+           up to 2000); so the images up to the largest stack b never depend on the lattice beyond it;
         4. a requested b is read linearly in log u (u = (t + 1) / 2, log S / 2) between the lattice points
            around it, so every b in between is monotone too.
         The lattice depends on the request only beyond b_max, so a b's image does not depend on what else is
@@ -236,12 +249,17 @@ class BValueSynthesizer(nn.Module):
         offsets = {b: at(b, True) - (continuous[b] if b in continuous else at(b, False)) for b in nodes}
         curve = torch.cat([continuous[b] + _node_offset(offsets, b) for b in lattice], 1)  # (N, L, H, W)
         curve = torch.clamp(curve, -1.0, 1.0)
-        down = torch.cummin(curve, 1).values  # running minimum upwards in b
-        up = torch.flip(torch.cummax(torch.flip(curve, [1]), 1).values, [1])  # running maximum downwards
+        inside = lattice.index(nodes[-1]) + 1 if nodes[-1] in lattice else len(lattice)
+        interior = curve[:, :inside]
+        down = torch.cummin(interior, 1).values  # running minimum upwards in b
+        up = torch.flip(torch.cummax(torch.flip(interior, [1]), 1).values, [1])  # running maximum downwards
         envelopes = {"mid": lambda: (down + up) / 2, "min": lambda: down, "max": lambda: up}
         if envelope not in envelopes:
             raise ValueError(f"envelope must be one of {sorted(envelopes)}, not {envelope!r}")
         monotone = envelopes[envelope]()
+        if inside < len(lattice):  # beyond the stack: only down from its largest b, never lifting what is below
+            monotone = torch.cat([monotone, torch.cummin(torch.cat([monotone[:, -1:], curve[:, inside:]], 1),
+                                                         1).values[:, 1:]], 1)
         log_u = torch.log(torch.clamp((monotone + 1) / 2, min=1e-6))
         grid = torch.tensor(lattice, dtype=torch.float64)
         out = []
@@ -303,9 +321,14 @@ def bracketing_channels(stack_b: torch.Tensor, b: torch.Tensor, available: torch
 
 
 def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tensor,
-                      available: torch.Tensor) -> torch.Tensor:
+                      available: torch.Tensor, fit_above: float | None = None) -> torch.Tensor:
     """Each sample's stack read at its b: log-linear between the nearest available channels below and above b
     (extrapolated from the two nearest beyond the ends); (N, C, H, W) network scale -> (N, 1, H, W).
+
+    fit_above: beyond the largest available channel, read on from it along the least-squares log-slope of the
+    available channels at b >= fit_above (at least two; the slope capped at 0), as
+    `diffusion.loglinear_interpolation` does for the baseline: the two-point slope from 800 and 1000 multiplies
+    their errors by 6 at b 2000 and rises wherever the 1000 image is the brighter.
 
     On the network scale t = 2 sqrt(S / imax) - 1, log S is 2 log((t + 1) / 2) plus a constant, so the
     interpolation needs no intensity range. The generator corrects this reading (IVIM curvature, noise):
@@ -314,8 +337,21 @@ def loglinear_reading(stack: torch.Tensor, stack_b: torch.Tensor, b: torch.Tenso
     log_u = torch.log(torch.clamp((stack.float() + 1) / 2, min=1e-3))
     lower, upper, w = bracketing_channels(stack_b, b, available)
     rows = torch.arange(len(stack), device=stack.device)
-    w = w[:, None, None]
-    reading = 2 * torch.exp((1 - w) * log_u[rows, lower] + w * log_u[rows, upper]) - 1
+    reading = torch.exp((1 - w[:, None, None]) * log_u[rows, lower] + w[:, None, None] * log_u[rows, upper])
+    if fit_above is not None:
+        values = stack_b.float()[None].expand(len(b), -1)
+        fit = available & (values >= fit_above)  # (N, C)
+        top = torch.where(available, values, torch.full_like(values, -1e9)).max(1)
+        beyond = (b.float() > top.values) & (fit.sum(1) >= 2)
+        if beyond.any():
+            weight = fit.float()
+            mean_b = (weight * values).sum(1) / weight.sum(1).clamp(min=1)
+            centred = (values - mean_b[:, None]) * weight  # (N, C), zero off the fit
+            slope = (centred[:, :, None, None] * log_u).sum(1) / (centred**2).sum(1).clamp(min=1e-6)[:, None, None]
+            slope = torch.clamp(slope, max=0.0)
+            anchored = torch.exp(log_u[rows, top.indices] + slope * (b.float() - top.values)[:, None, None])
+            reading = torch.where(beyond[:, None, None], anchored, reading)
+    reading = 2 * reading - 1
     return torch.clamp(reading[:, None], -1.0, 1.0).to(stack.dtype)
 
 
@@ -409,7 +445,7 @@ class MineGAN(Network):
         self.synthesizer = BValueSynthesizer({"method": record["method"], "kwargs": record["kwargs"]}, self.stack_b,
                                              c.ngf, c.n_residual, c.norm, c.upsample, c.n_frequencies,
                                              c.embed_width, c.z_dim, c.miner_width, self.mined, c.correction,
-                                             len(self.input_b), c.activation)
+                                             len(self.input_b), c.activation, c.extrapolation)
         self.synthesizer.stage1.load_state_dict(record["state_dict"])
         self.D = ProjectionDiscriminator(self.n_inputs + 1, c.ndf, n_frequencies=c.n_frequencies)
         self.stage1_intensity_max = float(record["intensity_max"])
@@ -462,7 +498,7 @@ class MineGAN(Network):
                   "ngf": c.ngf, "n_residual": c.n_residual, "norm": c.norm, "upsample": c.upsample,
                   "n_frequencies": c.n_frequencies, "embed_width": c.embed_width, "z_dim": c.z_dim,
                   "miner_width": c.miner_width, "mined": s.miner is not None, "correction": c.correction,
-                  "n_acquired": len(self.input_b), "activation": c.activation}
+                  "n_acquired": len(self.input_b), "activation": c.activation, "extrapolation": c.extrapolation}
         return {"kwargs": kwargs, "pad_multiple": 4, "b_conditioned": True, "b_range": [float(b) for b in c.b_range]}
 
     @classmethod

@@ -80,3 +80,40 @@ def test_beyond_the_stack_a_fresh_model_extrapolates_log_linearly_and_stays_mono
     alone = net.synthesize(stack, [1500.0], 2000.0)
     among = net.synthesize(stack, [75.0, 1500.0, 2000.0], 2000.0)
     torch.testing.assert_close(alone[:, 0], among[:, 1])
+
+
+@torch.no_grad()
+def test_images_up_to_the_stack_do_not_depend_on_how_far_beyond_it_the_model_reads():
+    """Issue 41: with b_range up to 2000, an extrapolation that rose lifted every b below it (the running maximum
+    from the top); beyond the stack the envelope only falls from the largest stack b."""
+    torch.manual_seed(0)
+    net, stack = _fresh(), _stack().clone()
+    stack[:, -1] = stack[:, -2] + 0.1  # b 1000 brighter than 800: two points extrapolate a rise
+    grid = [0.0, 75.0, 400.0, 850.0, 1000.0]
+    short = net.synthesize(stack, grid, 1000.0)
+    long = net.synthesize(stack, grid + [1500.0, 2000.0], 2000.0)
+    torch.testing.assert_close(long[:, : len(grid)], short)
+    assert torch.all(long[:, -2:] <= long[:, len(grid) - 1: len(grid)] + 1e-6)
+
+
+def test_fitted_extrapolation_reads_on_along_the_least_squares_slope_of_the_stage1_channels():
+    from dwisynth.diffusion import loglinear_interpolation
+    from dwisynth.networks.minegan import loglinear_reading
+
+    b = torch.tensor(STACK_B)
+    signal = torch.exp(-b * 1e-3 * 0.9) * (1 + 0.02 * torch.tensor([0, 0, 1, -1, 1, -1.0]))  # zig-zag noise
+    t = (2 * torch.sqrt(signal) - 1)[None, :, None, None]
+    reading = loglinear_reading(t, b, torch.tensor([2000.0]), torch.ones(1, 6, dtype=torch.bool), fit_above=400.0)
+    log_s = torch.log(signal[2:]).double()
+    slope = float(((b[2:] - b[2:].mean()) * log_s).sum() / ((b[2:] - b[2:].mean()) ** 2).sum())
+    expected = float(signal[-1]) * np.exp(slope * 1000)
+    assert float(((reading + 1) / 2) ** 2) == pytest.approx(expected, rel=1e-4)
+    baseline = loglinear_interpolation(signal.numpy(), STACK_B, [2000.0], fit_above=400.0)[0]
+    assert baseline == pytest.approx(expected, rel=1e-4)  # the baseline reads on the same way
+    two_point = loglinear_interpolation(signal.numpy(), STACK_B, [2000.0])[0]
+    truth = float(np.exp(-2.0 * 0.9))
+    assert abs(expected / truth - 1) < 0.5 * abs(two_point / truth - 1)  # the fit halves the noise's error here
+    rising = signal.clone()
+    rising[2:] = float(signal[2])  # flat stage-1 images: the slope is capped at 0, never a rise
+    flat = loglinear_interpolation(rising.numpy(), STACK_B, [1500.0, 2000.0], fit_above=400.0)
+    assert np.allclose(flat, float(signal[2]))
