@@ -173,6 +173,17 @@ def test_each_held_out_b_is_placed_against_the_stack_and_says_what_its_compariso
     table = heldout_b_table({"inputs": inputs, "targets": targets, "heldout": [2000, 850, 75]})
     assert table.index("<td>75</td>") < table.index("<td>850</td>") < table.index("<td>2000</td>")
     assert heldout_b_table({"inputs": inputs, "targets": targets, "heldout": []}) == ""
+    # one sentence per held-out b: MineGAN against its strongest baseline, the truth first, never floor-limited
+    claim = {"claim": "MineGAN synthesizes never-trained b-values better than interpolation", "metric": "psnr",
+             "baseline": "dc2anetinterp", "n_subjects": 20, "ci_low": -2.0, "ci_high": -0.1, "p": 0.04}
+    claims = pd.DataFrame([
+        {**claim, "reference": "acquisition", "b_value": 2000.0, "mean_difference": 3.0, "verdict": "floor-limited"},
+        {**claim, "reference": "truth", "b_value": 2000.0, "mean_difference": -1.04, "verdict": "worse"},
+        {**claim, "reference": "acquisition", "b_value": 850.0, "mean_difference": 0.2, "ci_low": -0.3,
+         "ci_high": 0.7, "verdict": "no difference shown"}])
+    table = heldout_b_table({"inputs": inputs, "targets": targets, "heldout": [850, 2000]}, claims)
+    assert "interpolation by -1.04 dB (95% CI -2.00 to -0.10, n 20, against the truth: worse)" in table
+    assert table.count("loses to") == 1 and "is not shown to beat" in table and "+3.00" not in table
 
 
 def test_tost_finds_equivalence_within_the_margin_and_not_beyond_it():
