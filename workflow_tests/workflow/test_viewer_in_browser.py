@@ -294,8 +294,8 @@ def test_refusals_say_why_and_write_nothing(server, viewer_run, tmp_path):
         for phrase in phrases:
             assert phrase in answer["error"], answer["error"]
 
-    refused("/api/synthesize", {"study": study["id"], "model": "minegan/abdomen", "b": 1500}, 400,
-            "outside", "[0, 1000]")
+    refused("/api/synthesize", {"study": study["id"], "model": "minegan/abdomen", "b": 2500}, 400,
+            "outside", "[0, 2000]")
     refused("/api/synthesize", {"study": study["id"], "model": "dc2anet/abdomen", "b": 850}, 400,
             "400, 600, 800, 1000 only", "MineGAN")
     stroke = server.run_job("POST", "/api/open", {"source": "results", "cohort": STROKE[0], "subject": STROKE[1]})

@@ -336,7 +336,7 @@ def test_lesion_and_truth_tables_score_every_lesion_against_the_noise_free_truth
     assert list(monotonicity.columns[6:]) == ["b_step", "b_max", "tissue_voxels", "violating_fraction",
                                               "worst_interval", "worst_interval_share"]
     assert set(monotonicity["method"]) == set(STAGE2)
-    assert (monotonicity["b_step"] == 25).all() and (monotonicity["b_max"] == 1000).all()
+    assert (monotonicity["b_step"] == 25).all() and (monotonicity["b_max"] == 2000).all()  # b_range's top (default)
     assert (monotonicity["tissue_voxels"] > 0).all() and monotonicity["violating_fraction"].between(0, 1).all()
 
 
