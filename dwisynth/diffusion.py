@@ -29,7 +29,7 @@ def kurtosis_decay(adc, bvals, kurtosis) -> np.ndarray:
     The quadratic form's log-signal turns upward at b = 3 / (D K), which no tissue does. Up to
     b_K = 3 / (2 D K), where its slope has fallen to -D/2, the form is used as it is; beyond, the log-signal
     continues on the tangent at b_K (slope -D/2): still decaying, continuous with its first derivative. With the
-    demo's tissues b_K is 1300-2100 s/mm² for the kurtotic tissues (K 0.6-1.2) and infinite for fluids (K 0).
+    demo's tissues b_K is 1300-2700 s/mm² for the kurtotic tissues (K 0.5-1.2) and infinite for fluids (K 0).
     adc (D) in x10^-3 mm²/s; arrays broadcast.
     """
     b = np.asarray(bvals, dtype=float) * ADC_SCALE

@@ -52,8 +52,9 @@ def heldout_regime(b: float, inputs, targets) -> dict:
             "(K 1) and the stage-1 image's error")
     else:
         regime, shows = "extrapolation", (
-            f"beyond every trained b: log-linear extrapolation from {b1:g} and {b2:g} reads low by about "
-            f"{curvature:.0%} (kurtosis, D 1e-3, K 1), the room a learned model has. The acquisition there is near "
+            f"beyond every trained b: log-linear extrapolation of exact images from {b1:g} and {b2:g} reads low by "
+            f"about {curvature:.0%} (kurtosis, D 1e-3, K 1; a slope fitted over more b-values, lower still), the "
+            "room a learned model has. The acquisition there is near "
             "the Rician noise floor: the truth is the reference, and an acquisition-referenced score rewards "
             "predicting the floor")
     return {"b_value": b, "between": between, "regime": regime, "shows": shows}

@@ -286,7 +286,8 @@ def write_subject(sim: SimulatedSubject, series_number: int = 1) -> None:
 
 def write_tissue_table(root: Path) -> None:
     rows = [{"index": t.label, "name": name, "s0": t.s0, "adc": t.adc, "ivim_f": t.perfusion_fraction,
-             "ivim_dstar": t.pseudo_diffusion, "kurtosis": t.kurtosis, "hu": t.hu if t.hu is not None else f"parenchyma{t.hu_offset:+g}"}
+             "ivim_dstar": t.pseudo_diffusion, "kurtosis": t.kurtosis,
+             "hu": t.hu if t.hu is not None else f"parenchyma{t.hu_offset:+g}"}
             for name, t in TISSUES.items()]
     pd.DataFrame(rows).to_csv(root / "dseg.tsv", sep="\t", index=False)
 
